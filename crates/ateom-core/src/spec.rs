@@ -1,0 +1,297 @@
+//! What a request asks for, validated: the workload's containers, how to run them, where a
+//! checkpoint goes and which snapshot a restore starts from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ActorRef, InvalidArgument, Name, SnapshotId};
+
+/// Where a container's root file system comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageRef {
+    /// An OCI image layout directory (`oci-layout:<dir>[:<tag>]`). Without a tag the
+    /// layout's only manifest is used.
+    OciLayout { dir: PathBuf, tag: Option<String> },
+}
+
+impl ImageRef {
+    pub fn parse(field: &str, value: &str) -> Result<Self, InvalidArgument> {
+        let Some(rest) = value.strip_prefix("oci-layout:") else {
+            return Err(InvalidArgument::new(
+                field,
+                format!("{value:?} is not a supported image reference; use oci-layout:<dir>[:<tag>]"),
+            ));
+        };
+        // The tag is whatever follows the last ':' after the last '/'.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (dir, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => {
+                let at = last_slash + i;
+                (&rest[..at], Some(&rest[at + 1..]))
+            }
+            None => (rest, None),
+        };
+        if dir.is_empty() || !dir.starts_with('/') {
+            return Err(InvalidArgument::new(
+                field,
+                format!("{value:?}: the layout directory must be an absolute path"),
+            ));
+        }
+        if let Some(tag) = tag {
+            let valid = !tag.is_empty()
+                && tag.len() <= 128
+                && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(InvalidArgument::new(field, format!("{value:?}: invalid tag {tag:?}")));
+            }
+        }
+        Ok(Self::OciLayout { dir: PathBuf::from(dir), tag: tag.map(str::to_owned) })
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OciLayout { dir, tag: Some(t) } => write!(f, "oci-layout:{}:{t}", dir.display()),
+            Self::OciLayout { dir, tag: None } => write!(f, "oci-layout:{}", dir.display()),
+        }
+    }
+}
+
+/// HTTP readiness probe: the workload is ready when `GET path` on `port` answers 200.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub path: String,
+    pub port: u16,
+}
+
+impl HttpProbe {
+    pub const DEFAULT_PATH: &'static str = "/readyz";
+
+    pub fn parse(field: &str, path: &str, port: i32) -> Result<Self, InvalidArgument> {
+        let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            InvalidArgument::new(format!("{field}.port"), format!("{port} is not a TCP port (1-65535)"))
+        })?;
+        let path = if path.is_empty() { Self::DEFAULT_PATH.to_owned() } else { path.to_owned() };
+        if !path.starts_with('/') || path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return Err(InvalidArgument::new(
+                format!("{field}.path"),
+                format!("{path:?} must start with '/' and contain no spaces or control characters"),
+            ));
+        }
+        Ok(Self { path, port })
+    }
+}
+
+/// One container of a workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: Name,
+    pub readyz: Option<HttpProbe>,
+    pub durable_dirs: Vec<String>,
+    /// `None`: the node agent prepared an OCI bundle (see [`ContainerSource`]).
+    pub image: Option<ImageRef>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// What a backend starts a container from, resolved by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerSource {
+    /// Unpack this image (the backend prepares the root file system).
+    Image(ImageRef),
+    /// An OCI bundle (`config.json` + `rootfs/`) that the node agent prepared.
+    Bundle(PathBuf),
+}
+
+/// The validated workload: at least one container, unique names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub containers: Vec<ContainerSpec>,
+}
+
+impl WorkloadSpec {
+    /// The container and probe whose port is the workload's service port: the first
+    /// container that has a readiness probe.
+    pub fn service(&self) -> Option<(&ContainerSpec, &HttpProbe)> {
+        self.containers.iter().find_map(|c| c.readyz.as_ref().map(|p| (c, p)))
+    }
+}
+
+/// gVisor's knobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GvisorConfig {
+    pub runsc_path: Option<PathBuf>,
+    pub platform: Option<String>,
+}
+
+/// Network of a microVM: a tap in the workload's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapNetwork {
+    pub tap_name: String,
+    pub guest_mac: String,
+    pub guest_ip: std::net::Ipv4Addr,
+    pub host_ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// Knobs shared by the microVM backends (Firecracker, QEMU).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MicroVmConfig {
+    pub vmm_path: Option<PathBuf>,
+    pub kernel_image: Option<PathBuf>,
+    pub rootfs_image: Option<PathBuf>,
+    pub kernel_cmdline: Option<String>,
+    pub vcpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+    pub cpu_template: Option<String>,
+    pub network: Option<TapNetwork>,
+    pub jailer_path: Option<PathBuf>,
+    pub ready_console_line: Option<String>,
+}
+
+/// Per-request runtime configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeConfig {
+    Gvisor(GvisorConfig),
+    MicroVm(MicroVmConfig),
+}
+
+/// Where a checkpoint goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    /// PAUSED: stays on this node.
+    Local,
+    /// SUSPENDED: shipped to object storage.
+    Durable,
+}
+
+/// What a snapshot captures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Full,
+    Data,
+}
+
+/// A validated `RunWorkload`.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub actor: ActorRef,
+    pub spec: WorkloadSpec,
+    pub runtime: Option<RuntimeConfig>,
+    pub asset_paths: BTreeMap<String, String>,
+}
+
+/// A validated `CheckpointWorkload`.
+#[derive(Clone, Debug)]
+pub struct CheckpointRequest {
+    pub actor: ActorRef,
+    pub destination: Destination,
+    pub scope: Scope,
+    /// Set exactly when `destination` is [`Destination::Durable`].
+    pub uri_prefix: Option<String>,
+}
+
+/// A validated `RestoreWorkload`.
+#[derive(Clone, Debug)]
+pub struct RestoreRequest {
+    pub actor: ActorRef,
+    pub spec: WorkloadSpec,
+    pub runtime: Option<RuntimeConfig>,
+    pub asset_paths: BTreeMap<String, String>,
+    /// Fetch from here when the snapshot is not on this node.
+    pub uri_prefix: Option<String>,
+    /// `None`: the newest snapshot.
+    pub snapshot_id: Option<SnapshotId>,
+}
+
+/// Checks an object-store URI prefix: a scheme ateom knows and something after it.
+pub fn parse_uri_prefix(field: &str, value: &str) -> Result<String, InvalidArgument> {
+    const SCHEMES: [&str; 4] = ["file://", "s3://", "gs://", "az://"];
+    let Some(scheme) = SCHEMES.iter().find(|s| value.starts_with(**s)) else {
+        return Err(InvalidArgument::new(
+            field,
+            format!("{value:?} must start with one of file://, s3://, gs://, az://"),
+        ));
+    };
+    let rest = &value[scheme.len()..];
+    if rest.trim_matches('/').is_empty() {
+        return Err(InvalidArgument::new(field, format!("{value:?} names no bucket or directory")));
+    }
+    if rest.split('/').any(|seg| seg == "..") || value.chars().any(|c| c.is_ascii_control()) {
+        return Err(InvalidArgument::new(
+            field,
+            format!("{value:?} must not contain '..' or control characters"),
+        ));
+    }
+    if *scheme == "file://" && !rest.starts_with('/') {
+        return Err(InvalidArgument::new(
+            field,
+            format!("{value:?}: file:// needs an absolute path (file:///dir)"),
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_layout_refs() {
+        assert_eq!(
+            ImageRef::parse("f", "oci-layout:/img/counter:latest").unwrap(),
+            ImageRef::OciLayout { dir: "/img/counter".into(), tag: Some("latest".into()) }
+        );
+        assert_eq!(
+            ImageRef::parse("f", "oci-layout:/img/counter").unwrap(),
+            ImageRef::OciLayout { dir: "/img/counter".into(), tag: None }
+        );
+        // A ':' in a directory component is not a tag separator.
+        assert_eq!(
+            ImageRef::parse("f", "oci-layout:/a:b/c").unwrap(),
+            ImageRef::OciLayout { dir: "/a:b/c".into(), tag: None }
+        );
+        for bad in [
+            "docker.io/library/x",
+            "oci-layout:",
+            "oci-layout:rel/dir",
+            "oci-layout:/x:",
+            "oci-layout:/x:a b",
+        ] {
+            assert_eq!(
+                ImageRef::parse("spec.containers[0].image", bad).unwrap_err().field,
+                "spec.containers[0].image",
+                "{bad}"
+            );
+        }
+        let r = ImageRef::parse("f", "oci-layout:/img/c:v1").unwrap();
+        assert_eq!(r.to_string(), "oci-layout:/img/c:v1");
+    }
+
+    #[test]
+    fn probes() {
+        let p = HttpProbe::parse("readyz", "", 8080).unwrap();
+        assert_eq!(p.path, "/readyz");
+        assert_eq!(HttpProbe::parse("readyz", "", 0).unwrap_err().field, "readyz.port");
+        assert_eq!(HttpProbe::parse("readyz", "", 70000).unwrap_err().field, "readyz.port");
+        assert_eq!(HttpProbe::parse("readyz", "", -1).unwrap_err().field, "readyz.port");
+        assert_eq!(HttpProbe::parse("readyz", "healthz", 80).unwrap_err().field, "readyz.path");
+        assert_eq!(HttpProbe::parse("readyz", "/a b", 80).unwrap_err().field, "readyz.path");
+    }
+
+    #[test]
+    fn uri_prefixes() {
+        assert_eq!(parse_uri_prefix("p", "file:///tmp/bucket/").unwrap(), "file:///tmp/bucket");
+        parse_uri_prefix("p", "s3://bucket/actors/a").unwrap();
+        for bad in ["", "http://x", "s3://", "file://relative", "s3://b/../c", "gs:///"] {
+            assert!(parse_uri_prefix("p", bad).is_err(), "{bad}");
+        }
+    }
+}
