@@ -1,1 +1,362 @@
-//! TODO
+//! # ateom-snapshot
+//!
+//! Snapshots on this node (the PAUSED tier), laid out as
+//!
+//! ```text
+//! <root>/<namespace>:<template>:<actor_id>/snapshots/
+//!     .partial-<snapshot-id>/      being written: never read as a snapshot
+//!     <snapshot-id>/
+//!         <artifacts...>           written by the backend
+//!         manifest.json            written last, names every artifact with size and sha256
+//! ```
+//!
+//! The commit protocol: a backend writes its artifacts into a `.partial-` directory;
+//! [`PendingSnapshot::commit`] hashes them, writes `manifest.json` (temp file, fsync, rename),
+//! fsyncs and renames the directory to its final name. A directory without a manifest is
+//! never returned as a snapshot, so a crash at any point leaves either nothing or a complete
+//! snapshot. [`LocalSnapshot::verify`] re-hashes every artifact before a restore uses it.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ateom_core::{ActorRef, Artifact, MANIFEST_FILE, ManifestError, SnapshotId, SnapshotManifest};
+use sha2::{Digest, Sha256};
+
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Errors of the local snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no snapshot {id} for actor {actor} on this node")]
+    NotFound { actor: String, id: String },
+    #[error("actor {actor} has no snapshot on this node")]
+    NoneForActor { actor: String },
+    #[error("snapshot {id}: {source}")]
+    BadManifest {
+        id: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("snapshot {id}: artifact {artifact} is corrupt: {detail}")]
+    Corrupt { id: String, artifact: String, detail: String },
+    #[error("snapshot {id} already exists")]
+    Exists { id: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SnapshotError {
+    let context = context.into();
+    move |source| SnapshotError::Io { context, source }
+}
+
+/// The snapshots of every actor under one root directory.
+#[derive(Clone, Debug)]
+pub struct LocalSnapshots {
+    root: PathBuf,
+}
+
+impl LocalSnapshots {
+    /// `root` is the directory holding one sub-directory per actor (`<state-dir>/actors`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<actor key>/snapshots`.
+    pub fn actor_dir(&self, actor: &ActorRef) -> PathBuf {
+        self.root.join(actor.key()).join("snapshots")
+    }
+
+    /// Starts a new snapshot: an empty `.partial-<id>` directory for the backend to fill.
+    pub fn begin(&self, actor: &ActorRef, id: SnapshotId) -> Result<PendingSnapshot, SnapshotError> {
+        let base = self.actor_dir(actor);
+        fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
+        let final_dir = base.join(id.as_str());
+        if final_dir.exists() {
+            return Err(SnapshotError::Exists { id: id.to_string() });
+        }
+        let dir = base.join(format!("{PARTIAL_PREFIX}{id}"));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(format!("removing stale {}", dir.display())))?;
+        }
+        fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        Ok(PendingSnapshot { id, dir, final_dir, committed: false })
+    }
+
+    /// Opens one snapshot (its manifest is read and checked, its bytes are not).
+    pub fn open(&self, actor: &ActorRef, id: &SnapshotId) -> Result<LocalSnapshot, SnapshotError> {
+        let dir = self.actor_dir(actor).join(id.as_str());
+        LocalSnapshot::open_dir(&dir, id.as_str()).map_err(|e| match e {
+            SnapshotError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                SnapshotError::NotFound { actor: actor.to_string(), id: id.to_string() }
+            }
+            other => other,
+        })
+    }
+
+    /// Ids of the actor's complete snapshots, oldest first.
+    pub fn list(&self, actor: &ActorRef) -> Result<Vec<SnapshotId>, SnapshotError> {
+        let base = self.actor_dir(actor);
+        let entries = match fs::read_dir(&base) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("listing {}", base.display()))(e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("listing {}", base.display())))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(PARTIAL_PREFIX) || !entry.path().join(MANIFEST_FILE).is_file() {
+                continue;
+            }
+            if let Ok(id) = SnapshotId::parse("snapshot_id", name) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The actor's newest complete snapshot.
+    pub fn latest(&self, actor: &ActorRef) -> Result<LocalSnapshot, SnapshotError> {
+        let id = self
+            .list(actor)?
+            .pop()
+            .ok_or_else(|| SnapshotError::NoneForActor { actor: actor.to_string() })?;
+        self.open(actor, &id)
+    }
+
+    /// Deletes one snapshot: the manifest first, so a crash halfway leaves no snapshot.
+    pub fn delete(&self, actor: &ActorRef, id: &SnapshotId) -> Result<(), SnapshotError> {
+        let dir = self.actor_dir(actor).join(id.as_str());
+        match fs::remove_file(dir.join(MANIFEST_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing manifest of {}", dir.display()))(e)),
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", dir.display()))(e)),
+        }
+    }
+
+    /// Removes every `.partial-` directory (left by a crash during a checkpoint).
+    /// Returns the removed paths.
+    pub fn remove_partials(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        let mut removed = Vec::new();
+        let actors = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(io_err(format!("listing {}", self.root.display()))(e)),
+        };
+        for actor in actors.flatten() {
+            let Ok(snaps) = fs::read_dir(actor.path().join("snapshots")) else { continue };
+            for s in snaps.flatten() {
+                if s.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                    fs::remove_dir_all(s.path()).map_err(io_err(format!("removing {}", s.path().display())))?;
+                    removed.push(s.path());
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A snapshot being written. Dropping it without [`commit`](Self::commit) removes it.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    id: SnapshotId,
+    dir: PathBuf,
+    final_dir: PathBuf,
+    committed: bool,
+}
+
+impl PendingSnapshot {
+    pub fn id(&self) -> &SnapshotId {
+        &self.id
+    }
+
+    /// Where the backend writes its artifacts.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hashes every file in the directory, lets `finish` build the manifest from the
+    /// artifact list, writes it last and moves the snapshot to its final name.
+    pub fn commit(
+        mut self,
+        finish: impl FnOnce(Vec<Artifact>) -> SnapshotManifest,
+    ) -> Result<LocalSnapshot, SnapshotError> {
+        let mut names = Vec::new();
+        collect_files(&self.dir, &self.dir, &mut names)?;
+        names.sort();
+        let artifacts = hash_files_parallel(&self.dir, &names)?;
+        let manifest = finish(artifacts);
+        debug_assert_eq!(manifest.snapshot_id, self.id);
+
+        for a in &manifest.artifacts {
+            sync_file(&self.dir.join(&a.name))?;
+        }
+        let tmp = self.dir.join(".manifest.json.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+            f.write_all(&manifest.to_json()).map_err(io_err("writing manifest"))?;
+            f.sync_all().map_err(io_err("syncing manifest"))?;
+        }
+        fs::rename(&tmp, self.dir.join(MANIFEST_FILE)).map_err(io_err("renaming manifest"))?;
+        sync_dir(&self.dir)?;
+        fs::rename(&self.dir, &self.final_dir)
+            .map_err(io_err(format!("renaming {} to {}", self.dir.display(), self.final_dir.display())))?;
+        if let Some(parent) = self.final_dir.parent() {
+            sync_dir(parent)?;
+        }
+        self.committed = true;
+        Ok(LocalSnapshot { dir: self.final_dir.clone(), manifest })
+    }
+}
+
+impl Drop for PendingSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A complete snapshot on this node.
+#[derive(Clone, Debug)]
+pub struct LocalSnapshot {
+    pub dir: PathBuf,
+    pub manifest: SnapshotManifest,
+}
+
+impl LocalSnapshot {
+    /// Opens a snapshot directory anywhere (for example one just pulled from object storage).
+    pub fn open_dir(dir: &Path, id_for_errors: &str) -> Result<Self, SnapshotError> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+        let manifest = SnapshotManifest::from_json(&bytes)
+            .map_err(|source| SnapshotError::BadManifest { id: id_for_errors.to_owned(), source })?;
+        Ok(Self { dir: dir.to_owned(), manifest })
+    }
+
+    /// Absolute paths of the artifacts and then the manifest.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<_> = self.manifest.artifacts.iter().map(|a| self.dir.join(&a.name)).collect();
+        v.push(self.dir.join(MANIFEST_FILE));
+        v
+    }
+
+    /// Re-hashes every artifact (in parallel) and compares size and sha256 with the manifest.
+    /// The error names the first artifact that does not match.
+    pub fn verify(&self) -> Result<(), SnapshotError> {
+        let id = self.manifest.snapshot_id.to_string();
+        let names: Vec<String> = self.manifest.artifacts.iter().map(|a| a.name.clone()).collect();
+        for a in &self.manifest.artifacts {
+            let meta = fs::metadata(self.dir.join(&a.name)).map_err(|e| SnapshotError::Corrupt {
+                id: id.clone(),
+                artifact: a.name.clone(),
+                detail: format!("cannot read it: {e}"),
+            })?;
+            if meta.len() != a.size {
+                return Err(SnapshotError::Corrupt {
+                    id,
+                    artifact: a.name.clone(),
+                    detail: format!("size {} but the manifest says {}", meta.len(), a.size),
+                });
+            }
+        }
+        let actual = hash_files_parallel(&self.dir, &names)?;
+        for (want, got) in self.manifest.artifacts.iter().zip(&actual) {
+            if want.sha256 != got.sha256 {
+                return Err(SnapshotError::Corrupt {
+                    id,
+                    artifact: want.name.clone(),
+                    detail: format!("sha256 {} but the manifest says {}", got.sha256, want.sha256),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), SnapshotError> {
+    for entry in fs::read_dir(dir).map_err(io_err(format!("listing {}", dir.display())))? {
+        let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
+        let ty = entry.file_type().map_err(io_err("stat"))?;
+        let path = entry.path();
+        if ty.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if ty.is_file() {
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            if rel != MANIFEST_FILE && !rel.starts_with(".manifest") {
+                out.push(rel);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// sha256 of a file, streamed in 1 MiB reads.
+pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// Hashes the named files under `dir`, one thread per file (bounded by the core count).
+fn hash_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, SnapshotError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    let mut results: Vec<Option<Result<Artifact, SnapshotError>>> = (0..names.len()).map(|_| None).collect();
+    for (chunk_names, chunk_results) in names.chunks(workers).zip(results.chunks_mut(workers)) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk_names
+                .iter()
+                .map(|name| {
+                    s.spawn(move || {
+                        let path = dir.join(name);
+                        sha256_file(&path)
+                            .map(|(size, sha256)| Artifact { name: name.clone(), size, sha256 })
+                            .map_err(io_err(format!("hashing {}", path.display())))
+                    })
+                })
+                .collect();
+            for (slot, h) in chunk_results.iter_mut().zip(handles) {
+                *slot = Some(h.join().expect("hash thread does not panic"));
+            }
+        });
+    }
+    results.into_iter().map(|r| r.expect("every slot filled")).collect()
+}
+
+fn sync_file(path: &Path) -> Result<(), SnapshotError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(format!("syncing {}", path.display())))
+}
+
+fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(format!("syncing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+use super::*;
+use ateom_core::{Capabilities, HostFingerprint, MANIFEST_FORMAT_VERSION, WorkloadSpec};
+use std::collections::BTreeMap;
+
+fn actor() -> ActorRef {
+    ActorRef::parse("ns", "tpl", "a1").unwrap()
+}
+
+fn id(n: u32) -> SnapshotId {
+    SnapshotId::generate(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(n)), n)
+}
+
+fn manifest(id: &SnapshotId, artifacts: Vec<Artifact>) -> SnapshotManifest {
+    SnapshotManifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        snapshot_id: id.clone(),
+        actor: actor(),
+        created_at: "now".into(),
+        backend: "test".into(),
+        runtime_version: "1".into(),
+        kernel_id: String::new(),
+        cpu_template: String::new(),
+        host: HostFingerprint::default(),
+        capabilities: Capabilities::default(),
+        image_digests: BTreeMap::new(),
+        workload: WorkloadSpec { containers: vec![] },
+        provenance: BTreeMap::new(),
+        artifacts,
+    }
+}
+
+fn write_snapshot(store: &LocalSnapshots, n: u32) -> LocalSnapshot {
+    let p = store.begin(&actor(), id(n)).unwrap();
+    fs::write(p.dir().join("checkpoint.img"), b"state").unwrap();
+    fs::create_dir(p.dir().join("disk")).unwrap();
+    fs::write(p.dir().join("disk/rootfs.ext4"), vec![7u8; 3 << 20]).unwrap();
+    let snap_id = p.id().clone();
+    p.commit(|a| manifest(&snap_id, a)).unwrap()
+}
+
+#[test]
+fn commit_writes_manifest_with_digests_and_renames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    let snap = write_snapshot(&store, 1);
+    let names: Vec<_> = snap.manifest.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["checkpoint.img", "disk/rootfs.ext4"]);
+    assert_eq!(snap.manifest.artifacts[0].size, 5);
+    // sha256("state")
+    assert_eq!(
+        snap.manifest.artifacts[0].sha256,
+        hex::encode(Sha256::digest(b"state"))
+    );
+    assert!(snap.dir.join(MANIFEST_FILE).is_file());
+    assert!(!snap.dir.to_string_lossy().contains(PARTIAL_PREFIX));
+    snap.verify().unwrap();
+    let reopened = store.open(&actor(), &snap.manifest.snapshot_id).unwrap();
+    assert_eq!(reopened.manifest, snap.manifest);
+    assert_eq!(reopened.files().last().unwrap().file_name().unwrap(), MANIFEST_FILE);
+}
+
+#[test]
+fn uncommitted_snapshots_do_not_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    let p = store.begin(&actor(), id(1)).unwrap();
+    fs::write(p.dir().join("checkpoint.img"), b"half").unwrap();
+    std::mem::forget(p); // a crash: neither commit nor drop ran
+    assert!(store.list(&actor()).unwrap().is_empty());
+    assert!(matches!(store.latest(&actor()), Err(SnapshotError::NoneForActor { .. })));
+    assert!(matches!(store.open(&actor(), &id(1)), Err(SnapshotError::NotFound { .. })));
+    assert_eq!(store.remove_partials().unwrap().len(), 1);
+
+    let p = store.begin(&actor(), id(2)).unwrap();
+    let dir = p.dir().to_owned();
+    drop(p);
+    assert!(!dir.exists(), "dropping a pending snapshot removes it");
+}
+
+#[test]
+fn latest_is_newest_and_delete_removes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    write_snapshot(&store, 1);
+    let newer = write_snapshot(&store, 2);
+    assert_eq!(store.latest(&actor()).unwrap().manifest.snapshot_id, newer.manifest.snapshot_id);
+    store.delete(&actor(), &newer.manifest.snapshot_id).unwrap();
+    store.delete(&actor(), &newer.manifest.snapshot_id).unwrap();
+    assert_eq!(store.list(&actor()).unwrap(), vec![id(1)]);
+    assert!(matches!(store.begin(&actor(), id(1)), Err(SnapshotError::Exists { .. })));
+}
+
+#[test]
+fn verify_names_the_corrupt_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    let snap = write_snapshot(&store, 1);
+    let disk = snap.dir.join("disk/rootfs.ext4");
+    let mut bytes = fs::read(&disk).unwrap();
+    bytes[1 << 20] ^= 1;
+    fs::write(&disk, bytes).unwrap();
+    match snap.verify() {
+        Err(SnapshotError::Corrupt { artifact, detail, .. }) => {
+            assert_eq!(artifact, "disk/rootfs.ext4");
+            assert!(detail.contains("sha256"), "{detail}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    fs::write(snap.dir.join("checkpoint.img"), b"stat").unwrap();
+    match snap.verify() {
+        Err(SnapshotError::Corrupt { artifact, detail, .. }) => {
+            assert_eq!(artifact, "checkpoint.img");
+            assert!(detail.contains("size"), "{detail}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    fs::remove_file(snap.dir.join("checkpoint.img")).unwrap();
+    assert!(matches!(snap.verify(), Err(SnapshotError::Corrupt { .. })));
+}
+
+#[test]
+fn a_damaged_manifest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    let snap = write_snapshot(&store, 1);
+    fs::write(snap.dir.join(MANIFEST_FILE), b"{\"format_version\":1,").unwrap();
+    assert!(matches!(store.open(&actor(), &id(1)), Err(SnapshotError::BadManifest { .. })));
+}
