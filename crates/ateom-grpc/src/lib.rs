@@ -1,1 +1,170 @@
-//! TODO
+//! # ateom-grpc
+//!
+//! The `ateom.Ateom` gRPC service on a unix socket. This crate translates and validates
+//! wire messages ([`convert`]), maps runtime errors to gRPC status codes ([`status`]) and
+//! serves/connects over unix sockets. It knows no backend: everything backend-specific sits
+//! behind [`ateom_runtime::Runtime`].
+
+pub mod convert;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ateom_proto as pb;
+use ateom_runtime::Runtime;
+use tokio::net::UnixListener;
+use tonic::{Request, Response, Status};
+use tracing::{info, info_span, Instrument};
+
+/// The service implementation.
+pub struct AteomService {
+    runtime: Arc<Runtime>,
+}
+
+impl AteomService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+fn endpoint_str(a: std::net::SocketAddr) -> String {
+    a.to_string()
+}
+
+#[tonic::async_trait]
+impl pb::Ateom for AteomService {
+    async fn run_workload(
+        &self,
+        request: Request<pb::RunWorkloadRequest>,
+    ) -> Result<Response<pb::RunWorkloadResponse>, Status> {
+        let req = convert::run_request(request.get_ref()).map_err(status::invalid)?;
+        let span = info_span!("run", actor = %req.actor);
+        let started = self.runtime.run(req).instrument(span).await.map_err(status::from_runtime)?;
+        Ok(Response::new(pb::RunWorkloadResponse {
+            ready: true,
+            workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
+            host_endpoint: endpoint_str(started.host_endpoint),
+            console: started.console.unwrap_or_default(),
+            ready_ms: started.ready.as_millis() as u64,
+        }))
+    }
+
+    async fn checkpoint_workload(
+        &self,
+        request: Request<pb::CheckpointWorkloadRequest>,
+    ) -> Result<Response<pb::CheckpointWorkloadResponse>, Status> {
+        let req = convert::checkpoint_request(request.get_ref()).map_err(status::invalid)?;
+        let span = info_span!("checkpoint", actor = %req.actor);
+        let done = self.runtime.checkpoint(req).instrument(span).await.map_err(status::from_runtime)?;
+        Ok(Response::new(pb::CheckpointWorkloadResponse {
+            snapshot_files: done.files.iter().map(|p| p.display().to_string()).collect(),
+            manifest: Some(convert::manifest(&done.manifest)),
+            location: done.location,
+            destination: match done.destination {
+                ateom_core::Destination::Local => pb::SnapshotDestination::Local,
+                ateom_core::Destination::Durable => pb::SnapshotDestination::Durable,
+            } as i32,
+            checkpoint_ms: done.elapsed.as_millis() as u64,
+            stored_bytes: 0,
+            push_ms: 0,
+        }))
+    }
+
+    async fn restore_workload(
+        &self,
+        request: Request<pb::RestoreWorkloadRequest>,
+    ) -> Result<Response<pb::RestoreWorkloadResponse>, Status> {
+        let req = convert::restore_request(request.get_ref()).map_err(status::invalid)?;
+        let span = info_span!("restore", actor = %req.actor);
+        let started = self.runtime.restore(req).instrument(span).await.map_err(status::from_runtime)?;
+        Ok(Response::new(pb::RestoreWorkloadResponse {
+            ready: true,
+            workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
+            host_endpoint: endpoint_str(started.host_endpoint),
+            console: started.console.unwrap_or_default(),
+            ready_ms: started.ready.as_millis() as u64,
+            snapshot_id: started.snapshot_id.map(|s| s.to_string()).unwrap_or_default(),
+            pulled_bytes: 0,
+            pull_ms: 0,
+        }))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _request: Request<pb::GetCapabilitiesRequest>,
+    ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
+        let info = self.runtime.info();
+        Ok(Response::new(pb::GetCapabilitiesResponse {
+            capabilities: Some(convert::capabilities(&info.capabilities)),
+            backend: info.backend,
+            runtime_version: info.runtime_version,
+            host: Some(convert::host(&info.host)),
+            running_actor: info.running.map(|a| a.to_string()).unwrap_or_default(),
+            host_endpoint: endpoint_str(info.host_endpoint),
+        }))
+    }
+}
+
+/// Errors of serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `path` (mode 0600, replacing a stale socket file) and serves until `shutdown`
+/// resolves.
+pub async fn serve_unix(
+    path: &Path,
+    runtime: Arc<Runtime>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let sock_err = |source| ServeError::Socket { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(sock_err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    // Bind with a restrictive umask so the socket is never reachable by others, even briefly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+    info!(socket = %path.display(), "serving ateom.Ateom");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(pb::AteomServer::new(AteomService::new(runtime)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Connects a client to a worker's unix socket.
+pub async fn connect_unix(path: &Path) -> Result<pb::AteomClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let path = path.to_owned();
+    // The URI is required by tonic but unused: the connector always dials the socket.
+    let channel = tonic::transport::Endpoint::from_static("http://ateom.local")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(pb::AteomClient::new(channel).max_decoding_message_size(64 << 20))
+}

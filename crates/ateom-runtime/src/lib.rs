@@ -1,1 +1,521 @@
-//! TODO
+//! # ateom-runtime
+//!
+//! The core of one ateom worker: it holds **at most one workload** and moves it through
+//!
+//! ```text
+//!            run / restore                 checkpoint
+//!   Idle ───────────────────▶ Running ───────────────────▶ Idle
+//!     ▲   (Busy while starting)   │   (Busy while freezing)
+//!     └───── failure / delete ────┘
+//! ```
+//!
+//! It is backend-agnostic: it validates nothing on the wire (that is the gRPC layer's job)
+//! but enforces everything about state — one workload at a time, the right actor, snapshots
+//! that exist, are intact and fit this host — and does the work shared by every backend:
+//! readiness probing, the loopback forwarder, snapshot manifests, timings.
+
+pub mod host;
+pub mod probe;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ateom_core::{
+    ActorRef, Artifact, Backend, BackendError, Capabilities, CheckpointRequest, ContainerSource, Destination,
+    HostFingerprint, LaunchContext, MANIFEST_FORMAT_VERSION, Mismatch, RestoreRequest, RestoreTarget, RunRequest,
+    Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, WorkloadSpec, check_compatibility,
+};
+use ateom_net::Forwarder;
+use ateom_snapshot::{LocalSnapshot, LocalSnapshots, SnapshotError};
+use tracing::{info, warn};
+
+/// How a runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Everything the worker owns lives below this directory.
+    pub state_dir: PathBuf,
+    /// The worker's name in host fingerprints (default: `/etc/machine-id`).
+    pub host_id: Option<String>,
+    /// Loopback address of the forwarder into the running workload (port 0: pick one).
+    pub forward_addr: SocketAddr,
+    /// How long Run/Restore wait for the readiness probe.
+    pub ready_timeout: Duration,
+}
+
+/// Errors of the runtime; the gRPC layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Invalid(#[from] ateom_core::InvalidArgument),
+    #[error("worker is busy: actor {running} is {state}")]
+    Busy { running: ActorRef, state: &'static str },
+    #[error("no workload is running (requested actor {requested})")]
+    NothingRunning { requested: ActorRef },
+    #[error("actor {requested} is not running here; the running actor is {running}")]
+    WrongActor { running: ActorRef, requested: ActorRef },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("snapshot {snapshot} cannot be restored on this host: {}", mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Incompatible { snapshot: String, mismatches: Vec<Mismatch> },
+    #[error(transparent)]
+    NotReady(#[from] probe::NotReady),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{what} is not supported by this worker: {detail}")]
+    Unsupported { what: &'static str, detail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What Run and Restore report.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub workload_address: Option<SocketAddr>,
+    pub host_endpoint: SocketAddr,
+    pub console: Option<String>,
+    pub ready: Duration,
+    /// Restore only: the snapshot used.
+    pub snapshot_id: Option<SnapshotId>,
+}
+
+/// What a checkpoint reports.
+#[derive(Clone, Debug)]
+pub struct Checkpointed {
+    pub manifest: SnapshotManifest,
+    pub files: Vec<PathBuf>,
+    pub location: String,
+    pub destination: Destination,
+    pub elapsed: Duration,
+}
+
+/// What `GetCapabilities` reports.
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    pub backend: String,
+    pub runtime_version: String,
+    pub capabilities: Capabilities,
+    pub host: HostFingerprint,
+    pub running: Option<ActorRef>,
+    pub host_endpoint: SocketAddr,
+}
+
+struct Active {
+    actor: ActorRef,
+    sandbox: Box<dyn Sandbox>,
+    spec: WorkloadSpec,
+    work_dir: PathBuf,
+    service_port: Option<u16>,
+}
+
+enum Slot {
+    Idle,
+    Busy { actor: ActorRef, state: &'static str },
+    Running(Box<Active>),
+}
+
+/// One worker's runtime. Cheap to share (`Arc<Runtime>`); every method is safe to call
+/// concurrently, and exactly one of two racing Run/Restore calls wins.
+pub struct Runtime {
+    backend: Arc<dyn Backend>,
+    opts: RuntimeOptions,
+    host: HostFingerprint,
+    snapshots: LocalSnapshots,
+    forwarder: Forwarder,
+    slot: Mutex<Slot>,
+}
+
+/// Resets the slot to Idle if an operation ends without handing over a running workload.
+struct SlotGuard<'a> {
+    slot: &'a Mutex<Slot>,
+    armed: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.slot.lock().expect("slot lock") = Slot::Idle;
+        }
+    }
+}
+
+impl Runtime {
+    /// Prepares the state directory, removes what a crashed predecessor left behind and
+    /// binds the forwarder.
+    pub async fn start(backend: Arc<dyn Backend>, opts: RuntimeOptions) -> Result<Self, RuntimeError> {
+        let actors = opts.state_dir.join("actors");
+        std::fs::create_dir_all(&actors)
+            .map_err(|source| RuntimeError::Io { context: format!("creating {}", actors.display()), source })?;
+        let snapshots = LocalSnapshots::new(&actors);
+        for p in snapshots.remove_partials()? {
+            warn!(path = %p.display(), "removed an incomplete snapshot left by a crash");
+        }
+        remove_work_dirs(&actors);
+        for what in backend.cleanup_stale().await? {
+            warn!(%what, "cleaned up after a previous run");
+        }
+        let forwarder = Forwarder::bind(opts.forward_addr).await.map_err(|e| RuntimeError::Io {
+            context: format!("binding forwarder on {}", opts.forward_addr),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let host = host::probe(opts.host_id.as_deref());
+        info!(
+            backend = %backend.info().name,
+            version = %backend.info().runtime_version,
+            endpoint = %forwarder.local_addr(),
+            host_id = %host.host_id,
+            "runtime ready"
+        );
+        Ok(Self { backend, opts, host, snapshots, forwarder, slot: Mutex::new(Slot::Idle) })
+    }
+
+    pub fn snapshots(&self) -> &LocalSnapshots {
+        &self.snapshots
+    }
+
+    pub fn host_endpoint(&self) -> SocketAddr {
+        self.forwarder.local_addr()
+    }
+
+    pub fn info(&self) -> WorkerInfo {
+        let info = self.backend.info();
+        let running = match &*self.slot.lock().expect("slot lock") {
+            Slot::Idle => None,
+            Slot::Busy { actor, .. } => Some(actor.clone()),
+            Slot::Running(a) => Some(a.actor.clone()),
+        };
+        WorkerInfo {
+            backend: info.name.clone(),
+            runtime_version: info.runtime_version.clone(),
+            capabilities: info.capabilities.clone(),
+            host: self.host.clone(),
+            running,
+            host_endpoint: self.forwarder.local_addr(),
+        }
+    }
+
+    fn claim(&self, actor: &ActorRef, state: &'static str) -> Result<SlotGuard<'_>, RuntimeError> {
+        let mut slot = self.slot.lock().expect("slot lock");
+        match &*slot {
+            Slot::Idle => {
+                *slot = Slot::Busy { actor: actor.clone(), state };
+                Ok(SlotGuard { slot: &self.slot, armed: true })
+            }
+            Slot::Busy { actor, state } => Err(RuntimeError::Busy { running: actor.clone(), state }),
+            Slot::Running(a) => Err(RuntimeError::Busy { running: a.actor.clone(), state: "running" }),
+        }
+    }
+
+    fn actor_dir(&self, actor: &ActorRef) -> PathBuf {
+        self.snapshots.root().join(actor.key())
+    }
+
+    fn launch_context(
+        &self,
+        actor: &ActorRef,
+        spec: &WorkloadSpec,
+        runtime: Option<ateom_core::RuntimeConfig>,
+        asset_paths: BTreeMap<String, String>,
+    ) -> Result<LaunchContext, RuntimeError> {
+        let actor_dir = self.actor_dir(actor);
+        let mut containers = Vec::with_capacity(spec.containers.len());
+        for (i, c) in spec.containers.iter().enumerate() {
+            let source = match &c.image {
+                Some(image) => ContainerSource::Image(image.clone()),
+                None => {
+                    let bundle = actor_dir.join("bundles").join(c.name.as_str());
+                    if !bundle.join("config.json").is_file() {
+                        return Err(ateom_core::InvalidArgument::new(
+                            format!("spec.containers[{i}].image"),
+                            format!(
+                                "is empty and there is no node-agent bundle at {} (config.json + rootfs/)",
+                                bundle.display()
+                            ),
+                        )
+                        .into());
+                    }
+                    ContainerSource::Bundle(bundle)
+                }
+            };
+            containers.push((c.clone(), source));
+        }
+        let work_dir = actor_dir.join("work");
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|source| RuntimeError::Io { context: format!("creating {}", work_dir.display()), source })?;
+        let cache_dir = self.opts.state_dir.join("cache");
+        Ok(LaunchContext { actor: actor.clone(), containers, runtime, asset_paths, work_dir, cache_dir })
+    }
+
+    /// Starts a workload and waits until it is ready.
+    pub async fn run(&self, req: RunRequest) -> Result<Started, RuntimeError> {
+        let start = Instant::now();
+        let guard = self.claim(&req.actor, "starting")?;
+        let ctx = self.launch_context(&req.actor, &req.spec, req.runtime, req.asset_paths)?;
+        let work_dir = ctx.work_dir.clone();
+        info!(actor = %req.actor, "run: starting sandbox");
+        let sandbox = match self.backend.run(ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Err(e.into());
+            }
+        };
+        self.go_live(guard, req.actor, req.spec, sandbox, work_dir, start, None).await
+    }
+
+    /// Waits for readiness, points the forwarder at the workload and marks it running.
+    #[allow(clippy::too_many_arguments)]
+    async fn go_live(
+        &self,
+        mut guard: SlotGuard<'_>,
+        actor: ActorRef,
+        spec: WorkloadSpec,
+        sandbox: Box<dyn Sandbox>,
+        work_dir: PathBuf,
+        start: Instant,
+        snapshot_id: Option<SnapshotId>,
+    ) -> Result<Started, RuntimeError> {
+        let service = spec.service().map(|(_, p)| p.clone());
+        let dialer = sandbox.dialer();
+        if let (Some(probe), Some(dialer)) = (&service, &dialer) {
+            if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout).await {
+                warn!(%actor, error = %e, "workload never became ready; tearing it down");
+                if let Err(del) = sandbox.delete().await {
+                    warn!(%actor, error = %del, "delete after failed readiness");
+                }
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Err(e.into());
+            }
+        }
+        let ready = start.elapsed();
+        let service_port = service.as_ref().map(|p| p.port);
+        if let (Some(port), Some(dialer)) = (service_port, &dialer) {
+            self.forwarder.set_target(Some((dialer.clone(), port)));
+        }
+        let workload_address = match (&dialer, service_port) {
+            (Some(d), Some(port)) => Some(SocketAddr::new(d.ip(), port)),
+            _ => None,
+        };
+        let console = sandbox.console();
+        info!(%actor, ready_ms = ready.as_millis() as u64, endpoint = %self.forwarder.local_addr(), "workload ready");
+        *self.slot.lock().expect("slot lock") =
+            Slot::Running(Box::new(Active { actor, sandbox, spec, work_dir, service_port }));
+        guard.armed = false;
+        Ok(Started { workload_address, host_endpoint: self.forwarder.local_addr(), console, ready, snapshot_id })
+    }
+
+    fn take_running(&self, requested: &ActorRef) -> Result<(Box<Active>, SlotGuard<'_>), RuntimeError> {
+        let mut slot = self.slot.lock().expect("slot lock");
+        match std::mem::replace(&mut *slot, Slot::Idle) {
+            Slot::Running(a) if a.actor == *requested => {
+                *slot = Slot::Busy { actor: a.actor.clone(), state: "checkpointing" };
+                Ok((a, SlotGuard { slot: &self.slot, armed: true }))
+            }
+            Slot::Running(a) => {
+                let running = a.actor.clone();
+                *slot = Slot::Running(a);
+                Err(RuntimeError::WrongActor { running, requested: requested.clone() })
+            }
+            Slot::Busy { actor, state } => {
+                *slot = Slot::Busy { actor: actor.clone(), state };
+                Err(RuntimeError::Busy { running: actor, state })
+            }
+            Slot::Idle => Err(RuntimeError::NothingRunning { requested: requested.clone() }),
+        }
+    }
+
+    /// Freezes the running workload into a snapshot and frees the worker.
+    pub async fn checkpoint(&self, req: CheckpointRequest) -> Result<Checkpointed, RuntimeError> {
+        let start = Instant::now();
+        if req.destination == Destination::Durable {
+            return Err(RuntimeError::Unsupported {
+                what: "DURABLE checkpoints",
+                detail: "this worker has no snapshot store configured yet".into(),
+            });
+        }
+        let (mut active, mut guard) = self.take_running(&req.actor)?;
+        // No connection may be open inside the sandbox while it freezes.
+        self.forwarder.set_target(None);
+        self.forwarder.abort_all().await;
+
+        let id = SnapshotId::generate(SystemTime::now(), rand::random());
+        let pending = match self.snapshots.begin(&active.actor, id.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.resume_serving(&mut active);
+                *self.slot.lock().expect("slot lock") = Slot::Running(active);
+                guard.armed = false;
+                return Err(e.into());
+            }
+        };
+        info!(actor = %active.actor, snapshot = %id, "checkpoint: freezing");
+        let out = match active.sandbox.checkpoint(pending.dir()).await {
+            Ok(out) => out,
+            Err(e) => {
+                drop(pending);
+                if active.sandbox.is_alive().await {
+                    warn!(actor = %active.actor, error = %e, "checkpoint failed; the workload keeps running");
+                    self.resume_serving(&mut active);
+                    *self.slot.lock().expect("slot lock") = Slot::Running(active);
+                    guard.armed = false;
+                } else {
+                    warn!(actor = %active.actor, error = %e, "checkpoint failed and the sandbox is gone");
+                    let work_dir = active.work_dir.clone();
+                    let _ = active.sandbox.delete().await;
+                    let _ = std::fs::remove_dir_all(work_dir);
+                }
+                return Err(e.into());
+            }
+        };
+        let Active { actor, sandbox, spec, work_dir, .. } = *active;
+        let backend = self.backend.info().clone();
+        let host = self.host.clone();
+        let actor2 = actor.clone();
+        // Tear the sandbox down while the snapshot is hashed and committed.
+        let teardown = async {
+            if let Err(e) = sandbox.delete().await {
+                warn!(actor = %actor2, error = %e, "deleting the sandbox after checkpoint");
+            }
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        };
+        let commit = tokio::task::spawn_blocking(move || {
+            pending.commit(|artifacts: Vec<Artifact>| SnapshotManifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                snapshot_id: id,
+                actor: actor.clone(),
+                created_at: ateom_core::time::format_rfc3339_utc(SystemTime::now()),
+                backend: backend.name,
+                runtime_version: out.provenance.runtime_version.clone(),
+                kernel_id: out.provenance.kernel_id.clone(),
+                cpu_template: out.provenance.cpu_template.clone(),
+                host,
+                capabilities: backend.capabilities,
+                image_digests: out.image_digests,
+                workload: spec,
+                provenance: out.provenance.extra,
+                artifacts,
+            })
+        });
+        let (committed, ()) = tokio::join!(commit, teardown);
+        let snap = committed.map_err(|e| RuntimeError::Io {
+            context: "committing snapshot".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        drop(guard); // Idle again
+        let elapsed = start.elapsed();
+        info!(
+            actor = %snap.manifest.actor,
+            snapshot = %snap.manifest.snapshot_id,
+            bytes = snap.manifest.total_bytes(),
+            checkpoint_ms = elapsed.as_millis() as u64,
+            "checkpoint complete"
+        );
+        Ok(Checkpointed {
+            files: snap.files(),
+            location: snap.dir.display().to_string(),
+            manifest: snap.manifest,
+            destination: Destination::Local,
+            elapsed,
+        })
+    }
+
+    fn resume_serving(&self, active: &mut Active) {
+        if let (Some(port), Some(d)) = (active.service_port, active.sandbox.dialer()) {
+            self.forwarder.set_target(Some((d, port)));
+        }
+    }
+
+    /// Starts a fresh sandbox from a snapshot and waits until it is ready.
+    pub async fn restore(&self, req: RestoreRequest) -> Result<Started, RuntimeError> {
+        let start = Instant::now();
+        let guard = self.claim(&req.actor, "restoring")?;
+        if req.uri_prefix.is_some() && req.snapshot_id.is_none() && self.snapshots.list(&req.actor)?.is_empty() {
+            return Err(RuntimeError::Unsupported {
+                what: "restoring from object storage",
+                detail: "this worker has no snapshot store configured yet".into(),
+            });
+        }
+        let snap = match &req.snapshot_id {
+            Some(id) => self.snapshots.open(&req.actor, id)?,
+            None => self.snapshots.latest(&req.actor)?,
+        };
+        self.check_restorable(&snap)?;
+        let verify_snap = snap.clone();
+        tokio::task::spawn_blocking(move || verify_snap.verify()).await.map_err(|e| RuntimeError::Io {
+            context: "verifying snapshot".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let spec = if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
+        let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
+        let work_dir = ctx.work_dir.clone();
+        info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
+        let input = SnapshotInput { dir: &snap.dir, manifest: &snap.manifest };
+        let sandbox = match self.backend.restore(ctx, input).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Err(e.into());
+            }
+        };
+        let id = snap.manifest.snapshot_id.clone();
+        self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await
+    }
+
+    /// Refuses a snapshot whose provenance does not fit this host.
+    pub fn check_restorable(&self, snap: &LocalSnapshot) -> Result<(), RuntimeError> {
+        let info = self.backend.info();
+        let target = RestoreTarget {
+            backend: &info.name,
+            runtime_version: &info.runtime_version,
+            capabilities: &info.capabilities,
+            host: &self.host,
+        };
+        let mismatches = check_compatibility(&snap.manifest, &target);
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Incompatible { snapshot: snap.manifest.snapshot_id.to_string(), mismatches })
+        }
+    }
+
+    /// Deletes the running workload, if any (daemon shutdown).
+    pub async fn shutdown(&self) {
+        let active = {
+            let mut slot = self.slot.lock().expect("slot lock");
+            match std::mem::replace(&mut *slot, Slot::Idle) {
+                Slot::Running(a) => Some(a),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        self.forwarder.set_target(None);
+        self.forwarder.abort_all().await;
+        if let Some(a) = active {
+            info!(actor = %a.actor, "shutdown: deleting the running workload");
+            if let Err(e) = a.sandbox.delete().await {
+                warn!(actor = %a.actor, error = %e, "delete at shutdown");
+            }
+            let _ = std::fs::remove_dir_all(&a.work_dir);
+        }
+    }
+}
+
+fn remove_work_dirs(actors: &Path) {
+    let Ok(entries) = std::fs::read_dir(actors) else { return };
+    for e in entries.flatten() {
+        let work = e.path().join("work");
+        if work.exists() {
+            warn!(path = %work.display(), "removing a work directory left by a crash");
+            let _ = std::fs::remove_dir_all(work);
+        }
+    }
+}

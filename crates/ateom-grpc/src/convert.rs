@@ -1,0 +1,339 @@
+//! Wire messages -> validated domain requests, and domain results -> wire messages.
+//!
+//! Every field is checked here; an error names the field by its path in the request
+//! (`spec.containers[1].readyz.http_get.port`) so a caller knows exactly what to fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use ateom_core as core;
+use ateom_core::{
+    ActorRef, ContainerSpec, Destination, HttpProbe, ImageRef, InvalidArgument, Name, RuntimeConfig, Scope,
+    SnapshotId, WorkloadSpec,
+};
+use ateom_proto as pb;
+
+/// Most containers one workload may have.
+pub const MAX_CONTAINERS: usize = 16;
+
+fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadSpec, InvalidArgument> {
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    if containers.is_empty() {
+        if required {
+            return Err(InvalidArgument::new("spec.containers", "must list at least one container"));
+        }
+        return Ok(WorkloadSpec { containers: Vec::new() });
+    }
+    if containers.len() > MAX_CONTAINERS {
+        return Err(InvalidArgument::new(
+            "spec.containers",
+            format!("has {} containers, at most {MAX_CONTAINERS} allowed", containers.len()),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(containers.len());
+    for (i, c) in containers.iter().enumerate() {
+        let at = format!("spec.containers[{i}]");
+        let name = Name::parse(&format!("{at}.name"), &c.name)?;
+        if !names.insert(name.clone()) {
+            return Err(InvalidArgument::new(format!("{at}.name"), format!("{name:?} is used twice")));
+        }
+        let readyz = match &c.readyz {
+            None => None,
+            Some(r) => {
+                let Some(get) = &r.http_get else {
+                    return Err(InvalidArgument::new(format!("{at}.readyz.http_get"), "must be set when readyz is"));
+                };
+                Some(HttpProbe::parse(&format!("{at}.readyz.http_get"), &get.path, get.port)?)
+            }
+        };
+        for (j, d) in c.durable_dir_volumes.iter().enumerate() {
+            if !d.starts_with('/') || d.split('/').any(|s| s == "..") || d.contains('\0') {
+                return Err(InvalidArgument::new(
+                    format!("{at}.durable_dir_volumes[{j}]"),
+                    format!("{d:?} must be an absolute path without '..'"),
+                ));
+            }
+        }
+        let image =
+            if c.image.is_empty() { None } else { Some(ImageRef::parse(&format!("{at}.image"), &c.image)?) };
+        for (field, list) in [("command", &c.command), ("args", &c.args)] {
+            if let Some(j) = list.iter().position(|a| a.contains('\0')) {
+                return Err(InvalidArgument::new(format!("{at}.{field}[{j}]"), "contains a NUL byte"));
+            }
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &c.env {
+            let valid_key = !k.is_empty() && !k.contains('=') && !k.contains('\0');
+            if !valid_key || v.contains('\0') {
+                return Err(InvalidArgument::new(
+                    format!("{at}.env[{k:?}]"),
+                    "keys must be non-empty without '=' and no NUL bytes anywhere",
+                ));
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        out.push(ContainerSpec {
+            name,
+            readyz,
+            durable_dirs: c.durable_dir_volumes.clone(),
+            image,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env,
+        });
+    }
+    Ok(WorkloadSpec { containers: out })
+}
+
+fn abs_path(field: &str, value: &str) -> Result<Option<PathBuf>, InvalidArgument> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !value.starts_with('/') || value.contains('\0') {
+        return Err(InvalidArgument::new(field, format!("{value:?} must be an absolute path")));
+    }
+    Ok(Some(PathBuf::from(value)))
+}
+
+fn runtime(
+    legacy_runsc: &str,
+    oneof: Option<&pb::run_workload_request::Runtime>,
+) -> Result<Option<RuntimeConfig>, InvalidArgument> {
+    use pb::run_workload_request::Runtime as R;
+    let legacy = abs_path("runsc_path", legacy_runsc)?;
+    match oneof {
+        None => Ok(legacy.map(|p| RuntimeConfig::Gvisor(core::GvisorConfig { runsc_path: Some(p), platform: None }))),
+        Some(R::Gvisor(g)) => {
+            let runsc_path = abs_path("gvisor.runsc_path", &g.runsc_path)?.or(legacy);
+            let platform = match g.platform.as_str() {
+                "" => None,
+                p @ ("ptrace" | "kvm" | "systrap") => Some(p.to_owned()),
+                other => {
+                    return Err(InvalidArgument::new(
+                        "gvisor.platform",
+                        format!("{other:?} is not one of ptrace, kvm, systrap"),
+                    ));
+                }
+            };
+            Ok(Some(RuntimeConfig::Gvisor(core::GvisorConfig { runsc_path, platform })))
+        }
+        Some(R::Microvm(m)) => microvm(m).map(|m| Some(RuntimeConfig::MicroVm(m))),
+    }
+}
+
+fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument> {
+    let vcpus = match m.vcpus {
+        0 => None,
+        n @ 1..=32 => Some(n as u8),
+        n => return Err(InvalidArgument::new("microvm.vcpus", format!("{n} is outside 1-32"))),
+    };
+    let memory_mib = match m.memory_mib {
+        0 => None,
+        n @ 16..=65536 => Some(n),
+        n => return Err(InvalidArgument::new("microvm.memory_mib", format!("{n} is outside 16-65536"))),
+    };
+    let network = match &m.network {
+        None => None,
+        Some(n) => {
+            let ip = |field: &str, v: &str| -> Result<std::net::Ipv4Addr, InvalidArgument> {
+                let ip: std::net::Ipv4Addr = v
+                    .parse()
+                    .map_err(|_| InvalidArgument::new(format!("microvm.network.{field}"), format!("{v:?} is not an IPv4 address")))?;
+                if !ip.is_link_local() || ip.octets()[2] == 169 && ip.octets()[3] == 254 {
+                    return Err(InvalidArgument::new(
+                        format!("microvm.network.{field}"),
+                        format!("{ip} must be link-local (169.254.0.0/16) and not 169.254.169.254"),
+                    ));
+                }
+                Ok(ip)
+            };
+            if n.tap_name.is_empty() || n.tap_name.len() > 15 || !n.tap_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(InvalidArgument::new("microvm.network.tap_name", "must be 1-15 characters of [A-Za-z0-9_-]"));
+            }
+            let mac_ok = n.guest_mac.len() == 17
+                && n.guest_mac.split(':').count() == 6
+                && n.guest_mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+            if !mac_ok {
+                return Err(InvalidArgument::new("microvm.network.guest_mac", format!("{:?} is not a MAC address", n.guest_mac)));
+            }
+            let prefix_len = match n.prefix_len {
+                0 => 30,
+                p @ 16..=30 => p as u8,
+                p => return Err(InvalidArgument::new("microvm.network.prefix_len", format!("{p} is outside 16-30"))),
+            };
+            Some(core::TapNetwork {
+                tap_name: n.tap_name.clone(),
+                guest_mac: n.guest_mac.to_lowercase(),
+                guest_ip: ip("guest_ip", &n.guest_ip)?,
+                host_ip: ip("host_ip", &n.host_ip)?,
+                prefix_len,
+            })
+        }
+    };
+    if m.kernel_cmdline.len() > 4096 || m.kernel_cmdline.contains('\0') {
+        return Err(InvalidArgument::new("microvm.kernel_cmdline", "must be at most 4096 bytes without NUL"));
+    }
+    Ok(core::MicroVmConfig {
+        vmm_path: abs_path("microvm.vmm_path", &m.vmm_path)?,
+        kernel_image: abs_path("microvm.kernel_image", &m.kernel_image)?,
+        rootfs_image: abs_path("microvm.rootfs_image", &m.rootfs_image)?,
+        kernel_cmdline: (!m.kernel_cmdline.is_empty()).then(|| m.kernel_cmdline.clone()),
+        vcpus,
+        memory_mib,
+        cpu_template: (!m.cpu_template.is_empty()).then(|| m.cpu_template.clone()),
+        network,
+        jailer_path: abs_path("microvm.jailer_path", &m.jailer_path)?,
+        ready_console_line: (!m.ready_console_line.is_empty()).then(|| m.ready_console_line.clone()),
+    })
+}
+
+fn asset_paths(map: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, InvalidArgument> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(InvalidArgument::new(format!("runtime_asset_paths[{k:?}]"), "empty key or NUL byte"));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+// The three request messages carry the same runtime oneof as distinct generated types.
+fn checkpoint_runtime(r: &pb::checkpoint_workload_request::Runtime) -> pb::run_workload_request::Runtime {
+    use pb::checkpoint_workload_request::Runtime as C;
+    use pb::run_workload_request::Runtime as R;
+    match r {
+        C::Gvisor(g) => R::Gvisor(g.clone()),
+        C::Microvm(m) => R::Microvm(m.clone()),
+    }
+}
+
+fn restore_runtime(r: &pb::restore_workload_request::Runtime) -> pb::run_workload_request::Runtime {
+    use pb::restore_workload_request::Runtime as S;
+    use pb::run_workload_request::Runtime as R;
+    match r {
+        S::Gvisor(g) => R::Gvisor(g.clone()),
+        S::Microvm(m) => R::Microvm(m.clone()),
+    }
+}
+
+fn scope(value: i32) -> Result<Scope, InvalidArgument> {
+    match pb::SnapshotScope::try_from(value) {
+        Ok(pb::SnapshotScope::Unspecified | pb::SnapshotScope::Full) => Ok(Scope::Full),
+        Ok(pb::SnapshotScope::Data) => Ok(Scope::Data),
+        Err(_) => Err(InvalidArgument::new("scope", format!("{value} is not a SnapshotScope"))),
+    }
+}
+
+pub fn run_request(r: &pb::RunWorkloadRequest) -> Result<core::RunRequest, InvalidArgument> {
+    Ok(core::RunRequest {
+        actor: ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?,
+        spec: workload(r.spec.as_ref(), true)?,
+        runtime: runtime(&r.runsc_path, r.runtime.as_ref())?,
+        asset_paths: asset_paths(&r.runtime_asset_paths)?,
+    })
+}
+
+pub fn checkpoint_request(r: &pb::CheckpointWorkloadRequest) -> Result<core::CheckpointRequest, InvalidArgument> {
+    let actor = ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?;
+    // Validated for consistency even though a checkpoint acts on the running workload.
+    workload(r.spec.as_ref(), false)?;
+    runtime(&r.runsc_path, r.runtime.as_ref().map(checkpoint_runtime).as_ref())?;
+    asset_paths(&r.runtime_asset_paths)?;
+    let scope = scope(r.scope)?;
+    if scope == Scope::Data {
+        return Err(InvalidArgument::new("scope", "SNAPSHOT_SCOPE_DATA is not supported yet; use FULL"));
+    }
+    let prefix = if r.snapshot_uri_prefix.is_empty() {
+        None
+    } else {
+        Some(core::parse_uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?)
+    };
+    let destination = match pb::SnapshotDestination::try_from(r.destination) {
+        Ok(pb::SnapshotDestination::Unspecified) => {
+            if prefix.is_some() { Destination::Durable } else { Destination::Local }
+        }
+        Ok(pb::SnapshotDestination::Local) => Destination::Local,
+        Ok(pb::SnapshotDestination::Durable) => {
+            if prefix.is_none() {
+                return Err(InvalidArgument::new("snapshot_uri_prefix", "is required for a DURABLE checkpoint"));
+            }
+            Destination::Durable
+        }
+        Err(_) => {
+            return Err(InvalidArgument::new("destination", format!("{} is not a SnapshotDestination", r.destination)));
+        }
+    };
+    let uri_prefix = if destination == Destination::Durable { prefix } else { None };
+    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix })
+}
+
+pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRequest, InvalidArgument> {
+    scope(r.scope)?;
+    Ok(core::RestoreRequest {
+        actor: ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?,
+        spec: workload(r.spec.as_ref(), false)?,
+        runtime: runtime(&r.runsc_path, r.runtime.as_ref().map(restore_runtime).as_ref())?,
+        asset_paths: asset_paths(&r.runtime_asset_paths)?,
+        uri_prefix: if r.snapshot_uri_prefix.is_empty() {
+            None
+        } else {
+            Some(core::parse_uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?)
+        },
+        snapshot_id: if r.snapshot_id.is_empty() {
+            None
+        } else {
+            Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?)
+        },
+    })
+}
+
+pub fn host(h: &core::HostFingerprint) -> pb::HostFingerprint {
+    pb::HostFingerprint {
+        cpu_vendor: h.cpu_vendor.clone(),
+        cpu_model: h.cpu_model.clone(),
+        cpu_flags_digest: h.cpu_flags_digest.clone(),
+        host_kernel: h.host_kernel.clone(),
+        host_id: h.host_id.clone(),
+    }
+}
+
+pub fn capabilities(c: &core::Capabilities) -> pb::Capabilities {
+    pb::Capabilities {
+        supports_local_pause: c.supports_local_pause,
+        supports_incremental: c.supports_incremental,
+        supports_memory_snapshot: c.supports_memory_snapshot,
+        restore_requires_same_host: c.restore_requires_same_host,
+        snapshot_portability_class: c.snapshot_portability_class.clone(),
+        accelerator: c.accelerator.clone(),
+    }
+}
+
+pub fn manifest(m: &core::SnapshotManifest) -> pb::SnapshotManifest {
+    let mut provenance: std::collections::HashMap<_, _> = m.provenance.clone().into_iter().collect();
+    provenance.insert("snapshot_portability_class".into(), m.capabilities.snapshot_portability_class.clone());
+    provenance.insert("accelerator".into(), m.capabilities.accelerator.clone());
+    pb::SnapshotManifest {
+        snapshot_id: m.snapshot_id.to_string(),
+        artifacts: m
+            .artifacts
+            .iter()
+            .map(|a| pb::SnapshotArtifact { name: a.name.clone(), size: a.size, sha256: a.sha256.clone() })
+            .collect(),
+        backend: m.backend.clone(),
+        runtime_version: m.runtime_version.clone(),
+        kernel_id: m.kernel_id.clone(),
+        cpu_template: m.cpu_template.clone(),
+        cpu_model: m.host.cpu_model.clone(),
+        image_digests: m.image_digests.clone().into_iter().collect(),
+        provenance,
+        format_version: m.format_version,
+        host: Some(host(&m.host)),
+        actor: m.actor.to_string(),
+        created_at: m.created_at.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,52 @@
+//! Runtime errors -> gRPC status codes.
+//!
+//! * bad input: `INVALID_ARGUMENT` naming the field;
+//! * the worker's state forbids it (busy, nothing running, wrong actor, snapshot does not
+//!   fit this host): `FAILED_PRECONDITION` — the control plane treats a refused restore as
+//!   a CRASHED actor;
+//! * no such snapshot: `NOT_FOUND`; damaged snapshot bytes: `DATA_LOSS`;
+//! * never ready: `DEADLINE_EXCEEDED`; missing binaries/devices: `UNAVAILABLE`.
+
+use ateom_core::{BackendError, InvalidArgument};
+use ateom_runtime::RuntimeError;
+use ateom_snapshot::SnapshotError;
+use tonic::{Code, Status};
+
+pub fn invalid(e: InvalidArgument) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub fn code_of(e: &RuntimeError) -> Code {
+    match e {
+        RuntimeError::Invalid(_) => Code::InvalidArgument,
+        RuntimeError::Busy { .. }
+        | RuntimeError::NothingRunning { .. }
+        | RuntimeError::WrongActor { .. }
+        | RuntimeError::Incompatible { .. } => Code::FailedPrecondition,
+        RuntimeError::Snapshot(s) => match s {
+            SnapshotError::NotFound { .. } | SnapshotError::NoneForActor { .. } => Code::NotFound,
+            SnapshotError::Corrupt { .. } | SnapshotError::BadManifest { .. } => Code::DataLoss,
+            SnapshotError::Exists { .. } => Code::AlreadyExists,
+            SnapshotError::Io { .. } => Code::Internal,
+        },
+        RuntimeError::NotReady(_) => Code::DeadlineExceeded,
+        RuntimeError::Backend(b) => match b {
+            BackendError::InvalidConfig { .. } => Code::InvalidArgument,
+            BackendError::Unavailable { .. } => Code::Unavailable,
+            BackendError::Snapshot(_) => Code::FailedPrecondition,
+            BackendError::Image { .. } => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
+        RuntimeError::Unsupported { .. } => Code::Unimplemented,
+        RuntimeError::Io { .. } => Code::Internal,
+    }
+}
+
+pub fn from_runtime(e: RuntimeError) -> Status {
+    let code = code_of(&e);
+    match code {
+        Code::Internal | Code::Unavailable => tracing::error!(error = %e, "request failed"),
+        _ => tracing::warn!(error = %e, ?code, "request refused"),
+    }
+    Status::new(code, e.to_string())
+}
