@@ -116,6 +116,12 @@ pub trait Sandbox: Send + Sync {
         None
     }
 
+    /// Why the sandbox stopped on its own (failed to start, crashed), or `None` while it
+    /// runs. Checked while waiting for readiness, so a dead sandbox fails fast.
+    fn exited(&self) -> Option<String> {
+        None
+    }
+
     /// Freezes the workload and writes its state into `dir` (empty, on the same file
     /// system as the final snapshot). On success the sandbox is stopped and only `delete`
     /// remains. On failure the backend resumes the workload if it still can.

@@ -42,7 +42,10 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
             None => None,
             Some(r) => {
                 let Some(get) = &r.http_get else {
-                    return Err(InvalidArgument::new(format!("{at}.readyz.http_get"), "must be set when readyz is"));
+                    return Err(InvalidArgument::new(
+                        format!("{at}.readyz.http_get"),
+                        "must be set when readyz is",
+                    ));
                 };
                 Some(HttpProbe::parse(&format!("{at}.readyz.http_get"), &get.path, get.port)?)
             }
@@ -103,7 +106,10 @@ fn runtime(
     use pb::run_workload_request::Runtime as R;
     let legacy = abs_path("runsc_path", legacy_runsc)?;
     match oneof {
-        None => Ok(legacy.map(|p| RuntimeConfig::Gvisor(core::GvisorConfig { runsc_path: Some(p), platform: None }))),
+        None => {
+            Ok(legacy
+                .map(|p| RuntimeConfig::Gvisor(core::GvisorConfig { runsc_path: Some(p), platform: None })))
+        }
         Some(R::Gvisor(g)) => {
             let runsc_path = abs_path("gvisor.runsc_path", &g.runsc_path)?.or(legacy);
             let platform = match g.platform.as_str() {
@@ -137,9 +143,12 @@ fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument
         None => None,
         Some(n) => {
             let ip = |field: &str, v: &str| -> Result<std::net::Ipv4Addr, InvalidArgument> {
-                let ip: std::net::Ipv4Addr = v
-                    .parse()
-                    .map_err(|_| InvalidArgument::new(format!("microvm.network.{field}"), format!("{v:?} is not an IPv4 address")))?;
+                let ip: std::net::Ipv4Addr = v.parse().map_err(|_| {
+                    InvalidArgument::new(
+                        format!("microvm.network.{field}"),
+                        format!("{v:?} is not an IPv4 address"),
+                    )
+                })?;
                 if !ip.is_link_local() || ip.octets()[2] == 169 && ip.octets()[3] == 254 {
                     return Err(InvalidArgument::new(
                         format!("microvm.network.{field}"),
@@ -148,19 +157,33 @@ fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument
                 }
                 Ok(ip)
             };
-            if n.tap_name.is_empty() || n.tap_name.len() > 15 || !n.tap_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(InvalidArgument::new("microvm.network.tap_name", "must be 1-15 characters of [A-Za-z0-9_-]"));
+            if n.tap_name.is_empty()
+                || n.tap_name.len() > 15
+                || !n.tap_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(InvalidArgument::new(
+                    "microvm.network.tap_name",
+                    "must be 1-15 characters of [A-Za-z0-9_-]",
+                ));
             }
             let mac_ok = n.guest_mac.len() == 17
                 && n.guest_mac.split(':').count() == 6
                 && n.guest_mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
             if !mac_ok {
-                return Err(InvalidArgument::new("microvm.network.guest_mac", format!("{:?} is not a MAC address", n.guest_mac)));
+                return Err(InvalidArgument::new(
+                    "microvm.network.guest_mac",
+                    format!("{:?} is not a MAC address", n.guest_mac),
+                ));
             }
             let prefix_len = match n.prefix_len {
                 0 => 30,
                 p @ 16..=30 => p as u8,
-                p => return Err(InvalidArgument::new("microvm.network.prefix_len", format!("{p} is outside 16-30"))),
+                p => {
+                    return Err(InvalidArgument::new(
+                        "microvm.network.prefix_len",
+                        format!("{p} is outside 16-30"),
+                    ));
+                }
             };
             Some(core::TapNetwork {
                 tap_name: n.tap_name.clone(),
@@ -188,7 +211,9 @@ fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument
     })
 }
 
-fn asset_paths(map: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, InvalidArgument> {
+fn asset_paths(
+    map: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, InvalidArgument> {
     let mut out = BTreeMap::new();
     for (k, v) in map {
         if k.is_empty() || k.contains('\0') || v.contains('\0') {
@@ -235,7 +260,9 @@ pub fn run_request(r: &pb::RunWorkloadRequest) -> Result<core::RunRequest, Inval
     })
 }
 
-pub fn checkpoint_request(r: &pb::CheckpointWorkloadRequest) -> Result<core::CheckpointRequest, InvalidArgument> {
+pub fn checkpoint_request(
+    r: &pb::CheckpointWorkloadRequest,
+) -> Result<core::CheckpointRequest, InvalidArgument> {
     let actor = ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?;
     // Validated for consistency even though a checkpoint acts on the running workload.
     workload(r.spec.as_ref(), false)?;
@@ -252,17 +279,27 @@ pub fn checkpoint_request(r: &pb::CheckpointWorkloadRequest) -> Result<core::Che
     };
     let destination = match pb::SnapshotDestination::try_from(r.destination) {
         Ok(pb::SnapshotDestination::Unspecified) => {
-            if prefix.is_some() { Destination::Durable } else { Destination::Local }
+            if prefix.is_some() {
+                Destination::Durable
+            } else {
+                Destination::Local
+            }
         }
         Ok(pb::SnapshotDestination::Local) => Destination::Local,
         Ok(pb::SnapshotDestination::Durable) => {
             if prefix.is_none() {
-                return Err(InvalidArgument::new("snapshot_uri_prefix", "is required for a DURABLE checkpoint"));
+                return Err(InvalidArgument::new(
+                    "snapshot_uri_prefix",
+                    "is required for a DURABLE checkpoint",
+                ));
             }
             Destination::Durable
         }
         Err(_) => {
-            return Err(InvalidArgument::new("destination", format!("{} is not a SnapshotDestination", r.destination)));
+            return Err(InvalidArgument::new(
+                "destination",
+                format!("{} is not a SnapshotDestination", r.destination),
+            ));
         }
     };
     let uri_prefix = if destination == Destination::Durable { prefix } else { None };

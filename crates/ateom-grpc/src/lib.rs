@@ -15,7 +15,7 @@ use ateom_proto as pb;
 use ateom_runtime::Runtime;
 use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
-use tracing::{info, info_span, Instrument};
+use tracing::{Instrument, info, info_span};
 
 /// The service implementation.
 pub struct AteomService {
@@ -153,7 +153,9 @@ pub async fn serve_unix(
 }
 
 /// Connects a client to a worker's unix socket.
-pub async fn connect_unix(path: &Path) -> Result<pb::AteomClient<tonic::transport::Channel>, tonic::transport::Error> {
+pub async fn connect_unix(
+    path: &Path,
+) -> Result<pb::AteomClient<tonic::transport::Channel>, tonic::transport::Error> {
     let path = path.to_owned();
     // The URI is required by tonic but unused: the connector always dials the socket.
     let channel = tonic::transport::Endpoint::from_static("http://ateom.local")

@@ -5,7 +5,8 @@
 //!   fit this host): `FAILED_PRECONDITION` — the control plane treats a refused restore as
 //!   a CRASHED actor;
 //! * no such snapshot: `NOT_FOUND`; damaged snapshot bytes: `DATA_LOSS`;
-//! * never ready: `DEADLINE_EXCEEDED`; missing binaries/devices: `UNAVAILABLE`.
+//! * never ready: `DEADLINE_EXCEEDED` (or `INTERNAL` when the sandbox died while starting);
+//!   missing binaries/devices: `UNAVAILABLE`.
 
 use ateom_core::{BackendError, InvalidArgument};
 use ateom_runtime::RuntimeError;
@@ -29,7 +30,8 @@ pub fn code_of(e: &RuntimeError) -> Code {
             SnapshotError::Exists { .. } => Code::AlreadyExists,
             SnapshotError::Io { .. } => Code::Internal,
         },
-        RuntimeError::NotReady(_) => Code::DeadlineExceeded,
+        RuntimeError::NotReady(ateom_runtime::probe::NotReady::Timeout { .. }) => Code::DeadlineExceeded,
+        RuntimeError::NotReady(ateom_runtime::probe::NotReady::Exited(_)) => Code::Internal,
         RuntimeError::Backend(b) => match b {
             BackendError::InvalidConfig { .. } => Code::InvalidArgument,
             BackendError::Unavailable { .. } => Code::Unavailable,

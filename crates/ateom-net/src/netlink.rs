@@ -88,6 +88,26 @@ impl NetlinkIn {
         })
     }
 
+    /// `ip neigh replace <ip> lladdr <mac> dev <name> nud permanent`.
+    pub(crate) async fn add_permanent_neighbor(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetError> {
+        let index = self.link_index(name).await?;
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetError::netlink(format!("adding neighbour {ip} on {name} in netns {:?}", self.namespace), e)
+            })
+    }
+
     /// `ip link del <name>`; a missing link is fine.
     pub(crate) async fn delete_link(&self, name: &str) -> Result<(), NetError> {
         let Some(link) = self.find_link(name).await? else { return Ok(()) };

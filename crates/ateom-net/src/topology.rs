@@ -162,6 +162,11 @@ pub async fn setup_veth(sandbox: &Netns, gateway: &Netns, plan: &VethPlan) -> Re
         gw.add_ipv4(&plan.gateway_if, plan.gateway_ip, plan.prefix_len).await?;
         gw.set_up(&plan.gateway_if).await?;
         gw.set_up("lo").await?;
+        if let Some(mac) = plan.sandbox_mac {
+            // A known MAC becomes a permanent neighbour entry: the first SYN to a sandbox
+            // that is still restoring is not held up by ARP (whose retry is a full second).
+            gw.add_permanent_neighbor(&plan.gateway_if, plan.sandbox_ip, mac).await?;
+        }
         let sb = NetlinkIn::connect(sandbox).await?;
         sb.add_ipv4(&plan.sandbox_if, plan.sandbox_ip, plan.prefix_len).await?;
         sb.set_up(&plan.sandbox_if).await?;

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ateom_core::{
     ActorRef, Artifact, Backend, BackendError, Capabilities, CheckpointRequest, ContainerSource, Destination,
-    HostFingerprint, LaunchContext, MANIFEST_FORMAT_VERSION, Mismatch, RestoreRequest, RestoreTarget, RunRequest,
-    Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, WorkloadSpec, check_compatibility,
+    HostFingerprint, LaunchContext, MANIFEST_FORMAT_VERSION, Mismatch, RestoreRequest, RestoreTarget,
+    RunRequest, Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, WorkloadSpec, check_compatibility,
 };
 use ateom_net::Forwarder;
 use ateom_snapshot::{LocalSnapshot, LocalSnapshots, SnapshotError};
@@ -55,7 +55,7 @@ pub enum RuntimeError {
     #[error("no workload is running (requested actor {requested})")]
     NothingRunning { requested: ActorRef },
     #[error("actor {requested} is not running here; the running actor is {running}")]
-    WrongActor { running: ActorRef, requested: ActorRef },
+    WrongActor { running: Box<ActorRef>, requested: Box<ActorRef> },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("snapshot {snapshot} cannot be restored on this host: {}", mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -150,8 +150,10 @@ impl Runtime {
     /// binds the forwarder.
     pub async fn start(backend: Arc<dyn Backend>, opts: RuntimeOptions) -> Result<Self, RuntimeError> {
         let actors = opts.state_dir.join("actors");
-        std::fs::create_dir_all(&actors)
-            .map_err(|source| RuntimeError::Io { context: format!("creating {}", actors.display()), source })?;
+        std::fs::create_dir_all(&actors).map_err(|source| RuntimeError::Io {
+            context: format!("creating {}", actors.display()),
+            source,
+        })?;
         let snapshots = LocalSnapshots::new(&actors);
         for p in snapshots.remove_partials()? {
             warn!(path = %p.display(), "removed an incomplete snapshot left by a crash");
@@ -247,8 +249,10 @@ impl Runtime {
         }
         let work_dir = actor_dir.join("work");
         let _ = std::fs::remove_dir_all(&work_dir);
-        std::fs::create_dir_all(&work_dir)
-            .map_err(|source| RuntimeError::Io { context: format!("creating {}", work_dir.display()), source })?;
+        std::fs::create_dir_all(&work_dir).map_err(|source| RuntimeError::Io {
+            context: format!("creating {}", work_dir.display()),
+            source,
+        })?;
         let cache_dir = self.opts.state_dir.join("cache");
         Ok(LaunchContext { actor: actor.clone(), containers, runtime, asset_paths, work_dir, cache_dir })
     }
@@ -285,7 +289,9 @@ impl Runtime {
         let service = spec.service().map(|(_, p)| p.clone());
         let dialer = sandbox.dialer();
         if let (Some(probe), Some(dialer)) = (&service, &dialer) {
-            if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout).await {
+            let exited = || sandbox.exited();
+            if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout, &exited).await
+            {
                 warn!(%actor, error = %e, "workload never became ready; tearing it down");
                 if let Err(del) = sandbox.delete().await {
                     warn!(%actor, error = %del, "delete after failed readiness");
@@ -308,7 +314,13 @@ impl Runtime {
         *self.slot.lock().expect("slot lock") =
             Slot::Running(Box::new(Active { actor, sandbox, spec, work_dir, service_port }));
         guard.armed = false;
-        Ok(Started { workload_address, host_endpoint: self.forwarder.local_addr(), console, ready, snapshot_id })
+        Ok(Started {
+            workload_address,
+            host_endpoint: self.forwarder.local_addr(),
+            console,
+            ready,
+            snapshot_id,
+        })
     }
 
     fn take_running(&self, requested: &ActorRef) -> Result<(Box<Active>, SlotGuard<'_>), RuntimeError> {
@@ -321,7 +333,10 @@ impl Runtime {
             Slot::Running(a) => {
                 let running = a.actor.clone();
                 *slot = Slot::Running(a);
-                Err(RuntimeError::WrongActor { running, requested: requested.clone() })
+                Err(RuntimeError::WrongActor {
+                    running: Box::new(running),
+                    requested: Box::new(requested.clone()),
+                })
             }
             Slot::Busy { actor, state } => {
                 *slot = Slot::Busy { actor: actor.clone(), state };
@@ -436,7 +451,10 @@ impl Runtime {
     pub async fn restore(&self, req: RestoreRequest) -> Result<Started, RuntimeError> {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "restoring")?;
-        if req.uri_prefix.is_some() && req.snapshot_id.is_none() && self.snapshots.list(&req.actor)?.is_empty() {
+        if req.uri_prefix.is_some()
+            && req.snapshot_id.is_none()
+            && self.snapshots.list(&req.actor)?.is_empty()
+        {
             return Err(RuntimeError::Unsupported {
                 what: "restoring from object storage",
                 detail: "this worker has no snapshot store configured yet".into(),
@@ -452,7 +470,8 @@ impl Runtime {
             context: "verifying snapshot".into(),
             source: std::io::Error::other(e.to_string()),
         })??;
-        let spec = if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
+        let spec =
+            if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
         let work_dir = ctx.work_dir.clone();
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");

@@ -10,10 +10,18 @@ use std::time::{Duration, Instant};
 use ateom_core::{Dialer, HttpProbe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One attempt: connects, sends `GET`, returns the status code.
-pub async fn http_get_status(dialer: &dyn Dialer, probe: &HttpProbe, timeout: Duration) -> std::io::Result<u16> {
+/// One attempt: connects (giving up after `connect_timeout`), sends `GET`, returns the
+/// status code (all within `timeout`).
+pub async fn http_get_status(
+    dialer: &dyn Dialer,
+    probe: &HttpProbe,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> std::io::Result<u16> {
     let attempt = async {
-        let mut stream = dialer.dial(probe.port).await?;
+        let mut stream = tokio::time::timeout(connect_timeout, dialer.dial(probe.port))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: ateom-probe\r\nConnection: close\r\n\r\n",
             probe.path,
@@ -51,7 +59,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ateom\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ateom\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
@@ -102,33 +111,53 @@ fn parse_status(head: &[u8]) -> Option<u16> {
 
 /// Why a workload never became ready.
 #[derive(Debug, thiserror::Error)]
-#[error("readiness probe GET {path} on port {port} did not answer 200 within {waited_ms} ms (last: {last})")]
-pub struct NotReady {
-    pub path: String,
-    pub port: u16,
-    pub waited_ms: u128,
-    pub last: String,
+pub enum NotReady {
+    #[error(
+        "readiness probe GET {path} on port {port} did not answer 200 within {waited_ms} ms (last: {last})"
+    )]
+    Timeout { path: String, port: u16, waited_ms: u128, last: String },
+    #[error("the sandbox stopped before it became ready: {0}")]
+    Exited(String),
 }
 
-/// Polls until the probe answers 200 or `deadline` passes. Starts fast (1 ms between
-/// attempts) because a restored workload usually answers at once, then backs off to 50 ms.
-pub async fn wait_ready(dialer: &dyn Dialer, probe: &HttpProbe, deadline: Duration) -> Result<Duration, NotReady> {
+/// Polls until the probe answers 200, `deadline` passes, or `exited` reports that the
+/// sandbox died. Starts fast (1 ms between attempts) because a restored workload usually
+/// answers at once, then backs off to 50 ms. Connects time out quickly too (25 ms, growing
+/// to 1 s): a SYN sent before a restoring sandbox attached its network is lost, and the
+/// kernel would only retransmit it after a full second, so a fresh attempt is faster.
+pub async fn wait_ready(
+    dialer: &dyn Dialer,
+    probe: &HttpProbe,
+    deadline: Duration,
+    exited: &(dyn Fn() -> Option<String> + Send + Sync),
+) -> Result<Duration, NotReady> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
+    let mut connect_timeout = Duration::from_millis(25);
     let mut last = String::from("no attempt");
     loop {
+        if let Some(why) = exited() {
+            return Err(NotReady::Exited(why));
+        }
         let left = deadline.saturating_sub(start.elapsed());
         if left.is_zero() {
-            return Err(NotReady {
+            return Err(NotReady::Timeout {
                 path: probe.path.clone(),
                 port: probe.port,
                 waited_ms: start.elapsed().as_millis(),
                 last,
             });
         }
-        match http_get_status(dialer, probe, left.min(Duration::from_secs(5))).await {
+        match http_get_status(dialer, probe, connect_timeout.min(left), left.min(Duration::from_secs(5)))
+            .await
+        {
             Ok(200) => return Ok(start.elapsed()),
             Ok(code) => last = format!("HTTP {code}"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = e.to_string();
+                connect_timeout = (connect_timeout * 2).min(Duration::from_secs(1));
+                continue;
+            }
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(pause.min(deadline.saturating_sub(start.elapsed()))).await;

@@ -164,7 +164,8 @@ impl LocalSnapshots {
             let Ok(snaps) = fs::read_dir(actor.path().join("snapshots")) else { continue };
             for s in snaps.flatten() {
                 if s.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
-                    fs::remove_dir_all(s.path()).map_err(io_err(format!("removing {}", s.path().display())))?;
+                    fs::remove_dir_all(s.path())
+                        .map_err(io_err(format!("removing {}", s.path().display())))?;
                     removed.push(s.path());
                 }
             }
@@ -216,8 +217,11 @@ impl PendingSnapshot {
         }
         fs::rename(&tmp, self.dir.join(MANIFEST_FILE)).map_err(io_err("renaming manifest"))?;
         sync_dir(&self.dir)?;
-        fs::rename(&self.dir, &self.final_dir)
-            .map_err(io_err(format!("renaming {} to {}", self.dir.display(), self.final_dir.display())))?;
+        fs::rename(&self.dir, &self.final_dir).map_err(io_err(format!(
+            "renaming {} to {}",
+            self.dir.display(),
+            self.final_dir.display()
+        )))?;
         if let Some(parent) = self.final_dir.parent() {
             sync_dir(parent)?;
         }

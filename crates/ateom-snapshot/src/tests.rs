@@ -47,10 +47,7 @@ fn commit_writes_manifest_with_digests_and_renames() {
     assert_eq!(names, ["checkpoint.img", "disk/rootfs.ext4"]);
     assert_eq!(snap.manifest.artifacts[0].size, 5);
     // sha256("state")
-    assert_eq!(
-        snap.manifest.artifacts[0].sha256,
-        hex::encode(Sha256::digest(b"state"))
-    );
+    assert_eq!(snap.manifest.artifacts[0].sha256, hex::encode(Sha256::digest(b"state")));
     assert!(snap.dir.join(MANIFEST_FILE).is_file());
     assert!(!snap.dir.to_string_lossy().contains(PARTIAL_PREFIX));
     snap.verify().unwrap();
