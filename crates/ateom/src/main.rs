@@ -1,1 +1,181 @@
-fn main() {}
+//! `ateom`: the worker daemon (`ateom serve`) and its command-line client.
+
+mod backends;
+mod bench;
+mod client;
+mod demo;
+mod images;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "ateom — a sandbox runtime for stateful, mostly idle workloads";
+
+const LONG_ABOUT: &str = "\
+ateom runs one sandboxed workload at a time and can run it, checkpoint it (memory + file
+system) to a snapshot, and restore it later with its state intact.
+
+A worker is `ateom serve`; everything else is a client of its unix socket:
+
+  ateom serve --backend gvisor --socket /run/ateom.sock --state-dir /var/lib/ateom
+  ateom run --socket /run/ateom.sock --actor a1 --image oci-layout:/images/counter:latest --port 8080
+  curl http://$(ateom caps --socket /run/ateom.sock --json | jq -r .host_endpoint)/
+  ateom checkpoint --socket /run/ateom.sock --actor a1
+  ateom restore --socket /run/ateom.sock --actor a1
+
+`ateom demo` does all of that in one command and prints what it measured.";
+
+#[derive(Parser)]
+#[command(name = "ateom", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `ateom_runtime=debug`.
+    #[arg(long, global = true, env = "ATEOM_LOG", default_value = "info")]
+    log: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker daemon: serve the Ateom gRPC service on a unix socket.
+    Serve(ServeArgs),
+    /// Start a workload on a worker and wait until it is ready.
+    Run(client::RunArgs),
+    /// Checkpoint the running workload into a snapshot and free the worker.
+    Checkpoint(client::CheckpointArgs),
+    /// Restore a workload from a snapshot and wait until it is ready.
+    Restore(client::RestoreArgs),
+    /// Show the worker's backend, capabilities, host fingerprint and running actor.
+    Caps(client::CapsArgs),
+    /// Build OCI image layouts (no Docker needed).
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+    /// Run the end-to-end demo: counter image -> run -> requests -> checkpoint -> restore.
+    Demo(demo::DemoArgs),
+    /// Benchmark run/checkpoint/restore against the same operations driven directly.
+    Bench(demo::BenchArgs),
+}
+
+/// Which sandbox backend a worker uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// gVisor (runsc): userspace kernel, small portable snapshots.
+    Gvisor,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gvisor => "gvisor",
+        }
+    }
+}
+
+/// Options shared by everything that creates a worker (serve, demo, bench).
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// Sandbox backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Gvisor)]
+    pub backend: BackendKind,
+    /// The runsc binary (gvisor backend).
+    #[arg(long, env = "ATEOM_RUNSC", default_value = "/usr/bin/runsc")]
+    pub runsc: PathBuf,
+    /// runsc platform: ptrace works everywhere; kvm needs hardware virtualisation.
+    #[arg(long, default_value = "ptrace")]
+    pub platform: String,
+    /// This worker's name in host fingerprints (default: from /etc/machine-id).
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// How long Run/Restore wait for the workload's readiness probe.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Keep runsc debug logs in each sandbox's work directory.
+    #[arg(long)]
+    pub debug_logs: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Unix socket to serve on (created with mode 0600; a stale one is replaced).
+    #[arg(long, env = "ATEOM_SOCKET")]
+    socket: PathBuf,
+    /// Directory for snapshots, caches and sandbox state. Leftovers of a crashed previous
+    /// daemon here are cleaned up at start.
+    #[arg(long, env = "ATEOM_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Loopback address forwarded into the running workload (port 0 picks a free one;
+    /// GetCapabilities and every Run/Restore response report it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let runtime = backends::start_runtime(&args.worker, &args.state_dir, args.listen).await?;
+    let runtime = std::sync::Arc::new(runtime);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    let served = ateom_grpc::serve_unix(&args.socket, runtime.clone(), shutdown).await;
+    runtime.shutdown().await;
+    served?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Command::Serve(a) => serve(a).await,
+            Command::Run(a) => client::run(a).await,
+            Command::Checkpoint(a) => client::checkpoint(a).await,
+            Command::Restore(a) => client::restore(a).await,
+            Command::Caps(a) => client::caps(a).await,
+            Command::Image(c) => images::main(c),
+            Command::Demo(a) => demo::demo(a).await,
+            Command::Bench(a) => demo::bench(a).await,
+        }
+    })
+}

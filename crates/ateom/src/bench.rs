@@ -1,0 +1,250 @@
+//! `ateom bench`: run -> ready, checkpoint, restore -> first answer and snapshot bytes through
+//! ateom, beside the same operations driven directly with runsc on the same bundle in the
+//! same run (the baseline). Results are medians; ratios are ateom / baseline.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ateom_core::{Dialer, HttpProbe};
+use ateom_net::{Netns, NetnsDialer, VethPlan};
+use serde_json::{Value, json};
+
+use crate::WorkerArgs;
+use crate::demo::{Harness, checkpoint_counter, hit, restore_counter, run_counter};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Adds `name`, `baseline_name` and `name_ratio` to `out`.
+fn figure(out: &mut serde_json::Map<String, Value>, name: &str, ours: f64, baseline: f64) {
+    out.insert(name.into(), json!(round2(ours)));
+    out.insert(format!("baseline_{name}"), json!(round2(baseline)));
+    let ratio = if baseline > 0.0 { ours / baseline } else { 0.0 };
+    out.insert(format!("{name}_ratio"), json!((ratio * 1000.0).round() / 1000.0));
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn gvisor(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Result<Value> {
+    let iterations = iterations.max(1);
+    // Warm-up (fills the image cache, faults in binaries) and the bundle for the baseline.
+    run_counter(h, "bench-warmup").await?;
+    checkpoint_counter(h, "bench-warmup", None).await?;
+
+    let (mut run_s, mut ck_s, mut rs_s, mut bytes) = (vec![], vec![], vec![], 0u64);
+    for i in 0..iterations {
+        let actor = format!("bench-{i}");
+        let (_, t) = run_counter(h, &actor).await?;
+        run_s.push(ms(t));
+        let endpoint = h.runtime.host_endpoint();
+        hit(endpoint).await?;
+        let (ck, t) = checkpoint_counter(h, &actor, None).await?;
+        ck_s.push(ms(t));
+        bytes = ck.manifest.map(|m| m.artifacts.iter().map(|a| a.size).sum()).unwrap_or(0);
+        let (_, _, t) = restore_counter(h, &actor, None).await?;
+        rs_s.push(ms(t));
+        checkpoint_counter(h, &actor, None).await?;
+    }
+
+    let base = Baseline::prepare(h, worker).await?;
+    let (mut brun, mut bck, mut brs, mut bbytes) = (vec![], vec![], vec![], 0u64);
+    let result = async {
+        for i in 0..=iterations {
+            let (run, ck, rs, b) = base.cycle(i).await?;
+            if i > 0 {
+                // i == 0 is the baseline's warm-up.
+                brun.push(run);
+                bck.push(ck);
+                brs.push(rs);
+                bbytes = b;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    base.cleanup().await;
+    result?;
+
+    let mut out = serde_json::Map::new();
+    out.insert("benchmark".into(), json!("run-checkpoint-restore"));
+    out.insert("backend".into(), json!("gvisor"));
+    out.insert("runtime_version".into(), json!(h.runtime.info().runtime_version));
+    out.insert("iterations".into(), json!(iterations));
+    out.insert("statistic".into(), json!("median"));
+    figure(&mut out, "run_to_ready_ms", median(run_s.clone()), median(brun.clone()));
+    figure(&mut out, "checkpoint_ms", median(ck_s.clone()), median(bck.clone()));
+    figure(&mut out, "restore_to_first_answer_ms", median(rs_s.clone()), median(brs.clone()));
+    figure(&mut out, "snapshot_bytes", bytes as f64, bbytes as f64);
+    out.insert("daemon_rss_kib".into(), json!(rss_kib()));
+    out.insert(
+        "samples_ms".into(),
+        json!({
+            "run_to_ready": run_s, "baseline_run_to_ready": brun,
+            "checkpoint": ck_s, "baseline_checkpoint": bck,
+            "restore_to_first_answer": rs_s, "baseline_restore_to_first_answer": brs,
+        }),
+    );
+    Ok(Value::Object(out))
+}
+
+/// The baseline: runsc driven by hand on the bundle ateom prepared, in namespaces of its own.
+struct Baseline {
+    runsc: PathBuf,
+    platform: String,
+    root: PathBuf,
+    bundle: PathBuf,
+    work: tempfile::TempDir,
+    prefix: String,
+    mask: bool,
+}
+
+const SB_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+
+impl Baseline {
+    async fn prepare(h: &Harness, worker: &WorkerArgs) -> Result<Self> {
+        let work = tempfile::Builder::new().prefix("ateom-bench-base-").tempdir()?;
+        let bundle = work.path().join("bundle");
+        std::fs::create_dir_all(&bundle)?;
+        let image = ateom_core::ImageRef::parse("image", &h.image)?;
+        let store = ateom_image::ImageStore::new(h.state_dir.join("cache/images"));
+        let prepared = store.prepare(&image)?;
+        let prefix = format!("ateom-bench{}-", std::process::id());
+        let opts = ateom_image::BundleOptions {
+            rootfs: prepared.rootfs.clone(),
+            hostname: "baseline".into(),
+            netns_path: Some(PathBuf::from(format!("/run/netns/{prefix}sb"))),
+            readonly_rootfs: false,
+        };
+        let spec =
+            ateom_image::runtime_spec(&prepared.config, &ateom_image::ProcessOverrides::default(), &opts)?;
+        ateom_image::write_bundle(&bundle, &spec)?;
+        Ok(Self {
+            runsc: worker.runsc.clone(),
+            platform: worker.platform.clone(),
+            root: work.path().join("root"),
+            bundle,
+            work,
+            prefix,
+            mask: ateom_net::kernel_shows_core_sysctls_in_netns()?,
+        })
+    }
+
+    async fn net_up(&self) -> Result<(Netns, Netns)> {
+        let sb = Netns::create(&format!("{}sb", self.prefix))?;
+        let gw = Netns::create(&format!("{}gw", self.prefix))?;
+        let plan = VethPlan {
+            sandbox_ip: SB_IP,
+            gateway_ip: Ipv4Addr::new(169, 254, 0, 1),
+            prefix_len: 30,
+            sandbox_if: "eth0".into(),
+            gateway_if: "gw0".into(),
+            sandbox_mac: None,
+        };
+        ateom_net::setup_veth(&sb, &gw, &plan).await?;
+        Ok((sb, gw))
+    }
+
+    async fn runsc(&self, ns: &Netns, mask: bool, args: &[&str]) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(&self.runsc);
+        cmd.arg(format!("--root={}", self.root.display()))
+            .arg(format!("--platform={}", self.platform))
+            .arg("--network=sandbox")
+            .arg("--overlay2=root:memory")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        ateom_net::join_netns_before_exec(&mut cmd, ns, mask && self.mask)?;
+        let out = cmd.output().await?;
+        if !out.status.success() {
+            bail!("baseline runsc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    async fn first_answer(gw: &Netns) -> Result<()> {
+        let dialer: Arc<dyn Dialer> = Arc::new(NetnsDialer::new(gw, IpAddr::V4(SB_IP))?);
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        ateom_runtime::probe::wait_ready(dialer.as_ref(), &probe, Duration::from_secs(30), &|| None).await?;
+        Ok(())
+    }
+
+    fn net_down(sb: Netns, gw: Netns) {
+        let _ = sb.delete();
+        let _ = gw.delete();
+    }
+
+    /// run -> ready, checkpoint (+ delete + namespaces gone), restore -> first answer, delete.
+    async fn cycle(&self, i: u32) -> Result<(f64, f64, f64, u64)> {
+        let cid = format!("bench-base-{i}");
+        let image = self.work.path().join(format!("image-{i}"));
+        std::fs::create_dir_all(&image)?;
+        let bundle = format!("--bundle={}", self.bundle.display());
+
+        let t = Instant::now();
+        let (sb, gw) = self.net_up().await?;
+        self.runsc(&sb, true, &["run", "--detach", &bundle, &cid]).await?;
+        Self::first_answer(&gw).await?;
+        let run = ms(t.elapsed());
+
+        let t = Instant::now();
+        self.runsc(&sb, false, &["checkpoint", &format!("--image-path={}", image.display()), &cid]).await?;
+        self.runsc(&sb, false, &["delete", "--force", &cid]).await?;
+        Self::net_down(sb, gw);
+        let ck = ms(t.elapsed());
+        let bytes = dir_bytes(&image)?;
+
+        let t = Instant::now();
+        let (sb, gw) = self.net_up().await?;
+        let rcid = format!("{cid}-r");
+        self.runsc(
+            &sb,
+            true,
+            &["restore", "--detach", &format!("--image-path={}", image.display()), &bundle, &rcid],
+        )
+        .await?;
+        Self::first_answer(&gw).await?;
+        let rs = ms(t.elapsed());
+        self.runsc(&sb, false, &["delete", "--force", &rcid]).await?;
+        Self::net_down(sb, gw);
+        Ok((run, ck, rs, bytes))
+    }
+
+    async fn cleanup(&self) {
+        for n in Netns::list_with_prefix(&self.prefix).unwrap_or_default() {
+            let _ = Netns::delete_by_name(&n);
+        }
+    }
+}
+
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        n += e?.metadata()?.len();
+    }
+    Ok(n)
+}

@@ -1,0 +1,252 @@
+//! Test support: real `ateom serve` processes on temporary state dirs, driven over their
+//! unix sockets with the real gRPC client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ateom_proto as pb;
+use serde_json::Value;
+
+pub type Client = pb::AteomClient<tonic::transport::Channel>;
+
+/// Why a test cannot run here, or None. Tests print it loudly and return.
+pub fn gvisor_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (network namespaces, runsc)".into());
+    }
+    if !Path::new("/usr/bin/runsc").exists() && std::env::var_os("ATEOM_RUNSC").is_none() {
+        return Some("runsc is not installed (apt install runsc)".into());
+    }
+    None
+}
+
+#[macro_export]
+macro_rules! require_gvisor {
+    () => {
+        if let Some(why) = common::gvisor_unavailable() {
+            eprintln!("SKIPPED {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The static counter binary: $ATEOM_COUNTER_BIN, or built with scripts/build-counter.sh.
+pub fn counter_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ATEOM_COUNTER_BIN") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/build-counter.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/build-counter.sh");
+        assert!(out.status.success(), "scripts/build-counter.sh failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+    })
+    .clone()
+}
+
+/// Packs the counter into `<dir>/counter` and returns the image reference.
+pub fn counter_image(dir: &Path) -> String {
+    let out_dir = dir.join("counter-image");
+    let st = Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .args(["image", "pack-counter", "--binary"])
+        .arg(counter_bin())
+        .arg("--out")
+        .arg(&out_dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    format!("oci-layout:{}:latest", out_dir.display())
+}
+
+pub fn counter_spec(image: &str) -> pb::WorkloadSpec {
+    pb::WorkloadSpec {
+        containers: vec![pb::Container {
+            name: "counter".into(),
+            readyz: Some(pb::Readyz {
+                http_get: Some(pb::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+            }),
+            image: image.into(),
+            ..Default::default()
+        }],
+    }
+}
+
+/// A real `ateom serve` child process.
+pub struct Worker {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(state_dir: &Path, extra: &[&str]) -> Worker {
+        std::fs::create_dir_all(state_dir).unwrap();
+        let socket = state_dir.join("ateom.sock");
+        let log = state_dir.join("worker.log");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(env!("CARGO_BIN_EXE_ateom"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(extra)
+            .env("ATEOM_LOG", "info,ateom_runtime=debug,ateom_gvisor=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning ateom serve");
+        let w = Worker { child, socket, state_dir: state_dir.to_owned(), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !w.socket.exists() {
+            assert!(Instant::now() < deadline, "worker did not start; log:\n{}", w.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        ateom_grpc::connect_unix(&self.socket).await.expect("connect")
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.crash();
+    }
+
+    /// Network namespaces of this worker (its instance prefix).
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("ateom-{}-", instance_id(&self.state_dir));
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// PIDs of runsc processes working for this worker's state dir.
+    pub fn runsc_processes(&self) -> Vec<i32> {
+        let needle = format!("--root={}", self.state_dir.join("runsc").display());
+        let mut pids = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if let Ok(c) = std::fs::read(e.path().join("cmdline"))
+                && c.split(|b| *b == 0).any(|a| a == needle.as_bytes())
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+        // Belt and braces: nothing of ours may survive a failed test.
+        for pid in self.runsc_processes() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        for ns in self.namespaces() {
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        }
+    }
+}
+
+pub fn instance_id(state_dir: &Path) -> String {
+    use sha2::Digest;
+    let canonical = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
+    hex::encode(sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes()))[..8].to_owned()
+}
+
+pub fn actor(id: &str) -> (String, String, String) {
+    ("test".into(), "counter".into(), id.into())
+}
+
+pub fn run_req(id: &str, image: &str) -> pb::RunWorkloadRequest {
+    let (a, b, c) = actor(id);
+    pb::RunWorkloadRequest {
+        actor_template_namespace: a,
+        actor_template_name: b,
+        actor_id: c,
+        spec: Some(counter_spec(image)),
+        ..Default::default()
+    }
+}
+
+pub fn checkpoint_req(id: &str) -> pb::CheckpointWorkloadRequest {
+    let (a, b, c) = actor(id);
+    pb::CheckpointWorkloadRequest {
+        actor_template_namespace: a,
+        actor_template_name: b,
+        actor_id: c,
+        ..Default::default()
+    }
+}
+
+pub fn restore_req(id: &str) -> pb::RestoreWorkloadRequest {
+    let (a, b, c) = actor(id);
+    pb::RestoreWorkloadRequest {
+        actor_template_namespace: a,
+        actor_template_name: b,
+        actor_id: c,
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    pub memory: u64,
+    pub file: u64,
+    pub sha: String,
+}
+
+pub async fn hit(endpoint: &str) -> Count {
+    let addr: SocketAddr = endpoint.parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, body) = ateom_runtime::probe::http_get(&mut s, endpoint, "/").await.unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    Count {
+        memory: v["memory_count"].as_u64().unwrap(),
+        file: v["file_count"].as_u64().unwrap(),
+        sha: v["file_sha256"].as_str().unwrap().to_owned(),
+    }
+}
