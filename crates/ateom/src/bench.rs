@@ -22,7 +22,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    round2(d.as_secs_f64() * 1000.0)
 }
 
 fn round2(x: f64) -> f64 {
@@ -162,13 +162,13 @@ impl Baseline {
             prefix_len: 30,
             sandbox_if: "eth0".into(),
             gateway_if: "gw0".into(),
-            sandbox_mac: None,
+            sandbox_mac: Some([0x02, 0xa7, 0xe0, 0x00, 0x00, 0x02]),
         };
         ateom_net::setup_veth(&sb, &gw, &plan).await?;
         Ok((sb, gw))
     }
 
-    async fn runsc(&self, ns: &Netns, mask: bool, args: &[&str]) -> Result<()> {
+    fn command(&self, ns: &Netns, mask: bool, args: &[&str]) -> Result<tokio::process::Command> {
         let mut cmd = tokio::process::Command::new(&self.runsc);
         cmd.arg(format!("--root={}", self.root.display()))
             .arg(format!("--platform={}", self.platform))
@@ -179,11 +179,20 @@ impl Baseline {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         ateom_net::join_netns_before_exec(&mut cmd, ns, mask && self.mask)?;
-        let out = cmd.output().await?;
+        Ok(cmd)
+    }
+
+    async fn runsc(&self, ns: &Netns, args: &[&str]) -> Result<()> {
+        let out = self.command(ns, false, args)?.output().await?;
         if !out.status.success() {
             bail!("baseline runsc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
+    }
+
+    /// `runsc run|restore` in the foreground (it reaps the sandbox; see ateom-gvisor).
+    fn start(&self, ns: &Netns, args: &[&str]) -> Result<tokio::process::Child> {
+        Ok(self.command(ns, true, args)?.stderr(Stdio::null()).spawn()?)
     }
 
     async fn first_answer(gw: &Netns) -> Result<()> {
@@ -207,13 +216,14 @@ impl Baseline {
 
         let t = Instant::now();
         let (sb, gw) = self.net_up().await?;
-        self.runsc(&sb, true, &["run", "--detach", &bundle, &cid]).await?;
+        let mut child = self.start(&sb, &["run", &bundle, &cid])?;
         Self::first_answer(&gw).await?;
         let run = ms(t.elapsed());
 
         let t = Instant::now();
-        self.runsc(&sb, false, &["checkpoint", &format!("--image-path={}", image.display()), &cid]).await?;
-        self.runsc(&sb, false, &["delete", "--force", &cid]).await?;
+        self.runsc(&sb, &["checkpoint", &format!("--image-path={}", image.display()), &cid]).await?;
+        child.wait().await?;
+        self.runsc(&sb, &["delete", "--force", &cid]).await?;
         Self::net_down(sb, gw);
         let ck = ms(t.elapsed());
         let bytes = dir_bytes(&image)?;
@@ -221,15 +231,13 @@ impl Baseline {
         let t = Instant::now();
         let (sb, gw) = self.net_up().await?;
         let rcid = format!("{cid}-r");
-        self.runsc(
-            &sb,
-            true,
-            &["restore", "--detach", &format!("--image-path={}", image.display()), &bundle, &rcid],
-        )
-        .await?;
+        let image_path = format!("--image-path={}", image.display());
+        let mut child = self.start(&sb, &["restore", &image_path, &bundle, &rcid])?;
         Self::first_answer(&gw).await?;
         let rs = ms(t.elapsed());
-        self.runsc(&sb, false, &["delete", "--force", &rcid]).await?;
+        self.runsc(&sb, &["kill", &rcid, "KILL"]).await?;
+        child.wait().await?;
+        self.runsc(&sb, &["delete", "--force", &rcid]).await?;
         Self::net_down(sb, gw);
         Ok((run, ck, rs, bytes))
     }
