@@ -1,0 +1,280 @@
+//! Pull: index -> chunk objects fetched in parallel, each verified -> positional writes into
+//! pre-sized files (zero chunks stay holes) -> fsync -> rename into place.
+//!
+//! ```text
+//! chunk table (file order) ──> buffered(concurrency): GET ─> length check ─> zstd decode
+//!                                                     ─> sha256 check   (blocking pool)
+//!                          ──(in order)──> writer thread: pwrite at offset, whole-file sha256,
+//!                                          fsync at the end of each artifact
+//! ```
+//! `buffered` (not `buffer_unordered`) keeps results in file order with `concurrency` fetches
+//! in flight, so the writer can hash each artifact as one stream without re-reading it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::chunk::decode_verified;
+use crate::error::{ChunkFault, StoreError};
+use crate::index::{Digest, PARTIAL_SUFFIX, SnapshotIndex};
+use crate::store::{Inner, PullOptions, PullReport, Store, check_id};
+
+/// In-order work for the writer.
+enum Item {
+    Chunk { artifact: usize, offset: u64, len: u64, data: Option<Bytes> },
+    EndArtifact { artifact: usize },
+}
+
+/// Removes the `.ateom-partial` files of a pull that did not finish (error or dropped future).
+struct PartialFiles {
+    paths: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for PartialFiles {
+    fn drop(&mut self) {
+        if self.armed {
+            for p in &self.paths {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Pull snapshot `snapshot_id` (`None`: the one `LATEST` names) into `dest_dir`, creating
+    /// it. Each artifact is written to `<name>.ateom-partial`, verified, fsynced and renamed to
+    /// `<name>`, so an interrupted pull never leaves a file that looks complete.
+    pub async fn pull(&self, snapshot_id: Option<&str>, dest_dir: &FsPath) -> Result<PullReport, StoreError> {
+        self.pull_with(snapshot_id, dest_dir, &PullOptions::default()).await
+    }
+
+    /// [`Store::pull`] with progress reporting and digest options.
+    pub async fn pull_with(
+        &self,
+        snapshot_id: Option<&str>,
+        dest_dir: &FsPath,
+        opts: &PullOptions,
+    ) -> Result<PullReport, StoreError> {
+        let start = Instant::now();
+        let inner = self.inner.clone();
+        let id = match snapshot_id {
+            Some(id) => {
+                check_id(id)?;
+                id.to_string()
+            }
+            None => inner.read_latest().await?,
+        };
+        let index = Arc::new(inner.read_index(&id).await?);
+
+        // Pre-size every file: holes everywhere until a non-zero chunk is written.
+        std::fs::create_dir_all(dest_dir).map_err(|e| StoreError::io(dest_dir, e))?;
+        let mut partial = PartialFiles { paths: Vec::new(), armed: true };
+        let mut files = Vec::with_capacity(index.artifacts.len());
+        let mut finals = Vec::with_capacity(index.artifacts.len());
+        for a in &index.artifacts {
+            let path = dest_dir.join(&a.name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+            }
+            let tmp = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", path.display()));
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| StoreError::io(&tmp, e))?;
+            partial.paths.push(tmp.clone());
+            f.set_len(a.size).map_err(|e| StoreError::io(&tmp, e))?;
+            files.push((tmp.clone(), f));
+            finals.push((tmp, path));
+        }
+
+        let cfg = &inner.config;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(cfg.concurrency);
+        let writer = {
+            let index = index.clone();
+            let verify = opts.verify_artifact_digests;
+            tokio::task::spawn_blocking(move || write_all(&index, files, rx, verify))
+        };
+
+        let mut report = PullReport { snapshot_id: id.clone(), ..PullReport::default() };
+        let total = index.logical_bytes();
+        report.logical_bytes = total;
+        if let Some(p) = &opts.progress {
+            p.update(0, total);
+        }
+        let cpu = Arc::new(Semaphore::new(cfg.cpu_workers));
+        let work = index.artifacts.iter().enumerate().flat_map(|(ai, a)| {
+            a.chunks.iter().enumerate().map(move |(ci, _)| (ai, Some(ci))).chain(std::iter::once((ai, None)))
+        });
+        let mut items = futures::stream::iter(work)
+            .map(|(ai, ci)| {
+                let inner = inner.clone();
+                let index = index.clone();
+                let cpu = cpu.clone();
+                let id = id.clone();
+                async move {
+                    match ci {
+                        None => Ok(Item::EndArtifact { artifact: ai }),
+                        Some(ci) => fetch_chunk(&inner, &index, &id, ai, ci, &cpu).await,
+                    }
+                }
+            })
+            .buffered(cfg.concurrency);
+        let mut done = 0u64;
+        let mut send_failed = false;
+        while let Some(item) = items.try_next().await? {
+            if let Item::Chunk { len, data, .. } = &item {
+                report.chunks_total += 1;
+                done += len;
+                match data {
+                    None => report.chunks_zero += 1,
+                    Some(_) => report.chunks_fetched += 1,
+                }
+            }
+            if tx.send(item).await.is_err() {
+                send_failed = true; // the writer stopped: its error is below
+                break;
+            }
+            if let Some(p) = &opts.progress {
+                p.update(done, total);
+            }
+        }
+        drop(items);
+        drop(tx);
+        writer.await.map_err(|source| StoreError::Task { what: "writer", source })??;
+        if send_failed {
+            return Err(StoreError::Io {
+                path: dest_dir.to_path_buf(),
+                source: std::io::Error::other("writer stopped early"),
+            });
+        }
+
+        // Everything is verified and fsynced: move files into place, then fsync directories.
+        let mut dirs = Vec::new();
+        for (tmp, path) in &finals {
+            std::fs::rename(tmp, path).map_err(|e| StoreError::io(path, e))?;
+            let parent = path.parent().unwrap_or(dest_dir);
+            if !dirs.contains(&parent) {
+                dirs.push(parent);
+            }
+        }
+        partial.armed = false;
+        for d in dirs {
+            File::open(d).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(d, e))?;
+        }
+        report.stored_bytes = index.stored_bytes();
+        report.elapsed_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            store = %inner.display,
+            snapshot = %id,
+            logical_bytes = report.logical_bytes,
+            stored_bytes = report.stored_bytes,
+            chunks = report.chunks_total,
+            zero = report.chunks_zero,
+            elapsed_ms = report.elapsed_ms,
+            "snapshot pulled"
+        );
+        Ok(report)
+    }
+}
+
+/// GET one chunk object and decode it, checking stored length, decoded length and sha256.
+async fn fetch_chunk(
+    inner: &Inner,
+    index: &SnapshotIndex,
+    id: &str,
+    ai: usize,
+    ci: usize,
+    cpu: &Semaphore,
+) -> Result<Item, StoreError> {
+    let artifact = &index.artifacts[ai];
+    let c = &artifact.chunks[ci];
+    let item = |data| Item::Chunk { artifact: ai, offset: c.offset, len: c.length, data };
+    let (Some(rel), Some(clen)) = (&c.key, c.compressed_length) else {
+        return Ok(item(None)); // zero chunk (validated: zero <=> no object)
+    };
+    let key = inner.key(&format!("{id}/{rel}"));
+    let corrupt = |fault| StoreError::CorruptChunk {
+        id: id.to_string(),
+        artifact: artifact.name.clone(),
+        chunk: ci,
+        key: key.to_string(),
+        fault: Box::new(fault),
+    };
+    let stored = match inner.get("get chunk", &key).await {
+        Ok(b) => b,
+        Err(f) if f.is_not_found() => {
+            return Err(StoreError::MissingChunk {
+                id: id.to_string(),
+                artifact: artifact.name.clone(),
+                chunk: ci,
+                key: key.to_string(),
+            });
+        }
+        Err(f) => return Err(f.into()),
+    };
+    if stored.len() as u64 != clen {
+        return Err(corrupt(ChunkFault::StoredLength { expected: clen, actual: stored.len() as u64 }));
+    }
+    let (length, sha) = (c.length, c.sha256);
+    let decoded = {
+        let _permit = cpu.acquire().await.ok();
+        tokio::task::spawn_blocking(move || decode_verified(&stored, length, &sha))
+            .await
+            .map_err(|source| StoreError::Task { what: "decode", source })?
+    };
+    decoded.map(|d| item(Some(Bytes::from(d)))).map_err(corrupt)
+}
+
+/// Write items in file order: pwrite non-zero chunks, hash (zeros included), fsync and check
+/// the whole-file digest at the end of each artifact.
+fn write_all(
+    index: &SnapshotIndex,
+    files: Vec<(PathBuf, File)>,
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    verify: bool,
+) -> Result<(), StoreError> {
+    let zeros = vec![0u8; index.chunk_size as usize];
+    let mut hasher = Sha256::new();
+    while let Some(item) = rx.blocking_recv() {
+        match item {
+            Item::Chunk { artifact, offset, len, data } => {
+                let (path, file) = &files[artifact];
+                match data {
+                    Some(d) => {
+                        file.write_all_at(&d, offset).map_err(|e| StoreError::io(path, e))?;
+                        if verify {
+                            hasher.update(&d);
+                        }
+                    }
+                    None if verify => hasher.update(&zeros[..len as usize]),
+                    None => {}
+                }
+            }
+            Item::EndArtifact { artifact } => {
+                let (path, file) = &files[artifact];
+                file.sync_all().map_err(|e| StoreError::io(path, e))?;
+                let actual = Digest(std::mem::take(&mut hasher).finalize().into());
+                let a = &index.artifacts[artifact];
+                if verify && actual != a.sha256 {
+                    return Err(StoreError::ArtifactDigestMismatch {
+                        id: index.snapshot_id.clone(),
+                        artifact: a.name.clone(),
+                        expected: a.sha256.to_hex(),
+                        actual: actual.to_hex(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Push: local snapshot directory -> chunk objects -> index -> LATEST.
+//!
+//! Pipeline (memory stays bounded by `2 * concurrency` chunks):
+//!
+//! ```text
+//! reader thread ──(chunk bytes, in order)──> hasher thread      (whole-file sha256)
+//!      │
+//!      └──(non-zero chunks)──> buffer_unordered(concurrency):
+//!                                sha256 ─> skip if present ─> zstd ─> PUT chunks/<sha256>
+//!                                (hash / compress on the blocking pool, at most cpu_workers at once)
+//! then: PUT index.json, PUT LATEST, DELETE chunks of a replaced index that are no longer used
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::chunk::{ZeroDigests, compress, is_zero};
+use crate::error::StoreError;
+use crate::index::{
+    ArtifactEntry, ChunkEntry, Compression, Digest, INDEX_FORMAT, INDEX_OBJECT, INDEX_VERSION, IndexError,
+    LatestPointer, SnapshotIndex, check_artifact_names, chunk_key, max_compressed_len, parse_chunk_key,
+};
+use crate::store::{Inner, PushOptions, PushReport, Store, check_id, now_unix_ms};
+
+/// One chunk read from an artifact.
+struct Piece {
+    artifact: usize,
+    chunk: usize,
+    offset: u64,
+    len: u64,
+    /// `None` for an all-zero chunk.
+    data: Option<Bytes>,
+}
+
+/// Messages to the whole-file hasher, in file order.
+enum HashMsg {
+    Data(Bytes),
+    EndArtifact,
+}
+
+/// What happened to one chunk.
+enum Outcome {
+    Zero,
+    Uploaded {
+        clen: u64,
+    },
+    SkippedExisting {
+        clen: u64,
+    },
+    /// Same content as another chunk of this push; its length is filled in at the end.
+    Duplicate,
+}
+
+struct Done {
+    artifact: usize,
+    chunk: usize,
+    offset: u64,
+    len: u64,
+    digest: Digest,
+    outcome: Outcome,
+}
+
+/// State shared by the chunk workers of one push.
+struct Ctx {
+    inner: Arc<Inner>,
+    id: String,
+    names: Vec<String>,
+    existing: HashMap<Digest, u64>,
+    claimed: Mutex<HashSet<Digest>>,
+    cpu: Semaphore,
+    zeros: ZeroDigests,
+}
+
+impl Store {
+    /// Push the files `artifacts` (paths relative to `local_dir`) as snapshot `snapshot_id`,
+    /// with `meta` stored verbatim in the index. See the crate docs for the commit protocol.
+    pub async fn push_dir(
+        &self,
+        local_dir: &FsPath,
+        artifacts: &[String],
+        snapshot_id: &str,
+        meta: serde_json::Value,
+    ) -> Result<PushReport, StoreError> {
+        self.push_dir_with(local_dir, artifacts, snapshot_id, meta, &PushOptions::default()).await
+    }
+
+    /// [`Store::push_dir`] with progress reporting and LATEST control.
+    pub async fn push_dir_with(
+        &self,
+        local_dir: &FsPath,
+        artifacts: &[String],
+        snapshot_id: &str,
+        meta: serde_json::Value,
+        opts: &PushOptions,
+    ) -> Result<PushReport, StoreError> {
+        let start = Instant::now();
+        let inner = self.inner.clone();
+        let cfg = inner.config.clone();
+        check_id(snapshot_id)?;
+        check_artifact_names(artifacts.iter().map(String::as_str)).map_err(|e| match e {
+            IndexError::ArtifactName { name, reason } => StoreError::InvalidArtifactName { name, reason },
+            other => StoreError::InvalidArtifactName {
+                name: match other {
+                    IndexError::ArtifactConflict { name } => name,
+                    _ => String::new(),
+                },
+                reason: "repeated, or a path inside another artifact",
+            },
+        })?;
+
+        // Open every file first so that a missing artifact fails before anything is uploaded.
+        let mut files = Vec::with_capacity(artifacts.len());
+        for name in artifacts {
+            let path = local_dir.join(name);
+            let file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+            let md = file.metadata().map_err(|e| StoreError::io(&path, e))?;
+            if !md.is_file() {
+                return Err(StoreError::NotAFile { path });
+            }
+            files.push((path, file, md.len()));
+        }
+        let sizes: Vec<u64> = files.iter().map(|f| f.2).collect();
+        let total: u64 = sizes.iter().sum();
+
+        // What an earlier (interrupted or replaced) push of this id left behind.
+        let dir = inner.snapshot_dir(snapshot_id);
+        let mut existing = HashMap::new();
+        let mut had_index = false;
+        for o in inner.list_all(&dir).await? {
+            let rel = relative(&dir, &o.location);
+            if rel == INDEX_OBJECT {
+                had_index = true;
+            } else if let Some(d) = parse_chunk_key(&rel) {
+                existing.insert(d, o.size);
+            }
+        }
+
+        let ctx = Arc::new(Ctx {
+            inner: inner.clone(),
+            id: snapshot_id.to_string(),
+            names: artifacts.to_vec(),
+            existing,
+            claimed: Mutex::new(HashSet::new()),
+            cpu: Semaphore::new(cfg.cpu_workers),
+            zeros: ZeroDigests::default(),
+        });
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(cfg.concurrency);
+        let (htx, hrx) = std::sync::mpsc::sync_channel::<HashMsg>(cfg.concurrency);
+        let chunk_size = cfg.chunk_size;
+        let reader = tokio::task::spawn_blocking(move || read_all(files, chunk_size, &tx, &htx));
+        let n_artifacts = artifacts.len();
+        let hasher = tokio::task::spawn_blocking(move || hash_all(hrx, n_artifacts));
+
+        let mut tables: Vec<Vec<Option<Done>>> =
+            sizes.iter().map(|s| (0..s.div_ceil(chunk_size)).map(|_| None).collect()).collect();
+        let done_bytes = AtomicU64::new(0);
+        if let Some(p) = &opts.progress {
+            p.update(0, total);
+        }
+        let pieces = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut results = pieces
+            .map(|piece| {
+                let ctx = ctx.clone();
+                async move { process(&ctx, piece).await }
+            })
+            .buffer_unordered(cfg.concurrency);
+        while let Some(done) = results.try_next().await? {
+            let d = done_bytes.fetch_add(done.len, Ordering::Relaxed) + done.len;
+            if let Some(p) = &opts.progress {
+                p.update(d, total);
+            }
+            if let Some(slot) = tables.get_mut(done.artifact).and_then(|t| t.get_mut(done.chunk)) {
+                *slot = Some(done);
+            }
+        }
+        drop(results);
+        reader.await.map_err(|source| StoreError::Task { what: "reader", source })??;
+        let digests = hasher.await.map_err(|source| StoreError::Task { what: "hasher", source })?;
+
+        // Assemble the index.
+        let mut lengths: HashMap<Digest, u64> = HashMap::new();
+        let mut report = PushReport { snapshot_id: snapshot_id.to_string(), ..PushReport::default() };
+        for d in tables.iter().flatten().flatten() {
+            report.chunks_total += 1;
+            match d.outcome {
+                Outcome::Zero => report.chunks_zero += 1,
+                Outcome::Uploaded { clen } => {
+                    report.chunks_uploaded += 1;
+                    report.uploaded_bytes += clen;
+                    lengths.insert(d.digest, clen);
+                }
+                Outcome::SkippedExisting { clen } => {
+                    report.chunks_skipped_existing += 1;
+                    lengths.insert(d.digest, clen);
+                }
+                Outcome::Duplicate => report.chunks_deduplicated += 1,
+            }
+        }
+        report.stored_bytes = lengths.values().sum();
+        let mut entries = Vec::with_capacity(artifacts.len());
+        for (i, table) in tables.into_iter().enumerate() {
+            let mut chunks = Vec::with_capacity(table.len());
+            for (c, slot) in table.into_iter().enumerate() {
+                // The reader finished without error, so every slot was filled; anything else
+                // is a bug worth an error rather than a panic.
+                let d = slot.ok_or_else(|| StoreError::ArtifactChanged {
+                    path: local_dir.join(&artifacts[i]),
+                    expected: sizes[i],
+                    actual: c as u64 * chunk_size,
+                })?;
+                let zero = matches!(d.outcome, Outcome::Zero);
+                let clen = if zero { None } else { lengths.get(&d.digest).copied() };
+                chunks.push(ChunkEntry {
+                    offset: d.offset,
+                    length: d.len,
+                    zero,
+                    sha256: d.digest,
+                    key: (!zero).then(|| chunk_key(&d.digest)),
+                    compressed_length: clen,
+                });
+            }
+            let sha256 = digests.get(i).copied().ok_or_else(|| StoreError::ArtifactChanged {
+                path: local_dir.join(&artifacts[i]),
+                expected: sizes[i],
+                actual: 0,
+            })?;
+            entries.push(ArtifactEntry { name: artifacts[i].clone(), size: sizes[i], sha256, chunks });
+        }
+        let index = SnapshotIndex {
+            format: INDEX_FORMAT.into(),
+            version: INDEX_VERSION,
+            snapshot_id: snapshot_id.to_string(),
+            created_unix_ms: now_unix_ms(),
+            chunk_size,
+            compression: Compression { codec: crate::index::CODEC_ZSTD.into(), level: cfg.compression_level },
+            artifacts: entries,
+            meta,
+        };
+        let encoded = index.encode()?;
+        report.index_bytes = encoded.len() as u64;
+        report.logical_bytes = total;
+
+        // Commit point: the index is written last.
+        inner.put("put index", &inner.index_key(snapshot_id), Bytes::from(encoded)).await?;
+        if opts.update_latest {
+            let ptr =
+                serde_json::to_vec(&LatestPointer::new(snapshot_id)).map_err(StoreError::EncodeIndex)?;
+            inner.put("put LATEST", &inner.latest_key(), Bytes::from(ptr)).await?;
+        }
+
+        // Chunks that a replaced index (or an abandoned push) left and the new index does not
+        // use. Failures only leave garbage that `gc` reports, so they are logged, not raised.
+        report.replaced_existing = had_index;
+        let stale: Vec<Digest> = ctx.existing.keys().filter(|d| !lengths.contains_key(*d)).copied().collect();
+        let removed = futures::stream::iter(stale)
+            .map(|d| {
+                let inner = inner.clone();
+                let key = inner.key(&format!("{snapshot_id}/{}", chunk_key(&d)));
+                async move {
+                    match inner.delete(&key).await {
+                        Ok(deleted) => u64::from(deleted),
+                        Err(f) => {
+                            tracing::warn!(error = %StoreError::from(f), "could not remove stale chunk; gc will report it");
+                            0
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(cfg.concurrency)
+            .fold(0u64, |acc, n| async move { acc + n })
+            .await;
+        report.stale_chunks_removed = removed;
+        report.elapsed_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            store = %inner.display,
+            snapshot = snapshot_id,
+            logical_bytes = report.logical_bytes,
+            stored_bytes = report.stored_bytes,
+            uploaded_bytes = report.uploaded_bytes,
+            chunks = report.chunks_total,
+            zero = report.chunks_zero,
+            uploaded = report.chunks_uploaded,
+            skipped = report.chunks_skipped_existing,
+            elapsed_ms = report.elapsed_ms,
+            "snapshot pushed"
+        );
+        Ok(report)
+    }
+}
+
+/// The key of `location` relative to `dir` (`chunks/<hex>`, `index.json`, …).
+pub(crate) fn relative(dir: &object_store::path::Path, location: &object_store::path::Path) -> String {
+    match location.prefix_match(dir) {
+        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+        None => location.to_string(),
+    }
+}
+
+/// Read every artifact sequentially in chunk-size reads; send non-zero chunks to the workers
+/// and every chunk to the hasher. Returns early (quietly) when the push was dropped.
+fn read_all(
+    files: Vec<(PathBuf, File, u64)>,
+    chunk_size: u64,
+    tx: &tokio::sync::mpsc::Sender<Piece>,
+    htx: &std::sync::mpsc::SyncSender<HashMsg>,
+) -> Result<(), StoreError> {
+    for (artifact, (path, file, size)) in files.into_iter().enumerate() {
+        let mut offset = 0u64;
+        let mut chunk = 0usize;
+        let mut reader = file;
+        while offset < size {
+            let len = (size - offset).min(chunk_size);
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(len as usize).map_err(|e| {
+                StoreError::io(&path, std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))
+            })?;
+            let got = (&mut reader).take(len).read_to_end(&mut buf).map_err(|e| StoreError::io(&path, e))?;
+            if got as u64 != len {
+                return Err(StoreError::ArtifactChanged {
+                    path,
+                    expected: size,
+                    actual: offset + got as u64,
+                });
+            }
+            let bytes = Bytes::from(buf);
+            let zero = is_zero(&bytes);
+            if htx.send(HashMsg::Data(bytes.clone())).is_err() {
+                return Ok(());
+            }
+            let piece = Piece { artifact, chunk, offset, len, data: (!zero).then_some(bytes) };
+            if tx.blocking_send(piece).is_err() {
+                return Ok(()); // push dropped or failed
+            }
+            offset += len;
+            chunk += 1;
+        }
+        if htx.send(HashMsg::EndArtifact).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Whole-file sha256 of each artifact, fed in file order.
+fn hash_all(rx: std::sync::mpsc::Receiver<HashMsg>, n: usize) -> Vec<Digest> {
+    let mut out = Vec::with_capacity(n);
+    let mut h = Sha256::new();
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            HashMsg::Data(b) => h.update(&b),
+            HashMsg::EndArtifact => out.push(Digest(std::mem::take(&mut h).finalize().into())),
+        }
+    }
+    out
+}
+
+async fn process(ctx: &Ctx, piece: Piece) -> Result<Done, StoreError> {
+    let Piece { artifact, chunk, offset, len, data } = piece;
+    let done = |digest, outcome| Done { artifact, chunk, offset, len, digest, outcome };
+    let Some(data) = data else {
+        return Ok(done(ctx.zeros.get(len), Outcome::Zero));
+    };
+    let digest = {
+        let _permit = ctx.cpu.acquire().await.ok();
+        let d = data.clone();
+        tokio::task::spawn_blocking(move || Digest::of(&d))
+            .await
+            .map_err(|source| StoreError::Task { what: "hash", source })?
+    };
+    if !ctx.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest) {
+        return Ok(done(digest, Outcome::Duplicate));
+    }
+    if let Some(&size) = ctx.existing.get(&digest) {
+        // A chunk object is written with one atomic PUT, so one that is present is complete;
+        // its size is only sanity-checked here (every pull verifies the content anyway).
+        if size > 0 && size <= max_compressed_len(len) {
+            return Ok(done(digest, Outcome::SkippedExisting { clen: size }));
+        }
+    }
+    let level = ctx.inner.config.compression_level;
+    let compressed = {
+        let _permit = ctx.cpu.acquire().await.ok();
+        tokio::task::spawn_blocking(move || compress(&data, level))
+            .await
+            .map_err(|source| StoreError::Task { what: "compress", source })?
+            .map_err(|source| StoreError::Compress {
+                artifact: ctx.names.get(artifact).cloned().unwrap_or_default(),
+                chunk,
+                source,
+            })?
+    };
+    let clen = compressed.len() as u64;
+    let key = ctx.inner.key(&format!("{}/{}", ctx.id, chunk_key(&digest)));
+    ctx.inner.put("put chunk", &key, Bytes::from(compressed)).await?;
+    Ok(done(digest, Outcome::Uploaded { clen }))
+}
