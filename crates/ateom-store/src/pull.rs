@@ -21,7 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::chunk::decode_verified;
+use crate::chunk::{decode_verified, is_zero};
 use crate::error::{ChunkFault, StoreError};
 use crate::index::{Digest, PARTIAL_SUFFIX, SnapshotIndex};
 use crate::store::{Inner, PullOptions, PullReport, Store, check_id};
@@ -251,7 +251,7 @@ fn write_all(
                 let (path, file) = &files[artifact];
                 match data {
                     Some(d) => {
-                        file.write_all_at(&d, offset).map_err(|e| StoreError::io(path, e))?;
+                        write_sparse(file, &d, offset).map_err(|e| StoreError::io(path, e))?;
                         if verify {
                             hasher.update(&d);
                         }
@@ -275,6 +275,31 @@ fn write_all(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Write `data` at `offset`, skipping all-zero 4 KiB pages so that they stay holes: a chunk
+/// with a few touched pages of a memory image allocates only those pages.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const PAGE: usize = 4096;
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + PAGE).min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..pos], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ struct Piece {
 /// Messages to the whole-file hasher, in file order.
 enum HashMsg {
     Data(Bytes),
+    Zeros(usize),
     EndArtifact,
 }
 
@@ -307,42 +308,60 @@ pub(crate) fn relative(dir: &object_store::path::Path, location: &object_store::
     }
 }
 
-/// Read every artifact sequentially in chunk-size reads; send non-zero chunks to the workers
-/// and every chunk to the hasher. Returns early (quietly) when the push was dropped.
+/// Read every artifact sequentially in chunk-size reads into one reused buffer; send non-zero
+/// chunks (copied out) to the workers and every chunk to the hasher (zero chunks as a length,
+/// so a mostly-zero memory image costs no allocation per chunk). Returns early (quietly) when
+/// the push was dropped.
 fn read_all(
     files: Vec<(PathBuf, File, u64)>,
     chunk_size: u64,
     tx: &tokio::sync::mpsc::Sender<Piece>,
     htx: &std::sync::mpsc::SyncSender<HashMsg>,
 ) -> Result<(), StoreError> {
-    for (artifact, (path, file, size)) in files.into_iter().enumerate() {
-        let mut offset = 0u64;
-        let mut chunk = 0usize;
-        let mut reader = file;
-        while offset < size {
-            let len = (size - offset).min(chunk_size);
-            let mut buf = Vec::new();
-            buf.try_reserve_exact(len as usize).map_err(|e| {
+    let mut scratch = Vec::new();
+    for (artifact, (path, mut file, size)) in files.into_iter().enumerate() {
+        let want = size.min(chunk_size) as usize;
+        if scratch.len() < want {
+            scratch.try_reserve_exact(want - scratch.len()).map_err(|e| {
                 StoreError::io(&path, std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))
             })?;
-            let got = (&mut reader).take(len).read_to_end(&mut buf).map_err(|e| StoreError::io(&path, e))?;
-            if got as u64 != len {
+            scratch.resize(want, 0);
+        }
+        let mut offset = 0u64;
+        let mut chunk = 0usize;
+        while offset < size {
+            let len = (size - offset).min(chunk_size) as usize;
+            let buf = &mut scratch[..len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StoreError::io(&path, e)),
+                }
+            }
+            if filled < len {
                 return Err(StoreError::ArtifactChanged {
                     path,
                     expected: size,
-                    actual: offset + got as u64,
+                    actual: offset + filled as u64,
                 });
             }
-            let bytes = Bytes::from(buf);
-            let zero = is_zero(&bytes);
-            if htx.send(HashMsg::Data(bytes.clone())).is_err() {
+            let (hash_msg, data) = if is_zero(buf) {
+                (HashMsg::Zeros(len), None)
+            } else {
+                let bytes = Bytes::copy_from_slice(buf);
+                (HashMsg::Data(bytes.clone()), Some(bytes))
+            };
+            if htx.send(hash_msg).is_err() {
                 return Ok(());
             }
-            let piece = Piece { artifact, chunk, offset, len, data: (!zero).then_some(bytes) };
+            let piece = Piece { artifact, chunk, offset, len: len as u64, data };
             if tx.blocking_send(piece).is_err() {
                 return Ok(()); // push dropped or failed
             }
-            offset += len;
+            offset += len as u64;
             chunk += 1;
         }
         if htx.send(HashMsg::EndArtifact).is_err() {
@@ -354,11 +373,19 @@ fn read_all(
 
 /// Whole-file sha256 of each artifact, fed in file order.
 fn hash_all(rx: std::sync::mpsc::Receiver<HashMsg>, n: usize) -> Vec<Digest> {
+    let zeros = [0u8; 64 << 10];
     let mut out = Vec::with_capacity(n);
     let mut h = Sha256::new();
     while let Ok(msg) = rx.recv() {
         match msg {
             HashMsg::Data(b) => h.update(&b),
+            HashMsg::Zeros(mut len) => {
+                while len > 0 {
+                    let n = len.min(zeros.len());
+                    h.update(&zeros[..n]);
+                    len -= n;
+                }
+            }
             HashMsg::EndArtifact => out.push(Digest(std::mem::take(&mut h).finalize().into())),
         }
     }
