@@ -107,7 +107,8 @@
 //!   hole); fetch non-zero chunks in parallel (bounded, retried), check the stored length,
 //!   decode, check the decoded length and sha256 (a mismatch is
 //!   [`StoreError::CorruptChunk`] naming snapshot, artifact, chunk index and object key);
-//!   write each chunk at its offset with `pwrite`; hash the artifact in file order and compare
+//!   write each chunk at its offset with `pwrite`, skipping its all-zero 4 KiB pages (so a
+//!   file comes back as sparse as a page-granular source, not just chunk-granular); hash the artifact in file order and compare
 //!   with its whole-file sha256; fsync; rename into place; fsync the directories.
 //! * **delete** ([`Store::delete`]): the index first (the snapshot stops existing), then
 //!   `LATEST` if it names the snapshot, then the chunks.
