@@ -1,5 +1,6 @@
 //! The [`Store`] handle, its configuration, progress reporting and the shared helpers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,11 +99,16 @@ pub struct PushOptions {
     pub progress: Option<Arc<dyn Progress>>,
     /// Point `LATEST` at the snapshot after its index is written (default true).
     pub update_latest: bool,
+    /// Whole-file sha256 (lowercase hex) of artifacts the caller has already hashed (for
+    /// ateom: the local snapshot's manifest, verified when it was committed). Those artifacts
+    /// are not hashed again, so a push costs work proportional to the data, not to the file
+    /// size (zeros are never read twice). Every chunk still carries its own sha256.
+    pub known_digests: HashMap<String, String>,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { progress: None, update_latest: true }
+        PushOptions { progress: None, update_latest: true, known_digests: HashMap::new() }
     }
 }
 

@@ -220,3 +220,33 @@ async fn scattered_pages_stay_sparse_inside_data_chunks() {
     assert!(std::fs::read(src.join("mem")).unwrap() == std::fs::read(dst.join("mem")).unwrap());
     assert!(allocated(&dst.join("mem")) <= 32 * 4096, "allocated {}", allocated(&dst.join("mem")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_digests_are_used_and_still_checked_on_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, bucket, dst) = (tmp.path().join("src"), tmp.path().join("bucket"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    let runs = vec![Run::Zero(3 * CS), Run::Data(2 * CS + 17, 7), Run::Zero(CS)];
+    write_runs(&src.join("memory"), &runs);
+    let store = small_chunks(&Store::open(&file_uri(&bucket)).unwrap(), CS);
+    let names = vec!["memory".to_string()];
+    let right = sha256_file(&src.join("memory")).to_hex();
+
+    let mut opts = PushOptions::default();
+    opts.known_digests.insert("memory".into(), right.clone());
+    store.push_dir_with(&src, &names, "good", serde_json::json!({}), &opts).await.unwrap();
+    assert_eq!(store.read_index("good").await.unwrap().artifacts[0].sha256.to_hex(), right);
+    store.pull(Some("good"), &dst.join("good")).await.unwrap();
+
+    // A wrong "known" digest is recorded as given, and pull's whole-file check catches it.
+    let mut opts = PushOptions::default();
+    opts.known_digests.insert("memory".into(), "0".repeat(64));
+    store.push_dir_with(&src, &names, "lying", serde_json::json!({}), &opts).await.unwrap();
+    let err = store.pull(Some("lying"), &dst.join("lying")).await.unwrap_err();
+    assert!(matches!(err, ateom_store::StoreError::ArtifactDigestMismatch { .. }), "{err}");
+
+    let mut opts = PushOptions::default();
+    opts.known_digests.insert("memory".into(), "not-hex".into());
+    let err = store.push_dir_with(&src, &names, "bad", serde_json::json!({}), &opts).await.unwrap_err();
+    assert!(matches!(err, ateom_store::StoreError::InvalidConfig(_)), "{err}");
+}
