@@ -66,8 +66,8 @@ impl pb::Ateom for AteomService {
                 ateom_core::Destination::Durable => pb::SnapshotDestination::Durable,
             } as i32,
             checkpoint_ms: done.elapsed.as_millis() as u64,
-            stored_bytes: 0,
-            push_ms: 0,
+            stored_bytes: done.pushed.map_or(0, |p| p.0),
+            push_ms: done.pushed.map_or(0, |p| p.1.as_millis() as u64),
         }))
     }
 
@@ -85,8 +85,8 @@ impl pb::Ateom for AteomService {
             console: started.console.unwrap_or_default(),
             ready_ms: started.ready.as_millis() as u64,
             snapshot_id: started.snapshot_id.map(|s| s.to_string()).unwrap_or_default(),
-            pulled_bytes: 0,
-            pull_ms: 0,
+            pulled_bytes: started.pulled.map_or(0, |p| p.0),
+            pull_ms: started.pulled.map_or(0, |p| p.1.as_millis() as u64),
         }))
     }
 

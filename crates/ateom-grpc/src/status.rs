@@ -4,13 +4,15 @@
 //! * the worker's state forbids it (busy, nothing running, wrong actor, snapshot does not
 //!   fit this host): `FAILED_PRECONDITION` — the control plane treats a refused restore as
 //!   a CRASHED actor;
-//! * no such snapshot: `NOT_FOUND`; damaged snapshot bytes: `DATA_LOSS`;
+//! * no such snapshot: `NOT_FOUND`; damaged snapshot bytes (local or in the bucket):
+//!   `DATA_LOSS`; object store unreachable: `UNAVAILABLE`;
 //! * never ready: `DEADLINE_EXCEEDED` (or `INTERNAL` when the sandbox died while starting);
 //!   missing binaries/devices: `UNAVAILABLE`.
 
 use ateom_core::{BackendError, InvalidArgument};
 use ateom_runtime::RuntimeError;
 use ateom_snapshot::SnapshotError;
+use ateom_store::StoreError;
 use tonic::{Code, Status};
 
 pub fn invalid(e: InvalidArgument) -> Status {
@@ -40,7 +42,29 @@ pub fn code_of(e: &RuntimeError) -> Code {
             _ => Code::Internal,
         },
         RuntimeError::Unsupported { .. } => Code::Unimplemented,
+        RuntimeError::Store(e) => store_code(e),
+        RuntimeError::DurableManifest { .. } => Code::DataLoss,
+        RuntimeError::PushFailed { source, .. } => code_of(source),
         RuntimeError::Io { .. } => Code::Internal,
+    }
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::NotFound { .. } => Code::NotFound,
+        StoreError::CorruptIndex { .. }
+        | StoreError::CorruptLatest { .. }
+        | StoreError::MissingChunk { .. }
+        | StoreError::CorruptChunk { .. }
+        | StoreError::ArtifactDigestMismatch { .. } => Code::DataLoss,
+        StoreError::Remote { .. } => Code::Unavailable,
+        StoreError::InvalidLocation { .. }
+        | StoreError::UnsupportedScheme { .. }
+        | StoreError::InvalidOption { .. }
+        | StoreError::InvalidConfig(_)
+        | StoreError::InvalidSnapshotId { .. }
+        | StoreError::InvalidArtifactName { .. } => Code::InvalidArgument,
+        _ => Code::Internal,
     }
 }
 

@@ -14,6 +14,7 @@
 //! that exist, are intact and fit this host — and does the work shared by every backend:
 //! readiness probing, the loopback forwarder, snapshot manifests, timings.
 
+pub mod durable;
 pub mod host;
 pub mod probe;
 
@@ -66,6 +67,17 @@ pub enum RuntimeError {
     Backend(#[from] BackendError),
     #[error("{what} is not supported by this worker: {detail}")]
     Unsupported { what: &'static str, detail: String },
+    #[error("snapshot store: {0}")]
+    Store(Box<ateom_store::StoreError>),
+    #[error("durable snapshot {location} has an unusable manifest: {detail}")]
+    DurableManifest { location: String, detail: String },
+    #[error("snapshot {snapshot} is kept on this node at {local}, but shipping it failed: {source}")]
+    PushFailed {
+        snapshot: String,
+        local: String,
+        #[source]
+        source: Box<RuntimeError>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -83,6 +95,8 @@ pub struct Started {
     pub ready: Duration,
     /// Restore only: the snapshot used.
     pub snapshot_id: Option<SnapshotId>,
+    /// Restore only: bytes fetched from object storage and how long it took.
+    pub pulled: Option<(u64, Duration)>,
 }
 
 /// What a checkpoint reports.
@@ -93,6 +107,8 @@ pub struct Checkpointed {
     pub location: String,
     pub destination: Destination,
     pub elapsed: Duration,
+    /// DURABLE only: bytes written to object storage and the push time.
+    pub pushed: Option<(u64, Duration)>,
 }
 
 /// What `GetCapabilities` reports.
@@ -128,6 +144,7 @@ pub struct Runtime {
     host: HostFingerprint,
     snapshots: LocalSnapshots,
     forwarder: Forwarder,
+    stores: durable::Stores,
     slot: Mutex<Slot>,
 }
 
@@ -174,7 +191,15 @@ impl Runtime {
             host_id = %host.host_id,
             "runtime ready"
         );
-        Ok(Self { backend, opts, host, snapshots, forwarder, slot: Mutex::new(Slot::Idle) })
+        Ok(Self {
+            backend,
+            opts,
+            host,
+            snapshots,
+            forwarder,
+            stores: durable::Stores::default(),
+            slot: Mutex::new(Slot::Idle),
+        })
     }
 
     pub fn snapshots(&self) -> &LocalSnapshots {
@@ -320,6 +345,7 @@ impl Runtime {
             console,
             ready,
             snapshot_id,
+            pulled: None,
         })
     }
 
@@ -349,12 +375,11 @@ impl Runtime {
     /// Freezes the running workload into a snapshot and frees the worker.
     pub async fn checkpoint(&self, req: CheckpointRequest) -> Result<Checkpointed, RuntimeError> {
         let start = Instant::now();
-        if req.destination == Destination::Durable {
-            return Err(RuntimeError::Unsupported {
-                what: "DURABLE checkpoints",
-                detail: "this worker has no snapshot store configured yet".into(),
-            });
-        }
+        // Open the store before freezing anything: a bad location fails without side effects.
+        let store = match (&req.destination, &req.uri_prefix) {
+            (Destination::Durable, Some(prefix)) => Some(self.stores.get(prefix)?),
+            _ => None,
+        };
         let (mut active, mut guard) = self.take_running(&req.actor)?;
         // No connection may be open inside the sandbox while it freezes.
         self.forwarder.set_target(None);
@@ -423,21 +448,38 @@ impl Runtime {
             context: "committing snapshot".into(),
             source: std::io::Error::other(e.to_string()),
         })??;
-        drop(guard); // Idle again
-        let elapsed = start.elapsed();
+        drop(guard); // Idle again: the sandbox is gone, the snapshot is safe on this node.
+        let local_elapsed = start.elapsed();
         info!(
             actor = %snap.manifest.actor,
             snapshot = %snap.manifest.snapshot_id,
             bytes = snap.manifest.total_bytes(),
-            checkpoint_ms = elapsed.as_millis() as u64,
+            checkpoint_ms = local_elapsed.as_millis() as u64,
             "checkpoint complete"
         );
+        let (location, pushed) = match store {
+            None => (snap.dir.display().to_string(), None),
+            Some(store) => {
+                let progress = durable::LogProgress::new("push", snap.manifest.snapshot_id.as_str());
+                match durable::push(&store, &snap, Some(progress)).await {
+                    Ok(p) => (p.location, Some((p.stored_bytes, p.elapsed))),
+                    Err(e) => {
+                        return Err(RuntimeError::PushFailed {
+                            snapshot: snap.manifest.snapshot_id.to_string(),
+                            local: snap.dir.display().to_string(),
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+        };
         Ok(Checkpointed {
             files: snap.files(),
-            location: snap.dir.display().to_string(),
+            location,
             manifest: snap.manifest,
-            destination: Destination::Local,
-            elapsed,
+            destination: req.destination,
+            elapsed: start.elapsed(),
+            pushed,
         })
     }
 
@@ -448,28 +490,25 @@ impl Runtime {
     }
 
     /// Starts a fresh sandbox from a snapshot and waits until it is ready.
+    ///
+    /// With a `uri_prefix`, the snapshot (the given id, or the prefix's newest) is taken
+    /// from this node if it is already here, and pulled otherwise — after its provenance
+    /// was checked against this host, so an incompatible snapshot moves no data.
     pub async fn restore(&self, req: RestoreRequest) -> Result<Started, RuntimeError> {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "restoring")?;
-        if req.uri_prefix.is_some()
-            && req.snapshot_id.is_none()
-            && self.snapshots.list(&req.actor)?.is_empty()
-        {
-            return Err(RuntimeError::Unsupported {
-                what: "restoring from object storage",
-                detail: "this worker has no snapshot store configured yet".into(),
-            });
-        }
-        let snap = match &req.snapshot_id {
-            Some(id) => self.snapshots.open(&req.actor, id)?,
-            None => self.snapshots.latest(&req.actor)?,
-        };
+        let (snap, pulled) = self.find_snapshot(&req).await?;
+        let verified = pulled.is_some();
         self.check_restorable(&snap)?;
-        let verify_snap = snap.clone();
-        tokio::task::spawn_blocking(move || verify_snap.verify()).await.map_err(|e| RuntimeError::Io {
-            context: "verifying snapshot".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        if !verified {
+            let verify_snap = snap.clone();
+            tokio::task::spawn_blocking(move || verify_snap.verify()).await.map_err(|e| {
+                RuntimeError::Io {
+                    context: "verifying snapshot".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })??;
+        }
         let spec =
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
@@ -484,11 +523,52 @@ impl Runtime {
             }
         };
         let id = snap.manifest.snapshot_id.clone();
-        self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await
+        let mut started = self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await?;
+        started.pulled = pulled;
+        Ok(started)
+    }
+
+    /// The snapshot a restore uses, pulling it from object storage when needed.
+    async fn find_snapshot(
+        &self,
+        req: &RestoreRequest,
+    ) -> Result<(LocalSnapshot, Option<(u64, Duration)>), RuntimeError> {
+        let Some(prefix) = &req.uri_prefix else {
+            let snap = match &req.snapshot_id {
+                Some(id) => self.snapshots.open(&req.actor, id)?,
+                None => self.snapshots.latest(&req.actor)?,
+            };
+            return Ok((snap, None));
+        };
+        let store = self.stores.get(prefix)?;
+        let id = match &req.snapshot_id {
+            Some(id) => id.clone(),
+            None => {
+                let latest = store.latest().await?;
+                SnapshotId::parse("LATEST", &latest).map_err(|e| RuntimeError::DurableManifest {
+                    location: format!("{prefix}/LATEST"),
+                    detail: e.to_string(),
+                })?
+            }
+        };
+        if let Ok(local) = self.snapshots.open(&req.actor, &id) {
+            info!(snapshot = %id, "restore: the durable snapshot is already on this node");
+            return Ok((local, None));
+        }
+        let manifest = durable::manifest(&store, id.as_str()).await?;
+        // Refuse before moving any data.
+        self.check_manifest(&manifest)?;
+        let progress = durable::LogProgress::new("pull", id.as_str());
+        let pulled = durable::pull(&store, &self.snapshots, &req.actor, manifest, Some(progress)).await?;
+        Ok((pulled.snapshot, Some((pulled.bytes, pulled.elapsed))))
     }
 
     /// Refuses a snapshot whose provenance does not fit this host.
     pub fn check_restorable(&self, snap: &LocalSnapshot) -> Result<(), RuntimeError> {
+        self.check_manifest(&snap.manifest)
+    }
+
+    fn check_manifest(&self, manifest: &SnapshotManifest) -> Result<(), RuntimeError> {
         let info = self.backend.info();
         let target = RestoreTarget {
             backend: &info.name,
@@ -496,11 +576,11 @@ impl Runtime {
             capabilities: &info.capabilities,
             host: &self.host,
         };
-        let mismatches = check_compatibility(&snap.manifest, &target);
+        let mismatches = check_compatibility(manifest, &target);
         if mismatches.is_empty() {
             Ok(())
         } else {
-            Err(RuntimeError::Incompatible { snapshot: snap.manifest.snapshot_id.to_string(), mismatches })
+            Err(RuntimeError::Incompatible { snapshot: manifest.snapshot_id.to_string(), mismatches })
         }
     }
 

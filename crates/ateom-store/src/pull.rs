@@ -112,9 +112,13 @@ impl Store {
             p.update(0, total);
         }
         let cpu = Arc::new(Semaphore::new(cfg.cpu_workers));
-        let work = index.artifacts.iter().enumerate().flat_map(|(ai, a)| {
-            a.chunks.iter().enumerate().map(move |(ci, _)| (ai, Some(ci))).chain(std::iter::once((ai, None)))
-        });
+        // A plain Vec (not a borrowing iterator chain) keeps this future `Send` for callers
+        // that spawn it (rustc cannot prove higher-ranked lifetimes through nested closures).
+        let mut work: Vec<(usize, Option<usize>)> = Vec::new();
+        for (ai, a) in index.artifacts.iter().enumerate() {
+            work.extend((0..a.chunks.len()).map(|ci| (ai, Some(ci))));
+            work.push((ai, None));
+        }
         let mut items = futures::stream::iter(work)
             .map(|(ai, ci)| {
                 let inner = inner.clone();

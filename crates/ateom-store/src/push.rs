@@ -240,11 +240,12 @@ impl Store {
                     compressed_length: clen,
                 });
             }
-            let sha256 = known[i].or_else(|| digests.get(i).copied()).ok_or_else(|| StoreError::ArtifactChanged {
-                path: local_dir.join(&artifacts[i]),
-                expected: sizes[i],
-                actual: 0,
-            })?;
+            let sha256 =
+                known[i].or_else(|| digests.get(i).copied()).ok_or_else(|| StoreError::ArtifactChanged {
+                    path: local_dir.join(&artifacts[i]),
+                    expected: sizes[i],
+                    actual: 0,
+                })?;
             entries.push(ArtifactEntry { name: artifacts[i].clone(), size: sizes[i], sha256, chunks });
         }
         let index = SnapshotIndex {

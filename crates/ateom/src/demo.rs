@@ -30,6 +30,13 @@ pub struct DemoArgs {
     /// Requests before the checkpoint.
     #[arg(long, default_value_t = 3)]
     requests: u32,
+    /// LOCAL restores on the same worker; DURABLE ships the snapshot to --store and restores
+    /// it on a fresh worker (its own empty state dir) from the store alone.
+    #[arg(long, value_enum, default_value_t = crate::client::DestinationArg::Local)]
+    destination: crate::client::DestinationArg,
+    /// Object-store URI prefix for DURABLE (default: a temporary file:// directory).
+    #[arg(long)]
+    store: Option<String>,
     /// Print one JSON object instead of a narrative.
     #[arg(long)]
     json: bool,
@@ -244,8 +251,20 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             eprintln!("{s}");
         }
     };
+    let durable = matches!(a.destination, crate::client::DestinationArg::Durable);
+    // The durable demo's default bucket: a directory standing in for object storage.
+    let bucket_tmp = tempfile::Builder::new().prefix("ateom-demo-bucket-").tempdir()?;
+    let store = match (&a.store, durable) {
+        (Some(s), _) => Some(s.clone()),
+        (None, true) => Some(format!("file://{}", bucket_tmp.path().display())),
+        (None, false) => None,
+    };
+    if !durable && store.is_some() {
+        bail!("--store is for --destination durable");
+    }
     let mut h =
         Harness::start(&a.worker, a.state_dir.clone(), a.counter_bin.clone(), a.image.clone()).await?;
+    let mut fresh: Option<Harness> = None;
     let result = async {
         say(format!("worker: {} backend, state in {}", a.worker.backend.name(), h.state_dir.display()));
         say(format!("image:  {}", h.image));
@@ -263,7 +282,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             before = Some(c);
         }
         let before = before.ok_or_else(|| anyhow!("--requests must be at least 1"))?;
-        let (ck, ck_ms) = checkpoint_counter(&mut h, "demo-1", None).await?;
+        let (ck, ck_ms) = checkpoint_counter(&mut h, "demo-1", store.as_deref()).await?;
         let m = ck.manifest.clone().unwrap_or_default();
         let bytes: u64 = m.artifacts.iter().map(|x| x.size).sum();
         say(format!(
@@ -273,16 +292,38 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             m.artifacts.len(),
             ms(ck_ms)
         ));
+        if durable {
+            say(format!(
+                "            shipped to {} ({} bytes stored, push {} ms)",
+                ck.location, ck.stored_bytes, ck.push_ms
+            ));
+        }
         let idle = h.client.get_capabilities(pb::GetCapabilitiesRequest {}).await?.into_inner();
         if !idle.running_actor.is_empty() {
             bail!("worker still reports {} running after the checkpoint", idle.running_actor);
         }
-        let (_r, after, restore_ms) = restore_counter(&mut h, "demo-1", None).await?;
+        // DURABLE: restore on a fresh node (a second worker with its own, empty state dir,
+        // which has never seen the actor), from the object store alone.
+        let (r, after, restore_ms) = if durable {
+            let mut worker = a.worker.clone();
+            worker.host_id = Some("demo-fresh-node".into());
+            let node = Harness::start(&worker, None, None, Some(h.image.clone())).await?;
+            say(format!("fresh node: state in {}", node.state_dir.display()));
+            let node = fresh.insert(node);
+            restore_counter(node, "demo-1", store.as_deref()).await?
+        } else {
+            restore_counter(&mut h, "demo-1", None).await?
+        };
         say(format!(
-            "restore: first answer after {:.1} ms -> memory_count={} file_count={}",
+            "restore: first answer after {:.1} ms -> memory_count={} file_count={}{}",
             ms(restore_ms),
             after.memory,
-            after.file
+            after.file,
+            if durable {
+                format!(" (pulled {} bytes in {} ms)", r.pulled_bytes, r.pull_ms)
+            } else {
+                String::new()
+            }
         ));
         let continuity = after.memory == before.memory + 1
             && after.file == before.file + 1
@@ -291,8 +332,9 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             "continuity: {}",
             if continuity { "ok (state continued exactly where it stopped)" } else { "BROKEN" }
         ));
-        let out = json!({
+        let mut out = json!({
             "backend": a.worker.backend.name(),
+            "destination": if durable { "durable" } else { "local" },
             "image": h.image,
             "memory_count_before_checkpoint": before.memory,
             "memory_count_after_restore": after.memory,
@@ -308,12 +350,24 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             "snapshot_id": m.snapshot_id,
             "runtime_version": m.runtime_version,
         });
+        if durable {
+            out["store"] = json!(store);
+            out["location"] = json!(ck.location);
+            out["stored_bytes"] = json!(ck.stored_bytes);
+            out["push_ms"] = json!(ck.push_ms);
+            out["pull_ms"] = json!(r.pull_ms);
+            out["pulled_bytes"] = json!(r.pulled_bytes);
+            out["fresh_node_restore"] = json!(true);
+        }
         if !continuity {
             bail!("state did not continue: {out}");
         }
         Ok::<_, anyhow::Error>(out)
     }
     .await;
+    if let Some(node) = fresh {
+        node.stop().await;
+    }
     h.stop().await;
     let out = result?;
     if a.json {

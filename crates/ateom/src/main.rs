@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod demo;
 mod images;
+mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Command {
     Restore(client::RestoreArgs),
     /// Show the worker's backend, capabilities, host fingerprint and running actor.
     Caps(client::CapsArgs),
+    /// Local and durable snapshots: list, push (LOCAL -> DURABLE), pull, delete, gc.
+    #[command(subcommand)]
+    Snapshots(snapshots::SnapshotsCommand),
     /// Build OCI image layouts (no Docker needed).
     #[command(subcommand)]
     Image(images::ImageCommand),
@@ -124,7 +128,7 @@ struct ServeArgs {
     worker: WorkerArgs,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m"))?;
     match unit {
@@ -174,6 +178,7 @@ fn main() -> Result<()> {
             Command::Restore(a) => client::restore(a).await,
             Command::Caps(a) => client::caps(a).await,
             Command::Image(c) => images::main(c),
+            Command::Snapshots(c) => snapshots::main(c).await,
             Command::Demo(a) => demo::demo(a).await,
             Command::Bench(a) => demo::bench(a).await,
         }

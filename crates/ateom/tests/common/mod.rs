@@ -94,6 +94,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(state_dir: &Path, extra: &[&str]) -> Worker {
+        Self::start_env(state_dir, extra, &[])
+    }
+
+    /// With extra environment (e.g. AWS_* for an S3 store).
+    pub fn start_env(state_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Worker {
         std::fs::create_dir_all(state_dir).unwrap();
         let socket = state_dir.join("ateom.sock");
         let log = state_dir.join("worker.log");
@@ -106,6 +111,7 @@ impl Worker {
             .arg(state_dir)
             .args(extra)
             .env("ATEOM_LOG", "info,ateom_runtime=debug,ateom_gvisor=debug")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

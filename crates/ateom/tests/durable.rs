@@ -1,0 +1,237 @@
+//! DURABLE snapshots end to end: real gVisor workers, a `file://` bucket and a real S3
+//! server (s3s-fs), fresh-node restores, and the failure cases.
+
+mod common;
+
+#[path = "../../ateom-store/tests/common/s3server.rs"]
+#[allow(dead_code)]
+mod s3server;
+
+use common::*;
+use tonic::Code;
+
+fn durable_checkpoint(id: &str, prefix: &str) -> ateom_proto::CheckpointWorkloadRequest {
+    let mut r = checkpoint_req(id);
+    r.snapshot_uri_prefix = prefix.into();
+    r
+}
+
+fn durable_restore(id: &str, prefix: &str) -> ateom_proto::RestoreWorkloadRequest {
+    let mut r = restore_req(id);
+    r.snapshot_uri_prefix = prefix.into();
+    r
+}
+
+/// run -> 3 requests -> DURABLE checkpoint on node A -> restore on node B (fresh state dir).
+async fn run_and_suspend(
+    node_a: &Worker,
+    image: &str,
+    actor: &str,
+    prefix: &str,
+) -> (Count, ateom_proto::CheckpointWorkloadResponse) {
+    let mut a = node_a.client().await;
+    let run = a.run_workload(run_req(actor, image)).await.expect("run").into_inner();
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(hit(&run.host_endpoint).await);
+    }
+    let ck = a
+        .checkpoint_workload(durable_checkpoint(actor, prefix))
+        .await
+        .expect("durable checkpoint")
+        .into_inner();
+    assert_eq!(ck.destination, ateom_proto::SnapshotDestination::Durable as i32);
+    let id = ck.manifest.as_ref().unwrap().snapshot_id.clone();
+    assert_eq!(ck.location, format!("{prefix}/{id}"));
+    assert!(ck.stored_bytes > 0);
+    (last.unwrap(), ck)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_store_restore_on_a_fresh_node_continues() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let prefix = format!("file://{}/bucket/actors", tmp.path().display());
+    let node_a = Worker::start(&tmp.path().join("node-a"), &["--host-id", "node-a"]);
+    let (before, ck) = run_and_suspend(&node_a, &image, "d1", &prefix).await;
+
+    let node_b = Worker::start(&tmp.path().join("node-b"), &["--host-id", "node-b"]);
+    let mut b = node_b.client().await;
+    let r = b.restore_workload(durable_restore("d1", &prefix)).await.expect("restore on node B").into_inner();
+    assert_eq!(r.snapshot_id, ck.manifest.unwrap().snapshot_id, "LATEST is the snapshot just pushed");
+    assert!(r.pulled_bytes > 0, "node B had to pull the snapshot");
+    let after = hit(&r.host_endpoint).await;
+    assert_eq!((after.memory, after.file, after.sha), (4, 4, before.sha));
+
+    // Node B now has it locally; a second durable restore there moves no data.
+    b.checkpoint_workload(checkpoint_req("d1")).await.unwrap();
+    let mut again = durable_restore("d1", &prefix);
+    again.snapshot_id = r.snapshot_id.clone();
+    let r2 = b.restore_workload(again).await.unwrap().into_inner();
+    assert_eq!(r2.pulled_bytes, 0);
+    assert_eq!(hit(&r2.host_endpoint).await.memory, 4);
+    b.checkpoint_workload(checkpoint_req("d1")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_restore_on_a_fresh_node_continues() {
+    require_gvisor!();
+    let Some(s3) = s3server::S3Server::start("s3_store_restore_on_a_fresh_node_continues") else { return };
+    let env = vec![
+        ("AWS_ENDPOINT_URL", s3.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let prefix = format!("s3://{}/ateom/d2", s3server::BUCKET);
+    let node_a = Worker::start_env(&tmp.path().join("node-a"), &[], &env);
+    let (before, ck) = run_and_suspend(&node_a, &image, "d2", &prefix).await;
+    let id = ck.manifest.unwrap().snapshot_id;
+    assert!(s3.object_file(&format!("ateom/d2/{id}/index.json")).is_file(), "the index is in the bucket");
+
+    let node_b = Worker::start_env(&tmp.path().join("node-b"), &[], &env);
+    let mut b = node_b.client().await;
+    let r = b.restore_workload(durable_restore("d2", &prefix)).await.expect("restore from S3").into_inner();
+    let after = hit(&r.host_endpoint).await;
+    assert_eq!((after.memory, after.file, after.sha), (4, 4, before.sha));
+    b.checkpoint_workload(checkpoint_req("d2")).await.unwrap();
+
+    // Wrong credentials: refused, clearly, without a sandbox.
+    let bad_env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| if *k == "AWS_SECRET_ACCESS_KEY" { (*k, "wrong".to_owned()) } else { (*k, v.clone()) })
+        .collect();
+    let node_c = Worker::start_env(&tmp.path().join("node-c"), &[], &bad_env);
+    let mut c = node_c.client().await;
+    let err = c.restore_workload(durable_restore("d2", &prefix)).await.expect_err("bad credentials");
+    assert_ne!(err.code(), Code::Ok);
+    assert!(node_c.namespaces().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_corrupt_and_forged_durable_snapshots_are_refused() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let bucket = tmp.path().join("bucket");
+    let prefix = format!("file://{}", bucket.display());
+    let node_a = Worker::start(&tmp.path().join("node-a"), &[]);
+    let (_, ck) = run_and_suspend(&node_a, &image, "d3", &prefix).await;
+    let id = ck.manifest.unwrap().snapshot_id;
+    let snap_dir = bucket.join(&id);
+    let index_path = snap_dir.join("index.json");
+    let index = std::fs::read(&index_path).unwrap();
+
+    // An upload that never wrote its index (what an interrupted push leaves): no such snapshot.
+    std::fs::rename(&index_path, tmp.path().join("index.json.aside")).unwrap();
+    let node_b = Worker::start(&tmp.path().join("node-b"), &[]);
+    let mut b = node_b.client().await;
+    let mut req = durable_restore("d3", &prefix);
+    req.snapshot_id = id.clone();
+    let err = b.restore_workload(req.clone()).await.expect_err("no index, no snapshot");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no such snapshot"), "{}", err.message());
+    assert!(node_b.namespaces().is_empty());
+    // ... which `ateom snapshots gc` lists as garbage.
+    let gc = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .args(["snapshots", "gc", "--grace", "0s", "--json", "--store", &prefix])
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let gc: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert!(!gc["garbage"].as_array().unwrap().is_empty(), "{gc}");
+    // A rerun of the push from node A's local snapshot completes it.
+    let push = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .args([
+            "snapshots",
+            "push",
+            "--json",
+            "--actor",
+            "test:counter:d3",
+            "--snapshot-id",
+            &id,
+            "--store",
+            &prefix,
+        ])
+        .arg("--state-dir")
+        .arg(&node_a.state_dir)
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    std::fs::write(&index_path, &index).unwrap();
+
+    // A corrupted chunk: refused naming the chunk, nothing started.
+    let chunk = std::fs::read_dir(snap_dir.join("chunks")).unwrap().flatten().next().unwrap().path();
+    let original = std::fs::read(&chunk).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&chunk, &bad).unwrap();
+    let err = b.restore_workload(req.clone()).await.expect_err("corrupt chunk");
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    let key = chunk.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.message().contains(&key), "names the chunk: {}", err.message());
+    assert!(node_b.namespaces().is_empty());
+    std::fs::write(&chunk, &original).unwrap();
+
+    // A forged provenance field in the manifest: FAILED_PRECONDITION listing it, before any
+    // data moves.
+    let mut v: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    v["meta"]["runtime_version"] = "9.9.9-forged".into();
+    v["meta"]["backend"] = "firecracker".into();
+    std::fs::write(&index_path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = b.restore_workload(req.clone()).await.expect_err("forged provenance");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("runtime_version") && err.message().contains("backend"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !node_b.state_dir.join("actors/test:counter:d3/snapshots").join(&id).exists(),
+        "nothing was pulled"
+    );
+
+    // Intact again: restores fine on the fresh node.
+    std::fs::write(&index_path, &index).unwrap();
+    let r = b.restore_workload(req).await.expect("intact snapshot restores").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 4);
+    b.checkpoint_workload(checkpoint_req("d3")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_store_fails_in_bounded_time_and_keeps_the_local_snapshot() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    // A loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "x".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "y".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+    ];
+    let w = Worker::start_env(&tmp.path().join("state"), &[], &env);
+    let mut c = w.client().await;
+    let run = c.run_workload(run_req("d4", &image)).await.unwrap().into_inner();
+    hit(&run.host_endpoint).await;
+    let start = std::time::Instant::now();
+    let err = c
+        .checkpoint_workload(durable_checkpoint("d4", "s3://nowhere/prefix"))
+        .await
+        .expect_err("the store is unreachable");
+    let took = start.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(took < std::time::Duration::from_secs(90), "bounded retries, took {took:?}");
+    assert!(err.message().contains("kept on this node"), "{}", err.message());
+    // The snapshot is safe locally and restores.
+    let r = c.restore_workload(restore_req("d4")).await.expect("local snapshot kept").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 2);
+    c.checkpoint_workload(checkpoint_req("d4")).await.unwrap();
+}
