@@ -16,7 +16,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let src = PathBuf::from(args.next().ok_or(usage)?);
     let dst = PathBuf::from(args.next().ok_or(usage)?);
     let files: Vec<String> = args.collect();
-    let store = ateom_store::Store::open(&uri)?;
+    let mut store = ateom_store::Store::open(&uri)?;
+    if let Some(cs) = std::env::var("CHUNK_SIZE").ok().and_then(|v| v.parse().ok()) {
+        let config = ateom_store::StoreConfig { chunk_size: cs, ..store.config().clone() };
+        store = store.with_config(config)?;
+    }
     let id = format!("example-{}", std::process::id());
     let meta = serde_json::json!({"source": src.display().to_string()});
     let pushed = store.push_dir(&src, &files, &id, meta).await?;

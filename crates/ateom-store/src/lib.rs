@@ -37,7 +37,7 @@
 //! <uri_prefix>/<snapshot_id>/chunks/<sha256>   one zstd frame per distinct non-zero chunk
 //! ```
 //!
-//! * Each artifact is cut into fixed-size chunks (default 4 MiB, a multiple of 4 KiB between
+//! * Each artifact is cut into fixed-size chunks (default 1 MiB, a multiple of 4 KiB between
 //!   4 KiB and 64 MiB, recorded in the index). The last chunk may be shorter.
 //! * An all-zero chunk is **not stored**: its table entry says `"zero": true` and a reader
 //!   leaves a hole there, so sparse files (VM memory) come back sparse.
@@ -76,8 +76,12 @@
 //!
 //! ### Why one object per chunk, named by content, per snapshot
 //!
-//! With 4 MiB chunks a snapshot has at most a few hundred chunk objects, so per-request
-//! overhead is small next to the data, and in exchange: chunks upload and download in
+//! With 1 MiB chunks a 256 MiB memory image has at most 256 chunk objects (only its non-zero
+//! ones are stored), so per-request overhead stays small next to the data. The size is a
+//! trade-off measured with `ateom bench snapshot-store`: memory images have data scattered
+//! between holes, and every byte of a data chunk is read, hashed and compressed, so 4 MiB
+//! chunks read ~2.5x more of a sparse image than 1 MiB ones; much smaller chunks multiply
+//! requests. In exchange for one object per chunk: chunks upload and download in
 //! parallel with plain PUT/GET (no multipart, no range reads); a lazy restore fetches exactly
 //! the object it needs; identical chunks inside a snapshot are stored once; and a rerun of an
 //! interrupted push skips every chunk already present just by listing names. Packs would only

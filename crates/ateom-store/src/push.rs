@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -329,7 +329,7 @@ fn read_all(
     htx: &std::sync::mpsc::SyncSender<HashMsg>,
 ) -> Result<(), StoreError> {
     let mut scratch = Vec::new();
-    for (artifact, (path, mut file, size)) in files.into_iter().enumerate() {
+    for (artifact, (path, file, size)) in files.into_iter().enumerate() {
         let want = size.min(chunk_size) as usize;
         if scratch.len() < want {
             scratch.try_reserve_exact(want - scratch.len()).map_err(|e| {
@@ -339,12 +339,30 @@ fn read_all(
         }
         let mut offset = 0u64;
         let mut chunk = 0usize;
+        // Where the next data starts (holes before it need not be read: they are zeros).
+        let mut next_data = next_data_offset(&file, 0, size);
         while offset < size {
             let len = (size - offset).min(chunk_size) as usize;
+            if next_data < offset {
+                next_data = next_data_offset(&file, offset, size);
+            }
+            if next_data >= offset + len as u64 {
+                // The whole chunk lies in a hole: an all-zero chunk, nothing to read.
+                if htx.send(HashMsg::Zeros(len)).is_err() {
+                    return Ok(());
+                }
+                let piece = Piece { artifact, chunk, offset, len: len as u64, data: None };
+                if tx.blocking_send(piece).is_err() {
+                    return Ok(());
+                }
+                offset += len as u64;
+                chunk += 1;
+                continue;
+            }
             let buf = &mut scratch[..len];
             let mut filled = 0;
             while filled < len {
-                match file.read(&mut buf[filled..]) {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -379,6 +397,21 @@ fn read_all(
         }
     }
     Ok(())
+}
+
+/// The first offset at or after `from` where `file` has data (`SEEK_DATA`), or `size` when
+/// only a hole follows. File systems without hole reporting say "data everywhere", which
+/// just means every chunk is read.
+fn next_data_offset(file: &File, from: u64, size: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let Ok(from_off) = libc::off_t::try_from(from) else { return from };
+    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), from_off, libc::SEEK_DATA) };
+    if r < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) { size } else { from }
+    } else {
+        r as u64
+    }
 }
 
 /// Whole-file sha256 of each artifact, fed in file order; artifacts marked in `skip` get

@@ -15,14 +15,14 @@ use crate::index::{
 };
 use crate::retry::{Failed, RetryPolicy, retry};
 
-/// Default chunk size: 4 MiB.
-pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// Default chunk size: 1 MiB (see the crate docs for why).
+pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 1;
 /// Default number of chunk transfers in flight.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
-/// Tunables of a [`Store`]. `Default` gives 4 MiB chunks, zstd level 1, 8 transfers in
+/// Tunables of a [`Store`]. `Default` gives 1 MiB chunks, zstd level 1, 8 transfers in
 /// flight, one compression worker per core and [`RetryPolicy::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {

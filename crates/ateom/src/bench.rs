@@ -256,3 +256,189 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
     }
     Ok(n)
 }
+
+/// Writes a memory-image-like file: `size` bytes, mostly holes, with `data` bytes of random
+/// content in 256 KiB runs at pseudo-random page-aligned offsets.
+fn write_memory_like(path: &Path, size: u64, data: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(path)?;
+    f.set_len(size)?;
+    let run = 256u64 << 10;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut buf = vec![0u8; run as usize];
+    for _ in 0..data / run {
+        for w in buf.chunks_mut(8) {
+            w.copy_from_slice(&next().to_le_bytes()[..w.len()]);
+        }
+        let slot = next() % (size / run);
+        f.seek(SeekFrom::Start(slot * run))?;
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<(T, f64)> {
+    let t = Instant::now();
+    let v = f.await?;
+    Ok((v, ms(t.elapsed())))
+}
+
+fn sh(cmd: &str) -> Result<f64> {
+    let t = Instant::now();
+    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status()?;
+    if !st.success() {
+        bail!("baseline command failed: {cmd}");
+    }
+    Ok(ms(t.elapsed()))
+}
+
+/// Pushes and pulls one directory of artifacts through ateom-store, and the same bytes
+/// through the baseline (`zstd -1` of each whole file + one single-stream copy each way).
+async fn store_round(
+    dir: &Path,
+    names: &[String],
+    work: &Path,
+    label: &str,
+) -> Result<serde_json::Map<String, Value>> {
+    use ateom_store::{PullOptions, PushOptions, Store};
+    let bucket = work.join(format!("bucket-{label}"));
+    std::fs::create_dir_all(&bucket)?;
+    let store = Store::open(&format!("file://{}", bucket.display()))?;
+    let logical: u64 =
+        names.iter().map(|n| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0)).sum();
+
+    // As ateom ships a committed snapshot: digests known from the local manifest.
+    let mut known = std::collections::HashMap::new();
+    for n in names {
+        known.insert(n.clone(), ateom_snapshot::sha256_file(&dir.join(n))?.1);
+    }
+    let opts = PushOptions { known_digests: known, ..PushOptions::default() };
+    let (pushed, push_ms) =
+        timed(async { Ok(store.push_dir_with(dir, names, "bench", json!({}), &opts).await?) }).await?;
+    // The same push hashing every byte itself (a snapshot not committed by ateom first).
+    let (_, push_hashing_ms) =
+        timed(async { Ok(store.push_dir(dir, names, "bench-hashing", json!({})).await?) }).await?;
+    let out_dir = work.join(format!("pulled-{label}"));
+    let (_, pull_ms) =
+        timed(async { Ok(store.pull_with(Some("bench"), &out_dir, &PullOptions::default()).await?) }).await?;
+    // Every chunk is always verified; this leaves out the extra whole-file sha256 pass.
+    let only_chunks = PullOptions { verify_artifact_digests: false, ..PullOptions::default() };
+    let (_, pull_chunk_verified_ms) = timed(async {
+        Ok(store.pull_with(Some("bench"), &work.join(format!("pulled2-{label}")), &only_chunks).await?)
+    })
+    .await?;
+
+    // Baseline: zstd -1 over each whole file, then one sequential copy to the "bucket"; pull
+    // is the copy back plus decompression.
+    let base = work.join(format!("baseline-{label}"));
+    std::fs::create_dir_all(&base)?;
+    let (mut bpush, mut bpull, mut bstored) = (0.0, 0.0, 0u64);
+    for n in names {
+        let src = dir.join(n);
+        let z = base.join(format!("{n}.zst"));
+        let remote = base.join(format!("{n}.zst.remote"));
+        let back = base.join(format!("{n}.back.zst"));
+        let restored = base.join(format!("{n}.restored"));
+        bpush += sh(&format!("zstd -1 -q -f -T1 '{}' -o '{}'", src.display(), z.display()))?;
+        bpush += sh(&format!("cp '{}' '{}'", z.display(), remote.display()))?;
+        bstored += std::fs::metadata(&remote)?.len();
+        bpull += sh(&format!("cp '{}' '{}'", remote.display(), back.display()))?;
+        bpull += sh(&format!("zstd -d -q -f '{}' -o '{}'", back.display(), restored.display()))?;
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("logical_bytes".into(), json!(logical));
+    out.insert("chunks".into(), json!(pushed.chunks_total));
+    out.insert("zero_chunks".into(), json!(pushed.chunks_zero));
+    figure(&mut out, "stored_bytes", pushed.stored_bytes as f64, bstored as f64);
+    figure(&mut out, "push_ms", push_ms, bpush);
+    figure(&mut out, "pull_ms", pull_ms, bpull);
+    out.insert("push_hashing_ms".into(), json!(round2(push_hashing_ms)));
+    out.insert("pull_chunk_verified_only_ms".into(), json!(round2(pull_chunk_verified_ms)));
+    let mib = logical as f64 / 1048576.0;
+    out.insert("push_mib_per_s".into(), json!(round2(mib / (push_ms / 1000.0).max(1e-6))));
+    out.insert("baseline_push_mib_per_s".into(), json!(round2(mib / (bpush / 1000.0).max(1e-6))));
+    out.insert("pull_mib_per_s".into(), json!(round2(mib / (pull_ms / 1000.0).max(1e-6))));
+    out.insert("baseline_pull_mib_per_s".into(), json!(round2(mib / (bpull / 1000.0).max(1e-6))));
+    Ok(out)
+}
+
+pub async fn snapshot_store(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Result<Value> {
+    let work = tempfile::Builder::new().prefix("ateom-bench-store-").tempdir()?;
+    let mut out = serde_json::Map::new();
+    out.insert("benchmark".into(), json!("snapshot-store"));
+    out.insert(
+        "baseline".into(),
+        json!("zstd -1 -T1 over each whole file + one single-stream cp (pull: cp back + zstd -d)"),
+    );
+
+    // 1. A 256 MiB memory-image-like file with 16 MiB of data.
+    let mem_dir = work.path().join("memory-image");
+    std::fs::create_dir_all(&mem_dir)?;
+    write_memory_like(&mem_dir.join("memory"), 256 << 20, 16 << 20)?;
+    out.insert(
+        "memory_image_256mib".into(),
+        Value::Object(store_round(&mem_dir, &["memory".to_string()], work.path(), "memory").await?),
+    );
+
+    // 2. A real gVisor snapshot of the counter.
+    run_counter(h, "store-bench").await?;
+    hit(h.runtime.host_endpoint()).await?;
+    let (ck, _) = checkpoint_counter(h, "store-bench", None).await?;
+    let snap_dir = PathBuf::from(&ck.location);
+    let names: Vec<String> = ck
+        .manifest
+        .as_ref()
+        .map(|m| m.artifacts.iter().map(|a| a.name.clone()).collect())
+        .unwrap_or_default();
+    out.insert(
+        "gvisor_counter_snapshot".into(),
+        Value::Object(store_round(&snap_dir, &names, work.path(), "gvisor").await?),
+    );
+    out.insert(
+        "firecracker_snapshot".into(),
+        json!({"skipped": "needs the firecracker backend and binary; run `ateom bench snapshot-store` on a worker with them"}),
+    );
+
+    // 3. Restore -> first answer: LOCAL on this worker vs DURABLE from file:// on a fresh node.
+    let bucket = format!("file://{}", work.path().join("bucket-restore").display());
+    let (mut local, mut durable) = (vec![], vec![]);
+    let mut fresh_worker = worker.clone();
+    fresh_worker.host_id = Some("bench-fresh-node".into());
+    for i in 0..iterations.max(1) {
+        let actor = format!("store-restore-{i}");
+        run_counter(h, &actor).await?;
+        hit(h.runtime.host_endpoint()).await?;
+        checkpoint_counter(h, &actor, Some(&bucket)).await?;
+        let (_, _, t) = restore_counter(h, &actor, None).await?;
+        local.push(ms(t));
+        checkpoint_counter(h, &actor, None).await?;
+        // A brand-new worker each time: nothing cached, the snapshot is pulled.
+        let mut node = Harness::start(&fresh_worker, None, None, Some(h.image.clone())).await?;
+        let r = restore_counter(&mut node, &actor, Some(&bucket)).await;
+        node.stop().await;
+        let (resp, _, t) = r?;
+        if resp.pulled_bytes == 0 {
+            bail!("the fresh node did not pull the snapshot");
+        }
+        durable.push(ms(t));
+    }
+    let mut r = serde_json::Map::new();
+    r.insert("iterations".into(), json!(iterations.max(1)));
+    r.insert("statistic".into(), json!("median"));
+    r.insert("durable_fresh_node_restore_to_first_answer_ms".into(), json!(round2(median(durable.clone()))));
+    r.insert("local_restore_to_first_answer_ms".into(), json!(round2(median(local.clone()))));
+    r.insert(
+        "durable_over_local_ratio".into(),
+        json!(((median(durable.clone()) / median(local.clone()).max(1e-6)) * 1000.0).round() / 1000.0),
+    );
+    r.insert("samples_ms".into(), json!({"durable_fresh_node": durable, "local": local}));
+    out.insert("restore".into(), Value::Object(r));
+    Ok(Value::Object(out))
+}

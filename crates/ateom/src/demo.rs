@@ -42,8 +42,21 @@ pub struct DemoArgs {
     json: bool,
 }
 
+/// Which benchmark.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BenchKind {
+    /// run -> ready, checkpoint, restore -> first answer, snapshot bytes (vs direct runsc).
+    Runtime,
+    /// Durable snapshot store: stored bytes, push/pull throughput (vs zstd -1 + copy), and
+    /// fresh-node restore vs LOCAL restore.
+    SnapshotStore,
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value_t = BenchKind::Runtime)]
+    kind: BenchKind,
     #[command(flatten)]
     worker: WorkerArgs,
     #[arg(long, env = "ATEOM_COUNTER_BIN")]
@@ -378,7 +391,10 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
 
 pub async fn bench(a: BenchArgs) -> Result<()> {
     let mut h = Harness::start(&a.worker, None, a.counter_bin.clone(), None).await?;
-    let result = crate::bench::gvisor(&mut h, &a.worker, a.iterations).await;
+    let result = match a.kind {
+        BenchKind::Runtime => crate::bench::gvisor(&mut h, &a.worker, a.iterations).await,
+        BenchKind::SnapshotStore => crate::bench::snapshot_store(&mut h, &a.worker, a.iterations).await,
+    };
     h.stop().await;
     let out = result?;
     if a.json {
