@@ -140,7 +140,7 @@ async fn all_zero_64mib_stores_nothing_and_comes_back_sparse() {
     let (src, bucket, dst) = (tmp.path().join("src"), tmp.path().join("bucket"), tmp.path().join("dst"));
     std::fs::create_dir_all(&src).unwrap();
     write_runs(&src.join("memory"), &[Run::Zero(64 << 20)]);
-    let store = Store::open(&file_uri(&bucket)).unwrap();
+    let store = small_chunks(&Store::open(&file_uri(&bucket)).unwrap(), 4 << 20);
     let seen = Arc::new(AtomicU64::new(0));
     let s2 = seen.clone();
     let opts = PushOptions {
@@ -184,7 +184,7 @@ async fn memory_image_like_file_comes_back_sparse() {
         Run::Data(100, 3),
     ];
     write_runs(&src.join("mem"), &runs);
-    let store = Store::open(&file_uri(&bucket)).unwrap();
+    let store = small_chunks(&Store::open(&file_uri(&bucket)).unwrap(), 4 << 20);
     let push = store.push_dir(&src, &["mem".into()], "m", serde_json::Value::Null).await.unwrap();
     assert_eq!(push.logical_bytes, (63 << 20) + 100);
     assert!(push.chunks_zero >= 12, "{push:?}");
@@ -213,7 +213,7 @@ async fn scattered_pages_stay_sparse_inside_data_chunks() {
         runs.push(Run::Zero((3 << 20) - 4096 * (i + 1)));
     }
     write_runs(&src.join("mem"), &runs);
-    let store = Store::open(&file_uri(&bucket)).unwrap();
+    let store = small_chunks(&Store::open(&file_uri(&bucket)).unwrap(), 4 << 20);
     let push = store.push_dir(&src, &["mem".into()], "p", serde_json::Value::Null).await.unwrap();
     assert_eq!((push.chunks_total, push.chunks_zero, push.chunks_uploaded), (16, 0, 16));
     store.pull(Some("p"), &dst).await.unwrap();
