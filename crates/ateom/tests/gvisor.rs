@@ -290,3 +290,49 @@ async fn capabilities_and_socket_permissions() {
     assert!(!h.cpu_vendor.is_empty() && !h.host_kernel.is_empty() && h.cpu_flags_digest.len() == 16);
     assert!(caps.host_endpoint.starts_with("127.0.0.1:"));
 }
+
+/// An unmodified substrate client sends no image: the container comes from the OCI bundle
+/// the node agent prepared under the state dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_agent_bundles_run_checkpoint_and_restore() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let state = tmp.path().join("state");
+    // Play the node agent: unpack the image into <state>/actors/<ns>:<tpl>:<id>/bundles/counter.
+    let bundle = state.join("actors/test:counter:b1/bundles/counter");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let store = ateom_image::ImageStore::new(tmp.path().join("agent-cache"));
+    let prepared = store.prepare(&ateom_core::ImageRef::parse("image", &image).unwrap()).unwrap();
+    let st =
+        std::process::Command::new("cp").arg("-a").arg(&prepared.rootfs).arg(bundle.join("rootfs")).status();
+    assert!(st.unwrap().success());
+    let opts = ateom_image::BundleOptions {
+        rootfs: bundle.join("rootfs"),
+        hostname: "b1".into(),
+        netns_path: None,
+        readonly_rootfs: false,
+    };
+    let mut spec =
+        ateom_image::runtime_spec(&prepared.config, &ateom_image::ProcessOverrides::default(), &opts)
+            .unwrap();
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into()); // relative, as node agents write it
+    spec.set_root(Some(root));
+    ateom_image::write_bundle(&bundle, &spec).unwrap();
+
+    let w = Worker::start(&state, &[]);
+    let mut c = w.client().await;
+    let mut req = run_req("b1", "");
+    req.runsc_path = "/usr/bin/runsc".into(); // substrate names runsc in every request
+    let run = c.run_workload(req).await.expect("run from the node agent's bundle").into_inner();
+    assert_eq!(hit(&run.host_endpoint).await.memory, 1);
+    assert_eq!(hit(&run.host_endpoint).await.memory, 2);
+    let ck = c.checkpoint_workload(checkpoint_req("b1")).await.unwrap().into_inner();
+    assert!(ck.manifest.unwrap().image_digests["counter"].starts_with("bundle-sha256:"));
+    let r = c.restore_workload(restore_req("b1")).await.expect("restore").into_inner();
+    let n = hit(&r.host_endpoint).await;
+    assert_eq!((n.memory, n.file), (3, 3));
+    c.checkpoint_workload(checkpoint_req("b1")).await.unwrap();
+    assert!(!bundle.join("rootfs/var/lib/counter/count").exists(), "the agent's rootfs was not written to");
+}
