@@ -105,6 +105,10 @@ pub enum ContainerSource {
     Image(ImageRef),
     /// An OCI bundle (`config.json` + `rootfs/`) that the node agent prepared.
     Bundle(PathBuf),
+    /// Neither an image nor a node-agent bundle (which would be at `expected_bundle`): fine
+    /// for backends that boot a given guest image (a microVM's kernel and disk), an error
+    /// for backends that need a root file system.
+    Nothing { expected_bundle: PathBuf },
 }
 
 /// The validated workload: at least one container, unique names.

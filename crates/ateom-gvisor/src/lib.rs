@@ -369,6 +369,15 @@ fn prepare_bundle(
                 .map_err(|e| image_err(e.to_string()))?;
             (spec, prepared.manifest_digest, prepared.cache_hit)
         }
+        ContainerSource::Nothing { expected_bundle } => {
+            return Err(BackendError::InvalidConfig {
+                field: "spec.containers[0].image".into(),
+                reason: format!(
+                    "is empty and there is no node-agent bundle at {} (config.json + rootfs/)",
+                    expected_bundle.display()
+                ),
+            });
+        }
         ContainerSource::Bundle(dir) => {
             let mut spec = ateom_image::load_bundle(dir).map_err(|e| image_err(e.to_string()))?;
             set_network_namespace(&mut spec, netns_path);

@@ -120,6 +120,8 @@ pub struct WorkerInfo {
     pub host: HostFingerprint,
     pub running: Option<ActorRef>,
     pub host_endpoint: SocketAddr,
+    /// The running workload's serial console, if its backend has one.
+    pub console: Option<String>,
 }
 
 struct Active {
@@ -212,10 +214,10 @@ impl Runtime {
 
     pub fn info(&self) -> WorkerInfo {
         let info = self.backend.info();
-        let running = match &*self.slot.lock().expect("slot lock") {
-            Slot::Idle => None,
-            Slot::Busy { actor, .. } => Some(actor.clone()),
-            Slot::Running(a) => Some(a.actor.clone()),
+        let (running, console) = match &*self.slot.lock().expect("slot lock") {
+            Slot::Idle => (None, None),
+            Slot::Busy { actor, .. } => (Some(actor.clone()), None),
+            Slot::Running(a) => (Some(a.actor.clone()), a.sandbox.console()),
         };
         WorkerInfo {
             backend: info.name.clone(),
@@ -224,6 +226,7 @@ impl Runtime {
             host: self.host.clone(),
             running,
             host_endpoint: self.forwarder.local_addr(),
+            console,
         }
     }
 
@@ -252,22 +255,16 @@ impl Runtime {
     ) -> Result<LaunchContext, RuntimeError> {
         let actor_dir = self.actor_dir(actor);
         let mut containers = Vec::with_capacity(spec.containers.len());
-        for (i, c) in spec.containers.iter().enumerate() {
+        for c in &spec.containers {
             let source = match &c.image {
                 Some(image) => ContainerSource::Image(image.clone()),
                 None => {
                     let bundle = actor_dir.join("bundles").join(c.name.as_str());
-                    if !bundle.join("config.json").is_file() {
-                        return Err(ateom_core::InvalidArgument::new(
-                            format!("spec.containers[{i}].image"),
-                            format!(
-                                "is empty and there is no node-agent bundle at {} (config.json + rootfs/)",
-                                bundle.display()
-                            ),
-                        )
-                        .into());
+                    if bundle.join("config.json").is_file() {
+                        ContainerSource::Bundle(bundle)
+                    } else {
+                        ContainerSource::Nothing { expected_bundle: bundle }
                     }
-                    ContainerSource::Bundle(bundle)
                 }
             };
             containers.push((c.clone(), source));

@@ -34,7 +34,53 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                 .context("starting the gvisor backend (is runsc installed? `apt install runsc`)")?;
             Ok(Arc::new(b))
         }
+        BackendKind::Firecracker => {
+            let binary = match &args.firecracker {
+                Some(p) => p.clone(),
+                None => find_on_path("firecracker").context(
+                    "the firecracker backend needs a firecracker binary: pass --firecracker PATH, set \
+                     ATEOM_FIRECRACKER_BIN, or put `firecracker` on PATH",
+                )?,
+            };
+            let opts = ateom_firecracker::FirecrackerOptions {
+                binary,
+                state_dir: state_dir.to_owned(),
+                instance: instance_id(state_dir),
+                defaults: microvm_defaults(args),
+                ready_timeout: args.ready_timeout,
+            };
+            let b = ateom_firecracker::FirecrackerBackend::new(opts)
+                .await
+                .context("starting the firecracker backend")?;
+            Ok(Arc::new(b))
+        }
     }
+}
+
+/// The worker-level microVM defaults from the command line.
+pub fn microvm_defaults(args: &WorkerArgs) -> ateom_core::MicroVmConfig {
+    ateom_core::MicroVmConfig {
+        vmm_path: None,
+        kernel_image: args.kernel.clone(),
+        rootfs_image: args.rootfs.clone(),
+        kernel_cmdline: args.kernel_cmdline.clone(),
+        vcpus: Some(args.vcpus),
+        memory_mib: Some(args.memory_mib),
+        cpu_template: args.cpu_template.clone(),
+        network: None,
+        jailer_path: None,
+        ready_console_line: args.ready_console_line.clone(),
+    }
+}
+
+/// The first executable `name` on PATH.
+pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAddr) -> Result<Runtime> {

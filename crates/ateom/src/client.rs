@@ -279,6 +279,7 @@ pub fn caps_json(r: &pb::GetCapabilitiesResponse) -> Value {
         },
         "running_actor": r.running_actor,
         "host_endpoint": r.host_endpoint,
+        "console": r.console,
     })
 }
 
@@ -288,5 +289,45 @@ pub async fn caps(a: CapsArgs) -> Result<()> {
     let v = caps_json(&r);
     let human = serde_json::to_string_pretty(&v)?;
     print(a.json, v, human);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// The worker's unix socket.
+    #[arg(long, env = "ATEOM_SOCKET")]
+    socket: PathBuf,
+}
+
+/// Attaches the terminal to the running workload's serial console until stdin closes or the
+/// console goes away.
+pub async fn console(a: ConsoleArgs) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut c = connect(&a.socket).await?;
+    let r = c.get_capabilities(pb::GetCapabilitiesRequest {}).await.map_err(status_error)?.into_inner();
+    let Some(addr) = r.console.strip_prefix("tcp://") else {
+        if r.running_actor.is_empty() {
+            bail!("nothing is running on this worker");
+        }
+        bail!("the running workload ({}, {} backend) has no serial console", r.running_actor, r.backend);
+    };
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the console at {addr}"))?;
+    eprintln!("attached to the console of {} (close stdin, e.g. Ctrl-D, to detach)", r.running_actor);
+    let (mut from, mut to) = stream.into_split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let up = async {
+        let _ = tokio::io::copy(&mut stdin, &mut to).await;
+        let _ = to.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from, &mut stdout).await;
+    };
+    tokio::select! {
+        _ = up => {},
+        _ = down => {},
+    }
     Ok(())
 }

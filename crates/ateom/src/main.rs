@@ -61,6 +61,8 @@ enum Command {
     Restore(client::RestoreArgs),
     /// Show the worker's backend, capabilities, host fingerprint and running actor.
     Caps(client::CapsArgs),
+    /// Attach to the running microVM's serial console.
+    Console(client::ConsoleArgs),
     /// Local and durable snapshots: list, push (LOCAL -> DURABLE), pull, delete, gc.
     #[command(subcommand)]
     Snapshots(snapshots::SnapshotsCommand),
@@ -78,12 +80,15 @@ enum Command {
 pub enum BackendKind {
     /// gVisor (runsc): userspace kernel, small portable snapshots.
     Gvisor,
+    /// Firecracker microVMs: hardware isolation, full-memory snapshots (same host to restore).
+    Firecracker,
 }
 
 impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Gvisor => "gvisor",
+            Self::Firecracker => "firecracker",
         }
     }
 }
@@ -109,6 +114,30 @@ pub struct WorkerArgs {
     /// Keep runsc debug logs in each sandbox's work directory.
     #[arg(long)]
     pub debug_logs: bool,
+    /// The firecracker binary (default: `firecracker` on PATH).
+    #[arg(long, env = "ATEOM_FIRECRACKER_BIN", help_heading = "microVM backends")]
+    pub firecracker: Option<PathBuf>,
+    /// Default guest kernel (an uncompressed ELF vmlinux, or any ELF the VMM boots).
+    #[arg(long, help_heading = "microVM backends")]
+    pub kernel: Option<PathBuf>,
+    /// Default root disk image (ext4); each workload gets a sparse copy of it.
+    #[arg(long, help_heading = "microVM backends")]
+    pub rootfs: Option<PathBuf>,
+    /// Default kernel command line.
+    #[arg(long, help_heading = "microVM backends")]
+    pub kernel_cmdline: Option<String>,
+    /// Default vCPUs per microVM.
+    #[arg(long, default_value_t = 1, help_heading = "microVM backends")]
+    pub vcpus: u8,
+    /// Default guest memory.
+    #[arg(long, default_value_t = 256, help_heading = "microVM backends")]
+    pub memory_mib: u32,
+    /// Default CPU template (firecracker: e.g. T2, C3; none by default).
+    #[arg(long, help_heading = "microVM backends")]
+    pub cpu_template: Option<String>,
+    /// Guests without a network are ready when this appears on their serial console.
+    #[arg(long, help_heading = "microVM backends")]
+    pub ready_console_line: Option<String>,
 }
 
 #[derive(Args)]
@@ -177,6 +206,7 @@ fn main() -> Result<()> {
             Command::Checkpoint(a) => client::checkpoint(a).await,
             Command::Restore(a) => client::restore(a).await,
             Command::Caps(a) => client::caps(a).await,
+            Command::Console(a) => client::console(a).await,
             Command::Image(c) => images::main(c),
             Command::Snapshots(c) => snapshots::main(c).await,
             Command::Demo(a) => demo::demo(a).await,

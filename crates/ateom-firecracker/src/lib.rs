@@ -1,0 +1,648 @@
+//! # ateom-firecracker
+//!
+//! The Firecracker backend: one `firecracker` process per workload, driven through its HTTP
+//! API on a unix socket exactly as a production worker would.
+//!
+//! ```text
+//!  netns ateom-<instance>-vm
+//!  ┌────────────────────────────────────────────────────────────────┐
+//!  │ tap0 169.254.0.1/30 ◀──▶ guest eth0 169.254.0.2 (fixed MAC)    │
+//!  │ firecracker (cwd = the sandbox's work dir; API socket, logger  │
+//!  │ and metrics FIFOs there; serial console = its stdin/stdout)    │
+//!  └────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! * **Run**: boot-source, machine-config, the root disk (a sparse per-workload copy of the
+//!   base image, named by a *relative* path so snapshots restore from any directory), the
+//!   tap, InstanceStart; ready on a console line (guests without a network) or, for Linux
+//!   guests, on the HTTP readiness probe the runtime runs through the namespace.
+//! * **Checkpoint**: pause, Full snapshot (vmstate + memory file) into the snapshot
+//!   directory, kill the VMM, move the disk in beside them (Firecracker does not capture
+//!   disks). The manifest's provenance records what a restore needs: Firecracker and
+//!   snapshot-format versions, kernel sha256, CPU template, the network identity.
+//! * **Restore**: a fresh namespace with the same tap name, a new firecracker whose working
+//!   directory holds a copy of the disk, `snapshot/load` with the memory file mapped from the
+//!   snapshot (Firecracker maps it privately, so the snapshot stays intact and can be
+//!   restored again), resume.
+//!
+//! Firecracker snapshots need the same Firecracker version, host kernel and a compatible
+//! CPU: the backend says `restore_requires_same_host`, and the runtime compares the host
+//! fingerprint before a restore. Stock Linux guests need hardware virtualisation: on a
+//! kvm-pvm host only freestanding (or PVM-patched) guests boot, and a guest that dies with
+//! `KVM_EXIT_INTERNAL_ERROR` there is reported as such.
+
+pub mod api;
+pub mod vmm;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ateom_core::{
+    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
+    Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
+};
+use ateom_microvm::Kvm;
+use ateom_net::{Netns, NetnsDialer, TapPlan};
+use tracing::{info, warn};
+
+use crate::vmm::{SpawnOptions, Vmm};
+
+/// The artifacts of a Firecracker snapshot.
+pub const VMSTATE: &str = "vmstate";
+pub const MEMORY: &str = "memory";
+pub const DISK: &str = "rootfs.ext4";
+
+/// How the backend is set up; per-request `MicroVmConfig` fields override the defaults.
+#[derive(Clone, Debug)]
+pub struct FirecrackerOptions {
+    pub binary: PathBuf,
+    pub state_dir: PathBuf,
+    /// Short unique name of this worker, part of namespace names and VMM ids.
+    pub instance: String,
+    pub defaults: MicroVmConfig,
+    /// How long a console readiness line may take.
+    pub ready_timeout: Duration,
+}
+
+/// The Firecracker backend.
+pub struct FirecrackerBackend {
+    opts: FirecrackerOptions,
+    info: BackendInfo,
+    snapshot_version: String,
+    kvm: Kvm,
+}
+
+/// `Firecracker v1.16.1` -> `1.16.1`.
+pub fn parse_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("Firecracker v"))?;
+    Some(line.trim_start_matches("Firecracker v").trim().to_owned())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl FirecrackerBackend {
+    /// Probes the binary (version, snapshot format) and `/dev/kvm`.
+    pub async fn new(opts: FirecrackerOptions) -> Result<Self, BackendError> {
+        let unavailable = |detail: String| BackendError::Unavailable {
+            what: format!("firecracker at {}", opts.binary.display()),
+            detail,
+        };
+        let out = tokio::process::Command::new(&opts.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let version = parse_version(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+            unavailable(format!("unexpected --version output {:?}", String::from_utf8_lossy(&out.stdout)))
+        })?;
+        let out = tokio::process::Command::new(&opts.binary)
+            .arg("--snapshot-version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let snapshot_version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .trim_start_matches('v')
+            .to_owned();
+        let kvm = ateom_microvm::kvm();
+        if kvm == Kvm::Absent {
+            return Err(BackendError::Unavailable {
+                what: "/dev/kvm".into(),
+                detail: "firecracker needs KVM; this host has no usable /dev/kvm".into(),
+            });
+        }
+        let template = opts.defaults.cpu_template.clone().unwrap_or_else(|| "none".into());
+        let info = BackendInfo {
+            name: "firecracker".into(),
+            runtime_version: version.clone(),
+            capabilities: Capabilities {
+                supports_local_pause: true,
+                supports_incremental: false,
+                supports_memory_snapshot: true,
+                restore_requires_same_host: true,
+                snapshot_portability_class: format!("firecracker/{version}/{}/{template}", cpu_model()),
+                accelerator: kvm.name().into(),
+            },
+        };
+        if kvm == Kvm::Pvm {
+            warn!(
+                "/dev/kvm is kvm-pvm (software nested virtualisation): stock Linux guests cannot boot here; freestanding guests can"
+            );
+        }
+        info!(binary = %opts.binary.display(), %version, %snapshot_version, accelerator = kvm.name(), "firecracker backend ready");
+        Ok(Self { opts, info, snapshot_version, kvm })
+    }
+
+    fn netns_name(&self) -> String {
+        format!("ateom-{}-vm", self.opts.instance)
+    }
+
+    /// The request's microVM settings over the worker's defaults.
+    fn effective(&self, runtime: &Option<RuntimeConfig>) -> Result<MicroVmConfig, BackendError> {
+        let req = match runtime {
+            None => MicroVmConfig::default(),
+            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
+            Some(RuntimeConfig::Gvisor(_)) => {
+                return Err(BackendError::InvalidConfig {
+                    field: "gvisor".into(),
+                    reason:
+                        "this worker runs the firecracker backend; send a microvm runtime config (or none)"
+                            .into(),
+                });
+            }
+        };
+        let d = &self.opts.defaults;
+        if req.jailer_path.is_some() {
+            return Err(BackendError::InvalidConfig {
+                field: "microvm.jailer_path".into(),
+                reason: "running firecracker under the jailer is not supported by this worker yet".into(),
+            });
+        }
+        Ok(MicroVmConfig {
+            vmm_path: req.vmm_path.or_else(|| d.vmm_path.clone()),
+            kernel_image: req.kernel_image.or_else(|| d.kernel_image.clone()),
+            rootfs_image: req.rootfs_image.or_else(|| d.rootfs_image.clone()),
+            kernel_cmdline: req.kernel_cmdline.or_else(|| d.kernel_cmdline.clone()),
+            vcpus: req.vcpus.or(d.vcpus),
+            memory_mib: req.memory_mib.or(d.memory_mib),
+            cpu_template: req.cpu_template.or_else(|| d.cpu_template.clone()),
+            network: req.network.or_else(|| d.network.clone()),
+            jailer_path: None,
+            ready_console_line: req.ready_console_line.or_else(|| d.ready_console_line.clone()),
+        })
+    }
+
+    fn binary(&self, cfg: &MicroVmConfig) -> PathBuf {
+        cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone())
+    }
+
+    /// The namespace (with a tap when the guest has a network) and the dialer into it.
+    async fn network(
+        &self,
+        net: Option<&TapNetwork>,
+    ) -> Result<(Netns, Option<Arc<dyn Dialer>>), BackendError> {
+        let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());
+        let name = self.netns_name();
+        Netns::delete_by_name(&name).map_err(net_err)?;
+        let ns = Netns::create(&name).map_err(net_err)?;
+        let Some(net) = net else { return Ok((ns, None)) };
+        let plan = TapPlan {
+            name: net.tap_name.clone(),
+            host_ip: net.host_ip,
+            prefix_len: net.prefix_len,
+            vnet_hdr: true,
+        };
+        if let Err(e) = ateom_net::setup_tap(&ns, &plan).await {
+            let _ = ns.delete();
+            return Err(net_err(e));
+        }
+        match NetnsDialer::new(&ns, IpAddr::V4(net.guest_ip)) {
+            Ok(d) => Ok((ns, Some(Arc::new(d)))),
+            Err(e) => {
+                let _ = ns.delete();
+                Err(net_err(e))
+            }
+        }
+    }
+
+    fn pvm_hint(&self, detail: String) -> String {
+        if self.kvm == Kvm::Pvm && detail.contains("KVM_EXIT_INTERNAL_ERROR") {
+            format!(
+                "{detail} — this host's /dev/kvm is kvm-pvm (software nested virtualisation), on which stock Linux guests cannot boot; use hardware virtualisation, a PVM-patched guest kernel, or the qemu backend"
+            )
+        } else {
+            detail
+        }
+    }
+
+    async fn boot(
+        &self,
+        ctx: &LaunchContext,
+        cfg: &MicroVmConfig,
+        vm: &mut FcSandbox,
+    ) -> Result<(), BackendError> {
+        let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
+            field: "microvm.kernel_image".into(),
+            reason: "no guest kernel: give one in the request or start the worker with --kernel".into(),
+        })?;
+        let kernel = std::path::absolute(&kernel).map_err(|e| BackendError::io("kernel path", e))?;
+        let kernel_id = {
+            let k = kernel.clone();
+            tokio::task::spawn_blocking(move || ateom_microvm::file_id(&k))
+                .await
+                .map_err(|e| BackendError::failed("hashing the kernel", e.to_string()))?
+                .map_err(|e| BackendError::InvalidConfig {
+                    field: "microvm.kernel_image".into(),
+                    reason: e.to_string(),
+                })?
+        };
+        vm.kernel_id = kernel_id;
+        if let Some(base) = &cfg.rootfs_image {
+            let (src, dst) = (base.clone(), ctx.work_dir.join(DISK));
+            tokio::task::spawn_blocking(move || ateom_microvm::copy_sparse(&src, &dst))
+                .await
+                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?
+                .map_err(|e| BackendError::InvalidConfig {
+                    field: "microvm.rootfs_image".into(),
+                    reason: e.to_string(),
+                })?;
+            vm.disk = true;
+        }
+        let api = &vm.vmm.as_ref().expect("spawned").api;
+        let fault = |e: api::ApiError| BackendError::failed("configuring firecracker", e.to_string());
+        api.boot_source(&api::BootSource {
+            kernel_image_path: kernel.display().to_string(),
+            boot_args: cfg.kernel_cmdline.clone(),
+        })
+        .await
+        .map_err(fault)?;
+        api.machine_config(&api::MachineConfig {
+            vcpu_count: cfg.vcpus.unwrap_or(1),
+            mem_size_mib: cfg.memory_mib.unwrap_or(256),
+            cpu_template: cfg.cpu_template.clone(),
+        })
+        .await
+        .map_err(fault)?;
+        if vm.disk {
+            api.drive(&api::Drive {
+                drive_id: "rootfs".into(),
+                path_on_host: DISK.into(),
+                is_root_device: true,
+                is_read_only: false,
+            })
+            .await
+            .map_err(fault)?;
+        }
+        if let Some(net) = &vm.network {
+            api.network_interface(&api::NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: net.tap_name.clone(),
+                guest_mac: net.guest_mac.clone(),
+            })
+            .await
+            .map_err(fault)?;
+        }
+        let mark = vm.vmm.as_ref().expect("spawned").console.printed();
+        api.start()
+            .await
+            .map_err(|e| BackendError::failed("starting the microVM", self.pvm_hint(e.to_string())))?;
+        if let Some(line) = &cfg.ready_console_line {
+            let vmm = vm.vmm.as_ref().expect("spawned");
+            let wait = vmm.console.wait_for(line, mark, self.opts.ready_timeout);
+            let died = async {
+                loop {
+                    if let Some(why) = vmm.exited() {
+                        return why;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                r = wait => r.map_err(|e| BackendError::failed("waiting for the console", e))?,
+                why = died => return Err(BackendError::failed("booting the microVM", self.pvm_hint(why))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(
+        &self,
+        ctx: LaunchContext,
+        snapshot: Option<SnapshotInput<'_>>,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        let mut cfg = self.effective(&ctx.runtime)?;
+        for (c, source) in &ctx.containers {
+            if let ContainerSource::Image(_) | ContainerSource::Bundle(_) = source
+                && cfg.rootfs_image.is_none()
+            {
+                return Err(BackendError::InvalidConfig {
+                    field: "microvm.rootfs_image".into(),
+                    reason: format!(
+                        "container {:?} names an image, but this worker has no image-to-disk pipeline configured; give a rootfs image",
+                        c.name
+                    ),
+                });
+            }
+        }
+        // A guest that is probed over HTTP needs a network even if none was configured.
+        if cfg.network.is_none() && ctx.containers.iter().any(|(c, _)| c.readyz.is_some()) {
+            cfg.network = Some(ateom_microvm::default_network());
+        }
+        // A restore gets the network identity the snapshot was taken with.
+        if let Some(s) = snapshot {
+            cfg.network = network_from_provenance(&s.manifest.provenance)?;
+        }
+        let (ns, dialer) = self.network(cfg.network.as_ref()).await?;
+        let id = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
+        let vmm = match Vmm::spawn(SpawnOptions {
+            binary: &self.binary(&cfg),
+            work_dir: &ctx.work_dir,
+            netns: Some(&ns),
+            id: &id,
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                drop(dialer);
+                let _ = ns.delete();
+                return Err(e);
+            }
+        };
+        let mut vm = FcSandbox {
+            vmm: Some(vmm),
+            ns: Some(ns),
+            dialer,
+            network: cfg.network.clone(),
+            work_dir: ctx.work_dir.clone(),
+            disk: false,
+            kernel_id: String::new(),
+            cfg: cfg.clone(),
+            version: self.info.runtime_version.clone(),
+            snapshot_version: self.snapshot_version.clone(),
+            accelerator: self.kvm.name().into(),
+        };
+        let result = match snapshot {
+            None => self.boot(&ctx, &cfg, &mut vm).await,
+            Some(s) => self.load(&ctx, s, &mut vm).await,
+        };
+        match result {
+            Ok(()) => {
+                info!(%id, op = if snapshot.is_some() { "restore" } else { "run" }, "microVM running");
+                Ok(Box::new(vm))
+            }
+            Err(e) => {
+                Box::new(vm).teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        ctx: &LaunchContext,
+        s: SnapshotInput<'_>,
+        vm: &mut FcSandbox,
+    ) -> Result<(), BackendError> {
+        for needed in [VMSTATE, MEMORY] {
+            if s.manifest.artifact(needed).is_none() {
+                return Err(BackendError::Snapshot(format!(
+                    "it has no {needed}: not a Firecracker snapshot"
+                )));
+            }
+        }
+        vm.kernel_id = s.manifest.kernel_id.clone();
+        if s.manifest.artifact(DISK).is_some() {
+            let (src, dst) = (s.dir.join(DISK), ctx.work_dir.join(DISK));
+            tokio::task::spawn_blocking(move || ateom_microvm::copy_sparse(&src, &dst))
+                .await
+                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?
+                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?;
+            vm.disk = true;
+        }
+        for key in ["firecracker.vcpus", "firecracker.memory_mib"] {
+            if let Some(v) = s.manifest.provenance.get(key) {
+                match key {
+                    "firecracker.vcpus" => vm.cfg.vcpus = v.parse().ok(),
+                    _ => vm.cfg.memory_mib = v.parse().ok(),
+                }
+            }
+        }
+        vm.cfg.kernel_cmdline = s.manifest.provenance.get("firecracker.boot_args").cloned();
+        vm.cfg.cpu_template = (!s.manifest.cpu_template.is_empty() && s.manifest.cpu_template != "none")
+            .then(|| s.manifest.cpu_template.clone());
+        let api = &vm.vmm.as_ref().expect("spawned").api;
+        api.load_snapshot(&api::SnapshotLoad {
+            snapshot_path: s.dir.join(VMSTATE).display().to_string(),
+            mem_backend: api::MemBackend {
+                backend_type: "File",
+                backend_path: s.dir.join(MEMORY).display().to_string(),
+            },
+            resume_vm: true,
+        })
+        .await
+        .map_err(|e| BackendError::failed("loading the snapshot", self.pvm_hint(e.to_string())))?;
+        Ok(())
+    }
+}
+
+/// The guest network recorded in a snapshot's provenance (`None`: it had none).
+fn network_from_provenance(p: &BTreeMap<String, String>) -> Result<Option<TapNetwork>, BackendError> {
+    let Some(tap) = p.get("network.tap_name") else { return Ok(None) };
+    let get =
+        |k: &str| p.get(k).cloned().ok_or_else(|| BackendError::Snapshot(format!("provenance lacks {k}")));
+    let ip = |k: &str| -> Result<Ipv4Addr, BackendError> {
+        get(k)?.parse().map_err(|_| BackendError::Snapshot(format!("provenance {k} is not an IPv4 address")))
+    };
+    Ok(Some(TapNetwork {
+        tap_name: tap.clone(),
+        guest_mac: get("network.guest_mac")?,
+        guest_ip: ip("network.guest_ip")?,
+        host_ip: ip("network.host_ip")?,
+        prefix_len: get("network.prefix_len")?
+            .parse()
+            .map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
+    }))
+}
+
+/// One microVM.
+pub struct FcSandbox {
+    vmm: Option<Vmm>,
+    ns: Option<Netns>,
+    dialer: Option<Arc<dyn Dialer>>,
+    network: Option<TapNetwork>,
+    work_dir: PathBuf,
+    disk: bool,
+    kernel_id: String,
+    cfg: MicroVmConfig,
+    version: String,
+    snapshot_version: String,
+    accelerator: String,
+}
+
+impl FcSandbox {
+    async fn teardown(mut self: Box<Self>) {
+        if let Some(mut vmm) = self.vmm.take() {
+            vmm.kill().await;
+        }
+        self.dialer = None;
+        if let Some(ns) = self.ns.take() {
+            let name = ns.name().to_owned();
+            if let Err(e) = ns.delete() {
+                warn!(netns = %name, error = %e, "deleting network namespace");
+            }
+        }
+    }
+
+    fn provenance(&self) -> BackendProvenance {
+        let mut extra = BTreeMap::new();
+        extra.insert("firecracker.snapshot_version".into(), self.snapshot_version.clone());
+        extra.insert("firecracker.vcpus".into(), self.cfg.vcpus.unwrap_or(1).to_string());
+        extra.insert("firecracker.memory_mib".into(), self.cfg.memory_mib.unwrap_or(256).to_string());
+        if let Some(args) = &self.cfg.kernel_cmdline {
+            extra.insert("firecracker.boot_args".into(), args.clone());
+        }
+        extra.insert("accelerator".into(), self.accelerator.clone());
+        if let Some(n) = &self.network {
+            extra.insert("network.tap_name".into(), n.tap_name.clone());
+            extra.insert("network.guest_mac".into(), n.guest_mac.clone());
+            extra.insert("network.guest_ip".into(), n.guest_ip.to_string());
+            extra.insert("network.host_ip".into(), n.host_ip.to_string());
+            extra.insert("network.prefix_len".into(), n.prefix_len.to_string());
+        }
+        BackendProvenance {
+            runtime_version: self.version.clone(),
+            kernel_id: self.kernel_id.clone(),
+            cpu_template: self.cfg.cpu_template.clone().unwrap_or_else(|| "none".into()),
+            extra,
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for FcSandbox {
+    fn dialer(&self) -> Option<Arc<dyn Dialer>> {
+        self.dialer.clone()
+    }
+
+    fn console(&self) -> Option<String> {
+        self.vmm.as_ref().map(|v| format!("tcp://{}", v.console.addr()))
+    }
+
+    fn exited(&self) -> Option<String> {
+        self.vmm.as_ref().and_then(Vmm::exited)
+    }
+
+    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError> {
+        let vmm = self.vmm.as_mut().ok_or_else(|| BackendError::failed("checkpoint", "the VMM is gone"))?;
+        vmm.api.pause().await.map_err(|e| BackendError::failed("pausing the microVM", e.to_string()))?;
+        let mem = self.cfg.memory_mib.unwrap_or(256);
+        let created = vmm
+            .api
+            .create_snapshot(
+                &api::SnapshotCreate {
+                    snapshot_type: "Full",
+                    snapshot_path: dir.join(VMSTATE).display().to_string(),
+                    mem_file_path: dir.join(MEMORY).display().to_string(),
+                },
+                mem,
+            )
+            .await;
+        if let Err(e) = created {
+            if let Err(r) = vmm.api.resume().await {
+                warn!(error = %r, "resuming after a failed snapshot");
+            }
+            return Err(BackendError::failed("creating the snapshot", e.to_string()));
+        }
+        // The snapshot is complete: the VMM goes, its disk joins the snapshot.
+        vmm.kill().await;
+        if self.disk {
+            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
+                .map_err(|e| BackendError::io("moving the disk into the snapshot", e))?;
+        }
+        Ok(CheckpointOutput { provenance: self.provenance(), image_digests: BTreeMap::new() })
+    }
+
+    async fn is_alive(&self) -> bool {
+        self.vmm.as_ref().is_some_and(|v| v.exited().is_none())
+    }
+
+    async fn delete(self: Box<Self>) -> Result<(), BackendError> {
+        self.teardown().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for FirecrackerBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    async fn run(&self, ctx: LaunchContext) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.launch(ctx, None).await
+    }
+
+    async fn restore(
+        &self,
+        ctx: LaunchContext,
+        snapshot: SnapshotInput<'_>,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.launch(ctx, Some(snapshot)).await
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
+        let mut done = Vec::new();
+        // Our VMMs carry `--id ateom-<instance>-...`: those are ours to kill.
+        let prefix = format!("ateom-{}-", self.opts.instance);
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let ours = args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()));
+                if ours
+                    && nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .is_ok()
+                {
+                    done.push(format!("firecracker process {pid}"));
+                }
+            }
+        }
+        let names = Netns::list_with_prefix(&prefix).map_err(|e| BackendError::Network(e.to_string()))?;
+        for name in names {
+            Netns::delete_by_name(&name).map_err(|e| BackendError::Network(e.to_string()))?;
+            done.push(format!("network namespace {name}"));
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("Firecracker v1.16.1\n\n").unwrap(), "1.16.1");
+        assert!(parse_version("nope").is_none());
+    }
+
+    #[test]
+    fn network_round_trips_through_provenance() {
+        let net = ateom_microvm::default_network();
+        let mut p = BTreeMap::new();
+        p.insert("network.tap_name".into(), net.tap_name.clone());
+        p.insert("network.guest_mac".into(), net.guest_mac.clone());
+        p.insert("network.guest_ip".into(), net.guest_ip.to_string());
+        p.insert("network.host_ip".into(), net.host_ip.to_string());
+        p.insert("network.prefix_len".into(), net.prefix_len.to_string());
+        assert_eq!(network_from_provenance(&p).unwrap(), Some(net));
+        assert_eq!(network_from_provenance(&BTreeMap::new()).unwrap(), None);
+        p.insert("network.guest_ip".into(), "nope".into());
+        assert!(network_from_provenance(&p).is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! The serial console of a VM, reachable from the host through a loopback TCP port.
+//!
+//! The VMM's serial port is a pair of pipes (its stdin/stdout). The hub keeps reading the
+//! guest's output (so the VMM never blocks on a full pipe), remembers the last 64 KiB of it,
+//! lets the backend wait for a line (readiness of guests without a network), and connects
+//! one TCP client at a time to the port: what the client sends goes to the guest, what the
+//! guest prints goes to the client. A new client replaces the previous one.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+const HISTORY: usize = 64 << 10;
+
+struct Inner {
+    /// The last bytes the guest printed, and how many it printed in all.
+    history: Mutex<(VecDeque<u8>, u64)>,
+    printed: Notify,
+    client: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+}
+
+/// A running console hub. Dropping it stops its tasks (the VMM's pipes close with it).
+pub struct Console {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Console {
+    /// Starts the hub on `from_guest` / `to_guest` with a listener on 127.0.0.1 (port 0:
+    /// any free port).
+    pub async fn start<R, W>(from_guest: R, to_guest: W, label: String) -> std::io::Result<Console>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            history: Mutex::new((VecDeque::with_capacity(4096), 0)),
+            printed: Notify::new(),
+            client: tokio::sync::Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+        let tasks = vec![
+            tokio::spawn(pump_output(from_guest, inner.clone(), label)),
+            tokio::spawn(pump_input(rx, to_guest)),
+            tokio::spawn(accept(listener, inner.clone(), tx)),
+        ];
+        Ok(Console { addr, inner, tasks })
+    }
+
+    /// The loopback address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many bytes the guest has printed so far (a mark for [`Console::wait_for`]).
+    pub fn printed(&self) -> u64 {
+        self.inner.history.lock().expect("console lock").1
+    }
+
+    /// Waits until the guest prints a line containing `needle` after byte `since`.
+    pub async fn wait_for(&self, needle: &str, since: u64, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.printed.notified();
+            {
+                let h = self.inner.history.lock().expect("console lock");
+                let (buf, total) = &*h;
+                let start = total.saturating_sub(buf.len() as u64);
+                let skip = since.saturating_sub(start) as usize;
+                let text: Vec<u8> = buf.iter().skip(skip).copied().collect();
+                if String::from_utf8_lossy(&text).lines().any(|l| l.contains(needle)) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "no console line containing {needle:?} within {timeout:?}; last output: {}",
+                    self.tail(512)
+                ));
+            }
+        }
+    }
+
+    /// The last `n` bytes the guest printed, as text.
+    pub fn tail(&self, n: usize) -> String {
+        let h = self.inner.history.lock().expect("console lock");
+        let skip = h.0.len().saturating_sub(n);
+        let bytes: Vec<u8> = h.0.iter().skip(skip).copied().collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+async fn pump_output<R: AsyncRead + Unpin>(mut from_guest: R, inner: Arc<Inner>, label: String) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match from_guest.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        {
+            let mut h = inner.history.lock().expect("console lock");
+            h.0.extend(chunk.iter().copied());
+            let excess = h.0.len().saturating_sub(HISTORY);
+            h.0.drain(..excess);
+            h.1 += n as u64;
+        }
+        inner.printed.notify_waiters();
+        debug!(target: "ateom_microvm::console", vm = %label, text = %String::from_utf8_lossy(chunk).trim_end(), "guest console");
+        let mut client = inner.client.lock().await;
+        if let Some(w) = client.as_mut()
+            && w.write_all(chunk).await.is_err()
+        {
+            *client = None;
+        }
+    }
+}
+
+async fn pump_input<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Vec<u8>>, mut to_guest: W) {
+    while let Some(bytes) = rx.recv().await {
+        if to_guest.write_all(&bytes).await.is_err() || to_guest.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn accept(listener: TcpListener, inner: Arc<Inner>, tx: mpsc::Sender<Vec<u8>>) {
+    let mut reader: Option<JoinHandle<()>> = None;
+    while let Ok((stream, peer)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let (mut r, w) = stream.into_split();
+        *inner.client.lock().await = Some(w);
+        if let Some(old) = reader.take() {
+            old.abort();
+        }
+        debug!(%peer, "console client attached");
+        let tx = tx.clone();
+        reader = Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    #[tokio::test]
+    async fn relays_both_ways_and_waits_for_lines() {
+        // A fake "guest": answers each byte with its count.
+        let (guest_out_w, guest_out_r) = tokio::io::duplex(1024);
+        let (guest_in_w, mut guest_in_r) = tokio::io::duplex(1024);
+        let console = Console::start(guest_out_r, guest_in_w, "test".into()).await.unwrap();
+        let guest = tokio::spawn(async move {
+            let mut out = guest_out_w;
+            out.write_all(b"booting\nREADY\n").await.unwrap();
+            let mut n = 0;
+            let mut b = [0u8; 1];
+            while guest_in_r.read_exact(&mut b).await.is_ok() {
+                n += 1;
+                out.write_all(format!("{n}\n").as_bytes()).await.unwrap();
+            }
+        });
+        console.wait_for("READY", 0, Duration::from_secs(5)).await.unwrap();
+        let mark = console.printed();
+        assert!(
+            console.wait_for("READY", mark, Duration::from_millis(50)).await.is_err(),
+            "only new output counts"
+        );
+
+        let client = tokio::net::TcpStream::connect(console.addr()).await.unwrap();
+        let (r, mut w) = client.into_split();
+        let mut lines = BufReader::new(r).lines();
+        // Give the hub a moment to register the client before the guest answers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for want in ["1", "2", "3"] {
+            w.write_all(b"x").await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap().unwrap(), want);
+        }
+        console.wait_for("3", mark, Duration::from_secs(1)).await.unwrap();
+        assert!(console.tail(64).ends_with("2\n3\n"));
+        drop(console);
+        guest.abort();
+    }
+}

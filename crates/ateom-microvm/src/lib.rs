@@ -1,0 +1,200 @@
+//! # ateom-microvm
+//!
+//! What the microVM backends share, whatever the VMM:
+//!
+//! * [`console`]: the serial console hub (loopback TCP port, line waits, history);
+//! * [`default_network`]: the fixed guest network identity a snapshot restores with;
+//! * [`kvm`]: what `/dev/kvm` is on this host (hardware, PVM, or absent);
+//! * [`copy_sparse`]: per-workload disk copies that cost what the data costs;
+//! * [`file_id`]: sha256 of kernels and disk images, cached.
+
+pub mod console;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use ateom_core::TapNetwork;
+use sha2::{Digest, Sha256};
+
+pub use console::Console;
+
+/// The guest network a microVM gets when the request names none: a tap `tap0` in the
+/// workload's namespace, the host side at 169.254.0.1/30, the guest at 169.254.0.2 with a
+/// fixed locally administered MAC. Fixed, so a snapshot restores with the same identity.
+pub fn default_network() -> TapNetwork {
+    TapNetwork {
+        tap_name: "tap0".into(),
+        guest_mac: "06:00:a9:fe:00:02".into(),
+        guest_ip: Ipv4Addr::new(169, 254, 0, 2),
+        host_ip: Ipv4Addr::new(169, 254, 0, 1),
+        prefix_len: 30,
+    }
+}
+
+/// What `/dev/kvm` is on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kvm {
+    /// Hardware virtualisation (vmx/svm): any guest kernel boots.
+    Hardware,
+    /// kvm-pvm, software nested virtualisation: only PVM-patched guest kernels (or
+    /// freestanding guests that need no paravirtualised kernel) run.
+    Pvm,
+    /// No usable /dev/kvm.
+    Absent,
+}
+
+impl Kvm {
+    /// The accelerator name reported in capabilities.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kvm::Hardware => "kvm",
+            Kvm::Pvm => "kvm-pvm",
+            Kvm::Absent => "none",
+        }
+    }
+
+    /// Whether a stock Linux guest kernel can boot under KVM here.
+    pub fn boots_linux(self) -> bool {
+        self == Kvm::Hardware
+    }
+}
+
+/// Detects what `/dev/kvm` is.
+pub fn kvm() -> Kvm {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return Kvm::Absent;
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Kvm::Pvm;
+    }
+    Kvm::Hardware
+}
+
+/// Errors of the helpers here.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct MicroVmError {
+    pub context: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> MicroVmError {
+    let context = context.into();
+    move |source| MicroVmError { context, source }
+}
+
+/// Copies `src` to `dst` (which must not exist) without copying holes: a reflink where the
+/// file system can (btrfs, xfs), else only the data ranges (`SEEK_DATA`/`SEEK_HOLE` +
+/// `copy_file_range`). Returns the bytes of data copied (0 for a reflink).
+pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64, MicroVmError> {
+    let from = File::open(src).map_err(err(format!("opening {}", src.display())))?;
+    let len = from.metadata().map_err(err(format!("stat {}", src.display())))?.len();
+    let to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(err(format!("creating {}", dst.display())))?;
+    // SAFETY: FICLONE takes the source fd as its argument; no memory is passed.
+    if unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
+        return Ok(0);
+    }
+    to.set_len(len).map_err(err(format!("sizing {}", dst.display())))?;
+    let mut copied = 0u64;
+    let mut pos: i64 = 0;
+    let end = len as i64;
+    while pos < end {
+        // SAFETY: lseek on an fd we own.
+        let data = unsafe { libc::lseek(from.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: only a hole is left
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) }.min(end);
+        let (mut off_in, mut off_out) = (data, data);
+        let mut left = (hole - data) as usize;
+        while left > 0 {
+            // SAFETY: both fds are ours; the offsets are plain integers we own.
+            let n = unsafe {
+                libc::copy_file_range(from.as_raw_fd(), &mut off_in, to.as_raw_fd(), &mut off_out, left, 0)
+            };
+            if n < 0 {
+                return Err(err(format!("copying {} to {}", src.display(), dst.display()))(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            if n == 0 {
+                break;
+            }
+            left -= n as usize;
+            copied += n as u64;
+        }
+        pos = hole;
+    }
+    Ok(copied)
+}
+
+/// sha256 of a file (hex), cached by path, size and modification time: kernels and base
+/// images are hashed once per worker, not once per workload.
+pub fn file_id(path: &Path) -> Result<String, MicroVmError> {
+    type Key = (PathBuf, u64, SystemTime);
+    static CACHE: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).map_err(err(format!("stat {}", path.display())))?;
+    let key = (path.to_owned(), meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    if let Some(id) = CACHE.lock().expect("cache lock").get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(id.clone());
+    }
+    let mut f = File::open(path).map_err(err(format!("opening {}", path.display())))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(err(format!("reading {}", path.display())))?;
+    let id = hex::encode(h.finalize());
+    CACHE.lock().expect("cache lock").get_or_insert_with(HashMap::new).insert(key, id.clone());
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sparse_copies_keep_holes_and_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("disk");
+        let mut f = File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(10 << 20)).unwrap();
+        f.write_all(&[7u8; 8192]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
+        f.write_all(&[9u8; 4096]).unwrap();
+        drop(f);
+        let dst = tmp.path().join("copy");
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < (1 << 20), "holes stayed holes");
+        assert!(copy_sparse(&src, &dst).is_err(), "never overwrites");
+    }
+
+    #[test]
+    fn file_ids_are_sha256_and_follow_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("k");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(file_id(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        std::fs::write(&p, b"abcd").unwrap();
+        assert_ne!(file_id(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn the_default_network_is_link_local() {
+        let n = default_network();
+        assert!(n.guest_ip.is_link_local() && n.host_ip.is_link_local());
+        assert_eq!(n.prefix_len, 30);
+    }
+}

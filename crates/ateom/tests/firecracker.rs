@@ -1,0 +1,260 @@
+//! The Firecracker backend end to end through `ateom serve` and its gRPC socket, with the
+//! real `firecracker` binary and the project's freestanding counter guest
+//! (guest/freestanding/counter.S): it answers every byte on its serial console with a
+//! counter kept in guest RAM.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tonic::Code;
+
+/// `$ATEOM_FIRECRACKER_BIN`, or `firecracker` on PATH; None (and a loud skip) otherwise.
+fn firecracker() -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: firecracker tests need root");
+        return None;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: firecracker tests need /dev/kvm");
+        return None;
+    }
+    let bin = std::env::var_os("ATEOM_FIRECRACKER_BIN").map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| PathBuf::from(d).join("firecracker"))
+            .find(|p| p.is_file())
+    });
+    if bin.is_none() {
+        eprintln!("SKIPPED: no firecracker binary (set ATEOM_FIRECRACKER_BIN or put firecracker on PATH)");
+    }
+    bin
+}
+
+macro_rules! require_firecracker {
+    () => {
+        match firecracker() {
+            Some(b) => b,
+            None => {
+                eprintln!("SKIPPED {}: no firecracker here", module_path!());
+                return;
+            }
+        }
+    };
+}
+
+fn test_guest() -> PathBuf {
+    let out = Command::new("bash").arg(repo_root().join("scripts/build-test-guest.sh")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+}
+
+fn fc_worker(
+    state: &std::path::Path,
+    bin: &std::path::Path,
+    guest: &std::path::Path,
+    extra: &[&str],
+) -> Worker {
+    let mut args = vec![
+        "--backend".to_string(),
+        "firecracker".into(),
+        "--firecracker".into(),
+        bin.display().to_string(),
+        "--kernel".into(),
+        guest.display().to_string(),
+        "--ready-console-line".into(),
+        "READY".into(),
+        "--memory-mib".into(),
+        "64".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Worker::start(state, &refs)
+}
+
+fn guest_spec() -> ateom_proto::WorkloadSpec {
+    ateom_proto::WorkloadSpec {
+        containers: vec![ateom_proto::Container { name: "guest".into(), ..Default::default() }],
+    }
+}
+
+fn run_guest(id: &str) -> ateom_proto::RunWorkloadRequest {
+    let mut r = run_req(id, "");
+    r.spec = Some(guest_spec());
+    r
+}
+
+/// Sends one byte per count to the console and returns the counters the guest answers.
+async fn drive(console: &str, n: usize) -> Vec<u64> {
+    let addr = console.strip_prefix("tcp://").expect("tcp console");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    // The hub attaches the client right after accept.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let mut out = vec![];
+    for _ in 0..n {
+        w.write_all(b"x").await.unwrap();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the guest answers")
+            .unwrap()
+            .unwrap();
+        out.push(line.trim().parse().unwrap());
+    }
+    out
+}
+
+fn firecracker_processes(w: &Worker) -> usize {
+    let prefix = format!("ateom-{}-", instance_id(&w.state_dir));
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                    args.windows(2).any(|p| p[0] == b"--id" && p[1].starts_with(prefix.as_bytes()))
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn freestanding_guest_counter_survives_checkpoint_and_restore() {
+    let bin = require_firecracker!();
+    let guest = test_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = fc_worker(&tmp.path().join("state"), &bin, &guest, &[]);
+    let mut c = w.client().await;
+
+    let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.backend, "firecracker");
+    let k = caps.capabilities.unwrap();
+    assert!(k.supports_local_pause && k.supports_memory_snapshot && k.restore_requires_same_host);
+    assert!(!k.supports_incremental);
+    assert!(k.snapshot_portability_class.starts_with(&format!("firecracker/{}/", caps.runtime_version)));
+
+    let run = c.run_workload(run_guest("fc1")).await.expect("run").into_inner();
+    assert!(run.console.starts_with("tcp://127.0.0.1:"), "{run:?}");
+    assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
+
+    let ck = c.checkpoint_workload(checkpoint_req("fc1")).await.expect("checkpoint").into_inner();
+    let m = ck.manifest.unwrap();
+    assert_eq!(m.backend, "firecracker");
+    let names: Vec<_> = m.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["memory", "vmstate"]);
+    assert_eq!(m.artifacts[0].size, 64 << 20, "the memory file is the guest's RAM");
+    let guest_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&guest).unwrap()));
+    assert_eq!(m.kernel_id, guest_sha, "the kernel id is the kernel's sha256");
+    assert!(!m.provenance["firecracker.snapshot_version"].is_empty());
+    assert_eq!(firecracker_processes(&w), 0, "the VMM is gone");
+    assert!(w.namespaces().is_empty(), "its namespace is gone");
+
+    let r = c.restore_workload(restore_req("fc1")).await.expect("restore").into_inner();
+    assert_eq!(drive(&r.console, 1).await, vec![4], "the counter kept in guest RAM continued");
+    assert_eq!(firecracker_processes(&w), 1, "a new firecracker process");
+
+    // The same snapshot again: the same continuation (the memory file was mapped, not changed).
+    c.checkpoint_workload(checkpoint_req("fc1")).await.unwrap();
+    let mut again = restore_req("fc1");
+    again.snapshot_id = m.snapshot_id.clone();
+    let r2 = c.restore_workload(again).await.expect("second restore").into_inner();
+    assert_eq!(drive(&r2.console, 2).await, vec![4, 5]);
+    c.checkpoint_workload(checkpoint_req("fc1")).await.unwrap();
+    assert_eq!(firecracker_processes(&w), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_restore_on_a_fresh_worker_and_damaged_snapshots() {
+    let bin = require_firecracker!();
+    let guest = test_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = format!("file://{}/bucket", tmp.path().display());
+    let a = fc_worker(&tmp.path().join("node-a"), &bin, &guest, &[]);
+    let mut ca = a.client().await;
+    let run = ca.run_workload(run_guest("fc2")).await.unwrap().into_inner();
+    assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
+    let mut ck = checkpoint_req("fc2");
+    ck.snapshot_uri_prefix = prefix.clone();
+    let ck = ca.checkpoint_workload(ck).await.expect("durable checkpoint").into_inner();
+    assert!(
+        ck.stored_bytes > 0 && ck.stored_bytes < 8 << 20,
+        "a mostly-zero memory file stores small: {}",
+        ck.stored_bytes
+    );
+    let id = ck.manifest.unwrap().snapshot_id;
+
+    // A fresh worker (its own empty state dir) on this same host restores it from the store.
+    let b = fc_worker(&tmp.path().join("node-b"), &bin, &guest, &[]);
+    let mut cb = b.client().await;
+    let mut rq = restore_req("fc2");
+    rq.snapshot_uri_prefix = prefix.clone();
+    let r = cb.restore_workload(rq).await.expect("fresh-node restore").into_inner();
+    assert!(r.pulled_bytes > 0);
+    assert_eq!(drive(&r.console, 1).await, vec![4]);
+    cb.checkpoint_workload(checkpoint_req("fc2")).await.unwrap();
+
+    // One flipped byte in the memory file or the vmstate: refused, naming it; no VMM starts.
+    let snap_dir = a.state_dir.join("actors/test:counter:fc2/snapshots").join(&id);
+    for artifact in ["memory", "vmstate"] {
+        let path = snap_dir.join(artifact);
+        let original = std::fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        bytes[original.len() / 3] ^= 0x80;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut rq = restore_req("fc2");
+        rq.snapshot_id = id.clone();
+        let err = ca.restore_workload(rq).await.expect_err("corrupt snapshot");
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+        assert!(err.message().contains(artifact), "{}", err.message());
+        assert_eq!(firecracker_processes(&a), 0);
+        std::fs::write(&path, &original).unwrap();
+    }
+
+    // A forged provenance field: Firecracker snapshots need the same host, so a different
+    // CPU model is refused before anything starts.
+    let manifest = snap_dir.join("manifest.json");
+    let original = std::fs::read(&manifest).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    v["host"]["cpu_model"] = "Some Other CPU (family 6 model 85)".into();
+    v["host"]["host_kernel"] = "5.10.0-forged".into();
+    std::fs::write(&manifest, serde_json::to_vec(&v).unwrap()).unwrap();
+    let mut rq = restore_req("fc2");
+    rq.snapshot_id = id.clone();
+    let err = ca.restore_workload(rq.clone()).await.expect_err("forged provenance");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("host.cpu_model") && err.message().contains("host.host_kernel"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(firecracker_processes(&a), 0);
+    std::fs::write(&manifest, &original).unwrap();
+    let r = ca.restore_workload(rq).await.expect("intact again").into_inner();
+    assert_eq!(drive(&r.console, 1).await, vec![4]);
+    ca.checkpoint_workload(checkpoint_req("fc2")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn linux_guest_over_the_network() {
+    let _bin = require_firecracker!();
+    if !ateom_microvm::kvm().boots_linux() {
+        eprintln!(
+            "SKIPPED linux_guest_over_the_network: /dev/kvm here is {} (no hardware virtualisation): a stock Linux guest cannot boot under Firecracker on this host",
+            ateom_microvm::kvm().name()
+        );
+        return;
+    }
+    // On a host with hardware virtualisation this would boot the guest kernel and the
+    // counter's ext4 image from the guest-image pipeline; that pipeline is not wired to the
+    // firecracker backend yet, so say so rather than pass.
+    panic!(
+        "hardware virtualisation is present but the Linux-guest Firecracker test needs the guest-image pipeline"
+    );
+}
