@@ -17,6 +17,20 @@ pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside a snapshot directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Chunk size of [`ChunkDigest`]s written by this version (the snapshot store's default
+/// chunk size too, so a pull can check a chunk table against the manifest without hashing).
+pub const DIGEST_CHUNK_SIZE: u64 = 1 << 20;
+
+/// A second digest of an artifact that can be checked in parallel and without reading
+/// holes: `root` is the sha256 of the concatenated (32-byte) sha256 digests of its
+/// `chunk_size` chunks, the last one possibly shorter. An all-zero chunk's digest is a
+/// constant, so verifying a mostly-zero memory image costs what its data costs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkDigest {
+    pub chunk_size: u64,
+    pub root: String,
+}
+
 /// One file of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -25,6 +39,10 @@ pub struct Artifact {
     pub size: u64,
     /// Lower-case hex sha256 of the whole file.
     pub sha256: String,
+    /// The chunked digest restores verify with (absent in manifests of older writers: then
+    /// the whole-file sha256 is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_digest: Option<ChunkDigest>,
 }
 
 /// Everything a backend knows about the snapshot it just wrote (the runtime adds the rest).
@@ -216,7 +234,12 @@ mod tests {
             image_digests: BTreeMap::new(),
             workload: WorkloadSpec { containers: vec![] },
             provenance: BTreeMap::new(),
-            artifacts: vec![Artifact { name: "checkpoint.img".into(), size: 3, sha256: "a".repeat(64) }],
+            artifacts: vec![Artifact {
+                name: "checkpoint.img".into(),
+                size: 3,
+                sha256: "a".repeat(64),
+                chunk_digest: Some(ChunkDigest { chunk_size: DIGEST_CHUNK_SIZE, root: "b".repeat(64) }),
+            }],
         }
     }
 

@@ -124,14 +124,18 @@ async fn pump_output<R: AsyncRead + Unpin>(mut from_guest: R, inner: Arc<Inner>,
             h.0.drain(..excess);
             h.1 += n as u64;
         }
-        inner.printed.notify_waiters();
         debug!(target: "ateom_microvm::console", vm = %label, text = %String::from_utf8_lossy(chunk).trim_end(), "guest console");
-        let mut client = inner.client.lock().await;
-        if let Some(w) = client.as_mut()
-            && w.write_all(chunk).await.is_err()
         {
-            *client = None;
+            let mut client = inner.client.lock().await;
+            if let Some(w) = client.as_mut()
+                && w.write_all(chunk).await.is_err()
+            {
+                *client = None;
+            }
         }
+        // Waiters learn of output only after it went to the client attached at the time, so
+        // a client that attaches once a wait returned never sees that output again.
+        inner.printed.notify_waiters();
     }
 }
 

@@ -105,8 +105,16 @@ pub async fn push(
     })
 }
 
+/// A durable snapshot's manifest, and whether its chunk table is bound to the manifest's
+/// chunked digests (then a pull needs no whole-file hashing: every chunk it fetches is checked
+/// against the table, and the table against the manifest).
+pub struct DurableManifest {
+    pub manifest: SnapshotManifest,
+    pub table_bound: bool,
+}
+
 /// The manifest of a durable snapshot, read from its index (small: no data moves).
-pub async fn manifest(store: &Store, id: &str) -> Result<SnapshotManifest, RuntimeError> {
+pub async fn manifest(store: &Store, id: &str) -> Result<DurableManifest, RuntimeError> {
     let index = store.read_index(id).await?;
     let bytes = serde_json::to_vec(&index.meta).expect("json value serializes");
     let manifest = SnapshotManifest::from_json(&bytes).map_err(|e| RuntimeError::DurableManifest {
@@ -114,10 +122,25 @@ pub async fn manifest(store: &Store, id: &str) -> Result<SnapshotManifest, Runti
         detail: e.to_string(),
     })?;
     // The index's digests are what pull verifies against; they must be the manifest's.
+    let mut table_bound = true;
     for a in &manifest.artifacts {
         let indexed = index.artifacts.iter().find(|e| e.name == a.name);
         match indexed {
-            Some(e) if e.sha256.to_hex() == a.sha256 && e.size == a.size => {}
+            Some(e) if e.sha256.to_hex() == a.sha256 && e.size == a.size => match &a.chunk_digest {
+                Some(c) if c.chunk_size == index.chunk_size => {
+                    let root = ateom_snapshot::digest::root_of(e.chunks.iter().map(|ch| ch.sha256.0));
+                    if root != c.root {
+                        return Err(RuntimeError::DurableManifest {
+                            location: format!("{}/{id}", store.uri()),
+                            detail: format!(
+                                "the chunk table of {} does not add up to its chunk digest",
+                                a.name
+                            ),
+                        });
+                    }
+                }
+                _ => table_bound = false,
+            },
             _ => {
                 return Err(RuntimeError::DurableManifest {
                     location: format!("{}/{id}", store.uri()),
@@ -138,7 +161,7 @@ pub async fn manifest(store: &Store, id: &str) -> Result<SnapshotManifest, Runti
             detail: format!("the manifest names snapshot {}", manifest.snapshot_id),
         });
     }
-    Ok(manifest)
+    Ok(DurableManifest { manifest, table_bound })
 }
 
 /// What a pull did.
@@ -155,12 +178,15 @@ pub async fn pull(
     store: &Store,
     local: &LocalSnapshots,
     actor: &ActorRef,
-    manifest: SnapshotManifest,
+    durable: DurableManifest,
     progress: Option<Arc<dyn Progress>>,
 ) -> Result<Pulled, RuntimeError> {
+    let manifest = durable.manifest;
     let id: SnapshotId = manifest.snapshot_id.clone();
     let pending = local.begin(actor, id.clone())?;
-    let opts = PullOptions { progress, ..PullOptions::default() };
+    // Every fetched chunk is checked against its table entry; with the table bound to the
+    // manifest, a whole-file pass over zeros adds nothing.
+    let opts = PullOptions { progress, verify_artifact_digests: !durable.table_bound };
     let report = store.pull_with(Some(id.as_str()), pending.dir(), &opts).await?;
     let snapshot =
         tokio::task::spawn_blocking(move || pending.commit_verified(manifest)).await.map_err(|e| {

@@ -31,7 +31,7 @@ use ateom_core::{
 };
 use ateom_net::Forwarder;
 use ateom_snapshot::{LocalSnapshot, LocalSnapshots, SnapshotError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How a runtime is set up.
 #[derive(Clone, Debug)]
@@ -393,8 +393,12 @@ impl Runtime {
             }
         };
         info!(actor = %active.actor, snapshot = %id, "checkpoint: freezing");
+        let frozen = Instant::now();
         let out = match active.sandbox.checkpoint(pending.dir()).await {
-            Ok(out) => out,
+            Ok(out) => {
+                debug!(backend_ms = frozen.elapsed().as_millis() as u64, "backend checkpoint done");
+                out
+            }
             Err(e) => {
                 drop(pending);
                 if active.sandbox.is_alive().await {
@@ -422,8 +426,9 @@ impl Runtime {
             }
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
         };
+        let commit_start = Instant::now();
         let commit = tokio::task::spawn_blocking(move || {
-            pending.commit(|artifacts: Vec<Artifact>| SnapshotManifest {
+            let committed = pending.commit(|artifacts: Vec<Artifact>| SnapshotManifest {
                 format_version: MANIFEST_FORMAT_VERSION,
                 snapshot_id: id,
                 actor: actor.clone(),
@@ -438,7 +443,9 @@ impl Runtime {
                 workload: spec,
                 provenance: out.provenance.extra,
                 artifacts,
-            })
+            });
+            debug!(commit_ms = commit_start.elapsed().as_millis() as u64, "snapshot digested and committed");
+            committed
         });
         let (committed, ()) = tokio::join!(commit, teardown);
         let snap = committed.map_err(|e| RuntimeError::Io {
@@ -552,11 +559,11 @@ impl Runtime {
             info!(snapshot = %id, "restore: the durable snapshot is already on this node");
             return Ok((local, None));
         }
-        let manifest = durable::manifest(&store, id.as_str()).await?;
+        let found = durable::manifest(&store, id.as_str()).await?;
         // Refuse before moving any data.
-        self.check_manifest(&manifest)?;
+        self.check_manifest(&found.manifest)?;
         let progress = durable::LogProgress::new("pull", id.as_str());
-        let pulled = durable::pull(&store, &self.snapshots, &req.actor, manifest, Some(progress)).await?;
+        let pulled = durable::pull(&store, &self.snapshots, &req.actor, found, Some(progress)).await?;
         Ok((pulled.snapshot, Some((pulled.bytes, pulled.elapsed))))
     }
 

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use ateom_core::{ActorRef, Artifact, MANIFEST_FILE, ManifestError, SnapshotId, SnapshotManifest};
 use sha2::{Digest, Sha256};
 
+pub mod digest;
+
 const PARTIAL_PREFIX: &str = ".partial-";
 
 /// Errors of the local snapshot store.
@@ -202,7 +204,7 @@ impl PendingSnapshot {
         let mut names = Vec::new();
         collect_files(&self.dir, &self.dir, &mut names)?;
         names.sort();
-        let artifacts = hash_files_parallel(&self.dir, &names)?;
+        let artifacts = digest_files_parallel(&self.dir, &names)?;
         let manifest = finish(artifacts);
         debug_assert_eq!(manifest.snapshot_id, self.id);
         self.finish(manifest)
@@ -299,7 +301,6 @@ impl LocalSnapshot {
     /// The error names the first artifact that does not match.
     pub fn verify(&self) -> Result<(), SnapshotError> {
         let id = self.manifest.snapshot_id.to_string();
-        let names: Vec<String> = self.manifest.artifacts.iter().map(|a| a.name.clone()).collect();
         for a in &self.manifest.artifacts {
             let meta = fs::metadata(self.dir.join(&a.name)).map_err(|e| SnapshotError::Corrupt {
                 id: id.clone(),
@@ -314,13 +315,23 @@ impl LocalSnapshot {
                 });
             }
         }
-        let actual = hash_files_parallel(&self.dir, &names)?;
-        for (want, got) in self.manifest.artifacts.iter().zip(&actual) {
-            if want.sha256 != got.sha256 {
+        // Chunked digests: parallel, holes skipped. Older manifests: whole-file sha256.
+        for a in &self.manifest.artifacts {
+            let path = self.dir.join(&a.name);
+            let (got, want, what) = match &a.chunk_digest {
+                Some(c) => (digest::chunk_root(&path, c.chunk_size), &c.root, "chunk digest"),
+                None => (sha256_file(&path).map(|(_, d)| d), &a.sha256, "sha256"),
+            };
+            let got = got.map_err(|e| SnapshotError::Corrupt {
+                id: id.clone(),
+                artifact: a.name.clone(),
+                detail: format!("cannot read it: {e}"),
+            })?;
+            if &got != want {
                 return Err(SnapshotError::Corrupt {
                     id,
-                    artifact: want.name.clone(),
-                    detail: format!("sha256 {} but the manifest says {}", got.sha256, want.sha256),
+                    artifact: a.name.clone(),
+                    detail: format!("{what} {got} but the manifest says {want}"),
                 });
             }
         }
@@ -362,8 +373,9 @@ pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
-/// Hashes the named files under `dir`, one thread per file (bounded by the core count).
-fn hash_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, SnapshotError> {
+/// Digests (and sparsifies) the named files under `dir`, one thread per file (bounded by
+/// the core count).
+fn digest_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, SnapshotError> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
     let mut results: Vec<Option<Result<Artifact, SnapshotError>>> = (0..names.len()).map(|_| None).collect();
     for (chunk_names, chunk_results) in names.chunks(workers).zip(results.chunks_mut(workers)) {
@@ -373,8 +385,13 @@ fn hash_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, Sn
                 .map(|name| {
                     s.spawn(move || {
                         let path = dir.join(name);
-                        sha256_file(&path)
-                            .map(|(size, sha256)| Artifact { name: name.clone(), size, sha256 })
+                        digest::digest_and_sparsify(&path)
+                            .map(|d| Artifact {
+                                name: name.clone(),
+                                size: d.size,
+                                sha256: d.sha256,
+                                chunk_digest: Some(d.chunk_digest),
+                            })
                             .map_err(io_err(format!("hashing {}", path.display())))
                     })
                 })

@@ -420,7 +420,8 @@ pub async fn snapshot_store(h: &mut Harness, worker: &WorkerArgs, iterations: u3
         local.push(ms(t));
         checkpoint_counter(h, &actor, None).await?;
         // A brand-new worker each time: nothing cached, the snapshot is pulled.
-        let mut node = Harness::start(&fresh_worker, None, None, Some(h.image.clone())).await?;
+        let mut node =
+            Harness::start(&fresh_worker, None, crate::demo::ImageSource::Given(h.image.clone())).await?;
         let r = restore_counter(&mut node, &actor, Some(&bucket)).await;
         node.stop().await;
         let (resp, _, t) = r?;

@@ -69,6 +69,16 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Where a harness's workload image comes from.
+pub enum ImageSource {
+    /// Pack the static counter (this binary, or the one scripts/build-counter.sh built).
+    PackCounter(Option<PathBuf>),
+    /// An image reference to use as is.
+    Given(String),
+    /// No image: the backend boots a given guest (microVMs).
+    None,
+}
+
 /// An in-process worker serving on a unix socket in a temporary directory, and a client
 /// connected to it over that socket.
 pub struct Harness {
@@ -82,12 +92,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn start(
-        worker: &WorkerArgs,
-        state_dir: Option<PathBuf>,
-        counter_bin: Option<PathBuf>,
-        image: Option<String>,
-    ) -> Result<Self> {
+    pub async fn start(worker: &WorkerArgs, state_dir: Option<PathBuf>, image: ImageSource) -> Result<Self> {
         let (tmp, state_dir) = match state_dir {
             Some(d) => (None, d),
             None => {
@@ -97,8 +102,9 @@ impl Harness {
             }
         };
         let image = match image {
-            Some(i) => i,
-            None => images::counter_image(&state_dir.join("images"), counter_bin)?,
+            ImageSource::Given(i) => i,
+            ImageSource::PackCounter(bin) => images::counter_image(&state_dir.join("images"), bin)?,
+            ImageSource::None => String::new(),
         };
         let runtime = Arc::new(
             backends::start_runtime(worker, &state_dir, "127.0.0.1:0".parse().expect("addr")).await?,
@@ -275,8 +281,14 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     if !durable && store.is_some() {
         bail!("--store is for --destination durable");
     }
-    let mut h =
-        Harness::start(&a.worker, a.state_dir.clone(), a.counter_bin.clone(), a.image.clone()).await?;
+    if a.worker.backend == crate::BackendKind::Firecracker {
+        return crate::microvm_demo::demo(&a.worker, a.state_dir.clone(), a.requests, a.json).await;
+    }
+    let source = match a.image.clone() {
+        Some(i) => ImageSource::Given(i),
+        None => ImageSource::PackCounter(a.counter_bin.clone()),
+    };
+    let mut h = Harness::start(&a.worker, a.state_dir.clone(), source).await?;
     let mut fresh: Option<Harness> = None;
     let result = async {
         say(format!("worker: {} backend, state in {}", a.worker.backend.name(), h.state_dir.display()));
@@ -320,7 +332,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         let (r, after, restore_ms) = if durable {
             let mut worker = a.worker.clone();
             worker.host_id = Some("demo-fresh-node".into());
-            let node = Harness::start(&worker, None, None, Some(h.image.clone())).await?;
+            let node = Harness::start(&worker, None, ImageSource::Given(h.image.clone())).await?;
             say(format!("fresh node: state in {}", node.state_dir.display()));
             let node = fresh.insert(node);
             restore_counter(node, "demo-1", store.as_deref()).await?
@@ -390,7 +402,16 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
 }
 
 pub async fn bench(a: BenchArgs) -> Result<()> {
-    let mut h = Harness::start(&a.worker, None, a.counter_bin.clone(), None).await?;
+    if a.worker.backend == crate::BackendKind::Firecracker {
+        let out = crate::microvm_demo::bench(&a.worker, a.iterations).await?;
+        if a.json {
+            println!("{out}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        return Ok(());
+    }
+    let mut h = Harness::start(&a.worker, None, ImageSource::PackCounter(a.counter_bin.clone())).await?;
     let result = match a.kind {
         BenchKind::Runtime => crate::bench::gvisor(&mut h, &a.worker, a.iterations).await,
         BenchKind::SnapshotStore => crate::bench::snapshot_store(&mut h, &a.worker, a.iterations).await,

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod demo;
 mod images;
+mod microvm_demo;
 mod snapshots;
 
 use std::net::SocketAddr;

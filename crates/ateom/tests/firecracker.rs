@@ -94,8 +94,6 @@ async fn drive(console: &str, n: usize) -> Vec<u64> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
-    // The hub attaches the client right after accept.
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     let mut out = vec![];
     for _ in 0..n {
         w.write_all(b"x").await.unwrap();
