@@ -35,7 +35,7 @@ pub mod api;
 pub mod vmm;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -350,7 +350,7 @@ impl FirecrackerBackend {
         }
         // A restore gets the network identity the snapshot was taken with.
         if let Some(s) = snapshot {
-            cfg.network = network_from_provenance(&s.manifest.provenance)?;
+            cfg.network = ateom_microvm::network_from_provenance(&s.manifest.provenance)?;
         }
         let (ns, dialer) = self.network(cfg.network.as_ref()).await?;
         let id = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
@@ -446,25 +446,6 @@ impl FirecrackerBackend {
     }
 }
 
-/// The guest network recorded in a snapshot's provenance (`None`: it had none).
-fn network_from_provenance(p: &BTreeMap<String, String>) -> Result<Option<TapNetwork>, BackendError> {
-    let Some(tap) = p.get("network.tap_name") else { return Ok(None) };
-    let get =
-        |k: &str| p.get(k).cloned().ok_or_else(|| BackendError::Snapshot(format!("provenance lacks {k}")));
-    let ip = |k: &str| -> Result<Ipv4Addr, BackendError> {
-        get(k)?.parse().map_err(|_| BackendError::Snapshot(format!("provenance {k} is not an IPv4 address")))
-    };
-    Ok(Some(TapNetwork {
-        tap_name: tap.clone(),
-        guest_mac: get("network.guest_mac")?,
-        guest_ip: ip("network.guest_ip")?,
-        host_ip: ip("network.host_ip")?,
-        prefix_len: get("network.prefix_len")?
-            .parse()
-            .map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
-    }))
-}
-
 /// One microVM.
 pub struct FcSandbox {
     vmm: Option<Vmm>,
@@ -504,11 +485,7 @@ impl FcSandbox {
         }
         extra.insert("accelerator".into(), self.accelerator.clone());
         if let Some(n) = &self.network {
-            extra.insert("network.tap_name".into(), n.tap_name.clone());
-            extra.insert("network.guest_mac".into(), n.guest_mac.clone());
-            extra.insert("network.guest_ip".into(), n.guest_ip.to_string());
-            extra.insert("network.host_ip".into(), n.host_ip.to_string());
-            extra.insert("network.prefix_len".into(), n.prefix_len.to_string());
+            ateom_microvm::network_to_provenance(n, &mut extra);
         }
         BackendProvenance {
             runtime_version: self.version.clone(),
@@ -631,18 +608,4 @@ mod tests {
         assert!(parse_version("nope").is_none());
     }
 
-    #[test]
-    fn network_round_trips_through_provenance() {
-        let net = ateom_microvm::default_network();
-        let mut p = BTreeMap::new();
-        p.insert("network.tap_name".into(), net.tap_name.clone());
-        p.insert("network.guest_mac".into(), net.guest_mac.clone());
-        p.insert("network.guest_ip".into(), net.guest_ip.to_string());
-        p.insert("network.host_ip".into(), net.host_ip.to_string());
-        p.insert("network.prefix_len".into(), net.prefix_len.to_string());
-        assert_eq!(network_from_provenance(&p).unwrap(), Some(net));
-        assert_eq!(network_from_provenance(&BTreeMap::new()).unwrap(), None);
-        p.insert("network.guest_ip".into(), "nope".into());
-        assert!(network_from_provenance(&p).is_err());
-    }
 }

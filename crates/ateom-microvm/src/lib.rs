@@ -6,9 +6,11 @@
 //! * [`default_network`]: the fixed guest network identity a snapshot restores with;
 //! * [`kvm`]: what `/dev/kvm` is on this host (hardware, PVM, or absent);
 //! * [`copy_sparse`]: per-workload disk copies that cost what the data costs;
-//! * [`file_id`]: sha256 of kernels and disk images, cached.
+//! * [`file_id`]: sha256 of kernels and disk images, cached;
+//! * [`guest_image`]: OCI image -> cached ext4 root disk with ateom's guest init inside.
 
 pub mod console;
+pub mod guest_image;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +36,35 @@ pub fn default_network() -> TapNetwork {
         host_ip: Ipv4Addr::new(169, 254, 0, 1),
         prefix_len: 30,
     }
+}
+
+/// Records a guest network in a snapshot's provenance (`network.*` keys), so a restore
+/// recreates the same identity whatever the request says.
+pub fn network_to_provenance(n: &TapNetwork, extra: &mut std::collections::BTreeMap<String, String>) {
+    extra.insert("network.tap_name".into(), n.tap_name.clone());
+    extra.insert("network.guest_mac".into(), n.guest_mac.clone());
+    extra.insert("network.guest_ip".into(), n.guest_ip.to_string());
+    extra.insert("network.host_ip".into(), n.host_ip.to_string());
+    extra.insert("network.prefix_len".into(), n.prefix_len.to_string());
+}
+
+/// The guest network recorded by [`network_to_provenance`] (`None`: the guest had none).
+pub fn network_from_provenance(
+    p: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<TapNetwork>, ateom_core::BackendError> {
+    use ateom_core::BackendError;
+    let Some(tap) = p.get("network.tap_name") else { return Ok(None) };
+    let get = |k: &str| p.get(k).cloned().ok_or_else(|| BackendError::Snapshot(format!("provenance lacks {k}")));
+    let ip = |k: &str| -> Result<Ipv4Addr, BackendError> {
+        get(k)?.parse().map_err(|_| BackendError::Snapshot(format!("provenance {k} is not an IPv4 address")))
+    };
+    Ok(Some(TapNetwork {
+        tap_name: tap.clone(),
+        guest_mac: get("network.guest_mac")?,
+        guest_ip: ip("network.guest_ip")?,
+        host_ip: ip("network.host_ip")?,
+        prefix_len: get("network.prefix_len")?.parse().map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
+    }))
 }
 
 /// What `/dev/kvm` is on this host.
@@ -189,6 +220,17 @@ mod tests {
         assert_eq!(file_id(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         std::fs::write(&p, b"abcd").unwrap();
         assert_ne!(file_id(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn network_round_trips_through_provenance() {
+        let net = default_network();
+        let mut p = std::collections::BTreeMap::new();
+        network_to_provenance(&net, &mut p);
+        assert_eq!(network_from_provenance(&p).unwrap(), Some(net));
+        assert_eq!(network_from_provenance(&std::collections::BTreeMap::new()).unwrap(), None);
+        p.insert("network.guest_ip".into(), "nope".into());
+        assert!(network_from_provenance(&p).is_err());
     }
 
     #[test]

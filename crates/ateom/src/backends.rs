@@ -54,6 +54,28 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                 .context("starting the firecracker backend")?;
             Ok(Arc::new(b))
         }
+        BackendKind::Qemu => {
+            let binary = if args.qemu.is_absolute() {
+                args.qemu.clone()
+            } else {
+                find_on_path(&args.qemu.to_string_lossy())
+                    .context("the qemu backend needs qemu-system-x86_64 (apt install qemu-system-x86) or --qemu PATH")?
+            };
+            let mut defaults = microvm_defaults(args);
+            defaults.kernel_image = defaults.kernel_image.or_else(crate::images::default_guest_kernel);
+            let opts = ateom_qemu::QemuOptions {
+                binary,
+                state_dir: state_dir.to_owned(),
+                instance: instance_id(state_dir),
+                defaults,
+                guest_init: args.guest_init.clone().or_else(crate::images::default_guest_init),
+                accel: args.accel.clone(),
+                cpu: args.qemu_cpu.clone(),
+                ready_timeout: args.ready_timeout,
+            };
+            let b = ateom_qemu::QemuBackend::new(opts).await.context("starting the qemu backend")?;
+            Ok(Arc::new(b))
+        }
     }
 }
 

@@ -76,3 +76,27 @@ pub fn counter_image(dir: &Path, counter_bin: Option<PathBuf>) -> Result<String>
     pack_counter(&bin, dir, "latest")?;
     Ok(format!("oci-layout:{}:latest", dir.display()))
 }
+
+/// The static guest init built by scripts/build-init.sh next to this executable's target
+/// directory, if there is one.
+pub fn default_guest_init() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("init-static/x86_64-unknown-linux-gnu/release/ateom-init"))
+        .find(|p| p.is_file())
+}
+
+/// The newest guest kernel scripts/build-guest-kernel.sh cached under ~/.cache/ateom/kernel.
+pub fn default_guest_kernel() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    std::fs::read_dir(cache.join("ateom/kernel"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("vmlinux"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}

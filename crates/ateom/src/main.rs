@@ -83,6 +83,8 @@ pub enum BackendKind {
     Gvisor,
     /// Firecracker microVMs: hardware isolation, full-memory snapshots (same host to restore).
     Firecracker,
+    /// QEMU microvm machines: Linux guests with KVM, or with TCG where KVM cannot boot them.
+    Qemu,
 }
 
 impl BackendKind {
@@ -90,6 +92,7 @@ impl BackendKind {
         match self {
             Self::Gvisor => "gvisor",
             Self::Firecracker => "firecracker",
+            Self::Qemu => "qemu",
         }
     }
 }
@@ -139,6 +142,19 @@ pub struct WorkerArgs {
     /// Guests without a network are ready when this appears on their serial console.
     #[arg(long, help_heading = "microVM backends")]
     pub ready_console_line: Option<String>,
+    /// The QEMU binary (qemu backend).
+    #[arg(long, env = "ATEOM_QEMU_BIN", default_value = "qemu-system-x86_64", help_heading = "microVM backends")]
+    pub qemu: PathBuf,
+    /// QEMU accelerator: auto (KVM when a stock Linux guest can boot with it, else TCG), kvm, tcg.
+    #[arg(long, default_value = "auto", help_heading = "microVM backends")]
+    pub accel: String,
+    /// QEMU guest CPU model (under TCG the same model restores on any host).
+    #[arg(long, default_value = "max", help_heading = "microVM backends")]
+    pub qemu_cpu: String,
+    /// The static guest init (ateom-init, built by scripts/build-init.sh) put into root disks
+    /// built from container images.
+    #[arg(long, env = "ATEOM_GUEST_INIT", help_heading = "microVM backends")]
+    pub guest_init: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -1,0 +1,724 @@
+//! # ateom-qemu
+//!
+//! The QEMU backend: Linux microVMs on QEMU's `microvm` machine, with hardware KVM where it
+//! is usable and TCG (software emulation) elsewhere — which makes VM-isolated actors run from
+//! distribution packages alone, including on hosts (like kvm-pvm ones) where stock Linux
+//! guests cannot boot under KVM.
+//!
+//! ```text
+//!  netns ateom-<instance>-vm
+//!  ┌───────────────────────────────────────────────────────────────────┐
+//!  │ tap0 169.254.0.1/30 ◀──▶ guest eth0 169.254.0.2 (fixed MAC)       │
+//!  │ qemu-system-x86_64 -M microvm (cwd = work dir):                   │
+//!  │   RAM = memory-backend-file `memory` (share=on)                   │
+//!  │   virtio-blk `rootfs.ext4`, virtio-net tap0, virtio-rng           │
+//!  │   serial = stdio -> console hub, QMP on `qmp.sock`                │
+//!  └───────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! * **Run**: the container image becomes a cached ext4 root disk with ateom's guest init
+//!   (`ateom-microvm::guest_image`); the workload gets a sparse copy; QEMU boots the guest
+//!   kernel with `init=/.ateom/init` and the network on the command line; the runtime's HTTP
+//!   probe decides readiness through the namespace.
+//! * **Checkpoint**: `stop`, `x-ignore-shared` so migration skips the RAM (it is already in
+//!   the `memory` file), migrate the device state to `vmstate`, `quit`; the RAM file and the
+//!   disk move into the snapshot.
+//! * **Restore**: copies of RAM file and disk in a fresh work dir, QEMU with the same devices
+//!   and `-incoming defer`, incoming migration from `vmstate`, `cont`; then, before any
+//!   traffic, ateom's control channel sets the guest clock from the host and reseeds the guest
+//!   RNG with fresh host entropy (so clones never share randomness).
+
+pub mod guest;
+pub mod qmp;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ateom_core::{
+    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource, Dialer,
+    LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
+};
+use ateom_microvm::{Console, Kvm};
+use ateom_net::{Netns, NetnsDialer, TapPlan};
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tracing::{debug, info, warn};
+
+use crate::qmp::Qmp;
+
+pub const VMSTATE: &str = "vmstate";
+pub const MEMORY: &str = "memory";
+pub const DISK: &str = "rootfs.ext4";
+const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem";
+
+/// How the backend is set up; per-request `MicroVmConfig` fields override the defaults.
+#[derive(Clone, Debug)]
+pub struct QemuOptions {
+    pub binary: PathBuf,
+    pub state_dir: PathBuf,
+    pub instance: String,
+    pub defaults: MicroVmConfig,
+    /// The static guest init (`ateom-init`) put into every root disk built from an image.
+    pub guest_init: Option<PathBuf>,
+    /// `kvm`, `tcg`, or `auto` (KVM when a stock Linux guest can use it, else TCG).
+    pub accel: String,
+    /// CPU model; with TCG a named model keeps snapshots portable across hosts.
+    pub cpu: String,
+    /// How long a console readiness line may take.
+    pub ready_timeout: Duration,
+}
+
+/// The QEMU backend.
+pub struct QemuBackend {
+    opts: QemuOptions,
+    info: BackendInfo,
+    accel: &'static str,
+    tsc_khz: Option<u64>,
+}
+
+/// `QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)` -> `7.2.22`.
+pub fn parse_version(text: &str) -> Option<String> {
+    let rest = text.lines().next()?.strip_prefix("QEMU emulator version ")?;
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split_once(':')?.1.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+impl QemuBackend {
+    pub async fn new(opts: QemuOptions) -> Result<Self, BackendError> {
+        let out = tokio::process::Command::new(&opts.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                what: format!("QEMU at {}", opts.binary.display()),
+                detail: format!("{e} (apt install qemu-system-x86)"),
+            })?;
+        let version = parse_version(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| BackendError::Unavailable {
+            what: format!("QEMU at {}", opts.binary.display()),
+            detail: format!("unexpected --version output {:?}", String::from_utf8_lossy(&out.stdout)),
+        })?;
+        let kvm = ateom_microvm::kvm();
+        let accel: &'static str = match opts.accel.as_str() {
+            "kvm" if kvm == Kvm::Absent => {
+                return Err(BackendError::InvalidConfig { field: "accel".into(), reason: "no usable /dev/kvm".into() });
+            }
+            "kvm" => "kvm",
+            "tcg" => "tcg",
+            "auto" if kvm.boots_linux() => "kvm",
+            "auto" => {
+                info!(kvm = kvm.name(), "no KVM a stock Linux guest can use here: QEMU runs guests with TCG (software emulation)");
+                "tcg"
+            }
+            other => {
+                return Err(BackendError::InvalidConfig {
+                    field: "accel".into(),
+                    reason: format!("{other:?} is not one of kvm, tcg, auto"),
+                });
+            }
+        };
+        let info = BackendInfo {
+            name: "qemu".into(),
+            runtime_version: version.clone(),
+            capabilities: Capabilities {
+                supports_local_pause: true,
+                supports_incremental: false,
+                supports_memory_snapshot: true,
+                // Under TCG the guest CPU is QEMU's model, not the host's: any host with the
+                // same QEMU restores it. Under KVM the host CPU shows through.
+                restore_requires_same_host: accel == "kvm",
+                snapshot_portability_class: format!("qemu/{version}/microvm/{accel}/{}", opts.cpu),
+                accelerator: accel.into(),
+            },
+        };
+        info!(binary = %opts.binary.display(), %version, accel, cpu = %opts.cpu, "qemu backend ready");
+        Ok(Self { tsc_khz: if accel == "tcg" { host_tsc_khz() } else { None }, opts, info, accel })
+    }
+
+    fn netns_name(&self) -> String {
+        format!("ateom-{}-vm", self.opts.instance)
+    }
+
+    fn effective(&self, runtime: &Option<RuntimeConfig>) -> Result<MicroVmConfig, BackendError> {
+        let req = match runtime {
+            None => MicroVmConfig::default(),
+            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
+            Some(RuntimeConfig::Gvisor(_)) => {
+                return Err(BackendError::InvalidConfig {
+                    field: "gvisor".into(),
+                    reason: "this worker runs the qemu backend; send a microvm runtime config (or none)".into(),
+                });
+            }
+        };
+        let d = &self.opts.defaults;
+        Ok(MicroVmConfig {
+            vmm_path: req.vmm_path.or_else(|| d.vmm_path.clone()),
+            kernel_image: req.kernel_image.or_else(|| d.kernel_image.clone()),
+            rootfs_image: req.rootfs_image.or_else(|| d.rootfs_image.clone()),
+            kernel_cmdline: req.kernel_cmdline.or_else(|| d.kernel_cmdline.clone()),
+            vcpus: req.vcpus.or(d.vcpus),
+            memory_mib: req.memory_mib.or(d.memory_mib),
+            cpu_template: None,
+            network: req.network.or_else(|| d.network.clone()).or_else(|| Some(ateom_microvm::default_network())),
+            jailer_path: None,
+            ready_console_line: req.ready_console_line.or_else(|| d.ready_console_line.clone()),
+        })
+    }
+
+    /// The root disk for the workload: built from the container image (cached), or the
+    /// configured base image. Returns the base to copy and the image digests.
+    async fn root_disk(
+        &self,
+        ctx: &LaunchContext,
+        cfg: &MicroVmConfig,
+    ) -> Result<(Option<PathBuf>, BTreeMap<String, String>), BackendError> {
+        let mut digests = BTreeMap::new();
+        let images: Vec<_> = ctx.containers.iter().filter(|(_, s)| matches!(s, ContainerSource::Image(_))).collect();
+        match images.as_slice() {
+            [] => Ok((cfg.rootfs_image.clone(), digests)),
+            [(container, ContainerSource::Image(image))] => {
+                let init = self.opts.guest_init.clone().ok_or_else(|| BackendError::Unavailable {
+                    what: "the guest init (ateom-init)".into(),
+                    detail: "build it with scripts/build-init.sh and start the worker with --guest-init".into(),
+                })?;
+                let (container, image) = ((*container).clone(), image.clone());
+                let cache = ctx.cache_dir.clone();
+                let hostname = ctx.actor.actor_id.to_string();
+                let built = tokio::task::spawn_blocking(move || guest::disk_for(&cache, &container, &image, &init, &hostname))
+                    .await
+                    .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
+                debug!(disk = %built.0.path.display(), cache_hit = built.0.cache_hit, build_ms = built.0.build_ms, "root disk");
+                digests.insert(built.1, built.2);
+                Ok((Some(built.0.path), digests))
+            }
+            _ => Err(BackendError::InvalidConfig {
+                field: "spec.containers".into(),
+                reason: "the qemu backend runs one container image per microVM".into(),
+            }),
+        }
+    }
+
+    fn qemu_args(&self, cfg: &MicroVmConfig, kernel: &Path, cmdline: &str, disk: bool) -> Vec<String> {
+        let mem = cfg.memory_mib.unwrap_or(256);
+        let mut a: Vec<String> = vec![
+            "-M".into(),
+            MACHINE.into(),
+            "-accel".into(),
+            self.accel.into(),
+            "-cpu".into(),
+            self.opts.cpu.clone(),
+            "-m".into(),
+            format!("{mem}M"),
+            "-smp".into(),
+            cfg.vcpus.unwrap_or(1).to_string(),
+            "-object".into(),
+            format!("memory-backend-file,id=mem,size={mem}M,mem-path={MEMORY},share=on"),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-no-reboot".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-qmp".into(),
+            "unix:qmp.sock,server=on,wait=off".into(),
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-append".into(),
+            cmdline.into(),
+        ];
+        // Device order fixes the virtio-mmio slots: identical for boot and restore.
+        if disk {
+            a.extend(["-drive".into(), format!("id=root,file={DISK},format=raw,if=none"), "-device".into(), "virtio-blk-device,drive=root".into()]);
+        }
+        if let Some(n) = &cfg.network {
+            a.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap_name),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", n.guest_mac),
+            ]);
+        }
+        a.extend([
+            "-object".into(),
+            "rng-random,id=rng0,filename=/dev/urandom".into(),
+            "-device".into(),
+            "virtio-rng-device,rng=rng0".into(),
+        ]);
+        a
+    }
+
+    fn cmdline(&self, cfg: &MicroVmConfig, hostname: &str, disk: bool) -> String {
+        let mut parts: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into(), "pci=off".into(), "reboot=t".into()];
+        if disk {
+            parts.extend(["root=/dev/vda".into(), "rw".into(), "rootfstype=ext4".into()]);
+            parts.push(format!("init={}", ateom_microvm::guest_image::INIT_PATH));
+        }
+        if let Some(khz) = self.tsc_khz {
+            // TCG cannot calibrate the TSC against the PIT reliably (guest/kernel/README.md).
+            parts.push(format!("tsc_early_khz={khz}"));
+        }
+        if let Some(n) = &cfg.network {
+            parts.push(format!("ateom.ip={}/{}", n.guest_ip, n.prefix_len));
+            parts.push(format!("ateom.gw={}", n.host_ip));
+        }
+        parts.push(format!("ateom.hostname={hostname}"));
+        if let Some(extra) = &cfg.kernel_cmdline {
+            parts.push(extra.clone());
+        }
+        parts.join(" ")
+    }
+
+    async fn network(&self, net: &TapNetwork) -> Result<(Netns, Arc<dyn Dialer>), BackendError> {
+        let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());
+        let name = self.netns_name();
+        Netns::delete_by_name(&name).map_err(net_err)?;
+        let ns = Netns::create(&name).map_err(net_err)?;
+        let plan = TapPlan { name: net.tap_name.clone(), host_ip: net.host_ip, prefix_len: net.prefix_len, vnet_hdr: true };
+        let dialer = async {
+            ateom_net::setup_tap(&ns, &plan).await?;
+            NetnsDialer::new(&ns, IpAddr::V4(net.guest_ip))
+        }
+        .await;
+        match dialer {
+            Ok(d) => Ok((ns, Arc::new(d))),
+            Err(e) => {
+                let _ = ns.delete();
+                Err(net_err(e))
+            }
+        }
+    }
+
+    async fn launch(&self, ctx: LaunchContext, snapshot: Option<SnapshotInput<'_>>) -> Result<Box<dyn Sandbox>, BackendError> {
+        let mut cfg = self.effective(&ctx.runtime)?;
+        let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
+            field: "microvm.kernel_image".into(),
+            reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
+        })?;
+        let kernel = std::path::absolute(&kernel).map_err(|e| BackendError::io("kernel path", e))?;
+        let (kernel_id, base, digests, cmdline) = match snapshot {
+            None => {
+                let (base, digests) = self.root_disk(&ctx, &cfg).await?;
+                let k = kernel.clone();
+                let id = tokio::task::spawn_blocking(move || ateom_microvm::file_id(&k))
+                    .await
+                    .map_err(|e| BackendError::failed("hashing the kernel", e.to_string()))?
+                    .map_err(|e| BackendError::InvalidConfig { field: "microvm.kernel_image".into(), reason: e.to_string() })?;
+                let cmdline = self.cmdline(&cfg, ctx.actor.actor_id.as_str(), base.is_some());
+                (id, base, digests, cmdline)
+            }
+            Some(s) => {
+                for needed in [VMSTATE, MEMORY] {
+                    if s.manifest.artifact(needed).is_none() {
+                        return Err(BackendError::Snapshot(format!("it has no {needed}: not a QEMU snapshot")));
+                    }
+                }
+                // The snapshot's machine, not the request's: same RAM size, devices, command line.
+                let p = &s.manifest.provenance;
+                cfg.memory_mib = p.get("qemu.memory_mib").and_then(|v| v.parse().ok());
+                cfg.vcpus = p.get("qemu.vcpus").and_then(|v| v.parse().ok());
+                cfg.network = ateom_microvm::network_from_provenance(p)?;
+                let cmdline = p.get("qemu.cmdline").cloned().unwrap_or_default();
+                let disk = s.manifest.artifact(DISK).is_some().then(|| s.dir.join(DISK));
+                (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline)
+            }
+        };
+        // Disk and (for a restore) RAM: the workload's own copies.
+        let work = ctx.work_dir.clone();
+        let mem_src = snapshot.map(|s| s.dir.join(MEMORY));
+        let disk_src = base.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
+            if let Some(src) = disk_src {
+                ateom_microvm::copy_sparse(&src, &work.join(DISK))
+                    .map_err(|e| BackendError::failed("copying the root disk", e.to_string()))?;
+            }
+            if let Some(src) = mem_src {
+                ateom_microvm::copy_sparse(&src, &work.join(MEMORY))
+                    .map_err(|e| BackendError::failed("copying the guest RAM", e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BackendError::failed("preparing files", e.to_string()))??;
+
+        let net = cfg.network.clone().expect("qemu guests always get a network");
+        let (ns, dialer) = self.network(&net).await?;
+        let mut args = self.qemu_args(&cfg, &kernel, &cmdline, base.is_some());
+        if snapshot.is_some() {
+            args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+        }
+        let binary = cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone());
+        let proc = match QemuProcess::spawn(&binary, &args, &ctx.work_dir, &ns, ctx.actor.actor_id.as_str()).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(dialer);
+                let _ = ns.delete();
+                return Err(e);
+            }
+        };
+        let mut vm = QemuSandbox {
+            proc: Some(proc),
+            ns: Some(ns),
+            dialer: Some(dialer),
+            work_dir: ctx.work_dir.clone(),
+            disk: base.is_some(),
+            provenance: BackendProvenance::default(),
+            image_digests: digests,
+        };
+        vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline);
+        let result = match snapshot {
+            None => self.boot(&cfg, &mut vm).await,
+            Some(s) => self.load(s, &mut vm).await,
+        };
+        match result {
+            Ok(()) => Ok(Box::new(vm)),
+            Err(e) => {
+                vm.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn provenance(&self, cfg: &MicroVmConfig, kernel_id: &str, cmdline: &str) -> BackendProvenance {
+        let mut extra = BTreeMap::new();
+        extra.insert("qemu.machine".into(), MACHINE.into());
+        extra.insert("qemu.accelerator".into(), self.accel.into());
+        extra.insert("qemu.cpu".into(), self.opts.cpu.clone());
+        extra.insert("qemu.memory_mib".into(), cfg.memory_mib.unwrap_or(256).to_string());
+        extra.insert("qemu.vcpus".into(), cfg.vcpus.unwrap_or(1).to_string());
+        extra.insert("qemu.cmdline".into(), cmdline.into());
+        if let Some(n) = &cfg.network {
+            ateom_microvm::network_to_provenance(n, &mut extra);
+        }
+        BackendProvenance {
+            runtime_version: self.info.runtime_version.clone(),
+            kernel_id: kernel_id.into(),
+            cpu_template: self.opts.cpu.clone(),
+            extra,
+        }
+    }
+
+    async fn boot(&self, cfg: &MicroVmConfig, vm: &mut QemuSandbox) -> Result<(), BackendError> {
+        if let Some(line) = &cfg.ready_console_line {
+            let p = vm.proc.as_ref().expect("spawned");
+            let wait = p.console.wait_for(line, 0, self.opts.ready_timeout);
+            let died = async {
+                loop {
+                    if let Some(why) = p.exited() {
+                        return why;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                r = wait => r.map_err(|e| BackendError::failed("waiting for the console", e))?,
+                why = died => return Err(BackendError::failed("booting the microVM", why)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, s: SnapshotInput<'_>, vm: &mut QemuSandbox) -> Result<(), BackendError> {
+        let p = vm.proc.as_mut().expect("spawned");
+        let qmp = p.qmp().await?;
+        let fail = |what: &'static str| move |e: qmp::QmpError| BackendError::failed(what, e.to_string());
+        qmp.execute("migrate-set-capabilities", Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})))
+            .await
+            .map_err(fail("restoring (migration capabilities)"))?;
+        let uri = format!("exec:cat {}", shell_quote(&s.dir.join(VMSTATE)));
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await.map_err(fail("restoring (incoming migration)"))?;
+        qmp.wait_migration(Duration::from_secs(60)).await.map_err(fail("restoring (device state)"))?;
+        qmp.execute("cont", None).await.map_err(fail("resuming the restored microVM"))?;
+        // Before the workload sees traffic: the host's clock and fresh entropy.
+        let dialer = vm.dialer.clone().expect("network");
+        guest::sync_after_restore(dialer.as_ref(), Duration::from_secs(10)).await?;
+        Ok(())
+    }
+}
+
+/// Single-quotes a path for QEMU's `exec:` migration URIs (run by /bin/sh).
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// One supervised qemu-system process: serial console on the hub, stderr into the logs.
+struct QemuProcess {
+    console: Console,
+    pid: Option<u32>,
+    exited: Arc<Mutex<Option<String>>>,
+    waiter: Option<tokio::task::JoinHandle<()>>,
+    stderr_task: tokio::task::JoinHandle<()>,
+    qmp_path: PathBuf,
+    qmp: Option<Qmp>,
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.exited.lock().expect("exit lock").is_none() {
+            if let Some(pid) = self.pid {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        self.stderr_task.abort();
+    }
+}
+
+impl QemuProcess {
+    async fn spawn(binary: &Path, args: &[String], work_dir: &Path, ns: &Netns, label: &str) -> Result<Self, BackendError> {
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args)
+            .current_dir(work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        ateom_net::join_netns_before_exec(&mut cmd, ns, false).map_err(|e| BackendError::Network(e.to_string()))?;
+        debug!(?args, "qemu");
+        let mut child = cmd.spawn().map_err(|e| BackendError::Unavailable {
+            what: format!("QEMU at {}", binary.display()),
+            detail: e.to_string(),
+        })?;
+        let pid = child.id();
+        let console = Console::start(child.stdout.take().expect("piped"), child.stdin.take().expect("piped"), label.into())
+            .await
+            .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
+        let stderr_tail = Arc::new(Mutex::new(Vec::<String>::new()));
+        let tail = stderr_tail.clone();
+        let vm = label.to_owned();
+        let stderr = child.stderr.take().expect("piped");
+        let stderr_task = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                warn!(target: "qemu", %vm, "{line}");
+                let mut t = tail.lock().expect("tail");
+                t.push(line);
+                let excess = t.len().saturating_sub(10);
+                t.drain(..excess);
+            }
+        });
+        let exited = Arc::new(Mutex::new(None));
+        let record = exited.clone();
+        let waiter = tokio::spawn(async move {
+            let status = child.wait().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let last = stderr_tail.lock().expect("tail").join(" | ");
+            *record.lock().expect("exit lock") = Some(match status {
+                Ok(s) => format!("qemu exited ({s}); stderr: {last}"),
+                Err(e) => format!("waiting for qemu: {e}"),
+            });
+        });
+        let mut p = QemuProcess {
+            console,
+            pid,
+            exited,
+            waiter: Some(waiter),
+            stderr_task,
+            qmp_path: work_dir.join("qmp.sock"),
+            qmp: None,
+        };
+        // The QMP socket appears once QEMU has set the machine up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(why) = p.exited() {
+                return Err(BackendError::failed("starting QEMU", why));
+            }
+            if p.qmp_path.exists() {
+                if let Ok(q) = Qmp::connect(&p.qmp_path).await {
+                    p.qmp = Some(q);
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                p.kill().await;
+                return Err(BackendError::failed("starting QEMU", "its QMP socket never answered"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(p)
+    }
+
+    fn exited(&self) -> Option<String> {
+        self.exited.lock().expect("exit lock").clone()
+    }
+
+    async fn qmp(&mut self) -> Result<&mut Qmp, BackendError> {
+        if self.qmp.is_none() {
+            self.qmp = Some(Qmp::connect(&self.qmp_path).await.map_err(|e| BackendError::failed("QMP", e.to_string()))?);
+        }
+        Ok(self.qmp.as_mut().expect("connected"))
+    }
+
+    async fn kill(&mut self) {
+        if self.exited().is_none() {
+            if let Some(pid) = self.pid {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        self.wait(Duration::from_secs(10)).await;
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> bool {
+        match self.waiter.take() {
+            None => true,
+            Some(mut w) => match tokio::time::timeout(timeout, &mut w).await {
+                Ok(_) => true,
+                Err(_) => {
+                    self.waiter = Some(w);
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// One QEMU microVM.
+pub struct QemuSandbox {
+    proc: Option<QemuProcess>,
+    ns: Option<Netns>,
+    dialer: Option<Arc<dyn Dialer>>,
+    work_dir: PathBuf,
+    disk: bool,
+    provenance: BackendProvenance,
+    image_digests: BTreeMap<String, String>,
+}
+
+impl QemuSandbox {
+    async fn teardown(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
+        }
+        self.dialer = None;
+        if let Some(ns) = self.ns.take() {
+            let name = ns.name().to_owned();
+            if let Err(e) = ns.delete() {
+                warn!(netns = %name, error = %e, "deleting network namespace");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for QemuSandbox {
+    fn dialer(&self) -> Option<Arc<dyn Dialer>> {
+        self.dialer.clone()
+    }
+
+    fn console(&self) -> Option<String> {
+        self.proc.as_ref().map(|p| format!("tcp://{}", p.console.addr()))
+    }
+
+    fn exited(&self) -> Option<String> {
+        self.proc.as_ref().and_then(QemuProcess::exited)
+    }
+
+    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError> {
+        let p = self.proc.as_mut().ok_or_else(|| BackendError::failed("checkpoint", "QEMU is gone"))?;
+        let qmp = p.qmp().await?;
+        let fail = |what: &'static str| move |e: qmp::QmpError| BackendError::failed(what, e.to_string());
+        qmp.execute("stop", None).await.map_err(fail("stopping the microVM"))?;
+        let saved = async {
+            qmp.execute(
+                "migrate-set-capabilities",
+                Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+            )
+            .await
+            .map_err(fail("checkpoint (migration capabilities)"))?;
+            let uri = format!("exec:cat > {}", shell_quote(&dir.join(VMSTATE)));
+            qmp.execute("migrate", Some(json!({ "uri": uri }))).await.map_err(fail("checkpoint (migrate)"))?;
+            qmp.wait_migration(Duration::from_secs(120)).await.map_err(fail("checkpoint (device state)"))
+        }
+        .await;
+        if let Err(e) = saved {
+            if let Err(r) = qmp.execute("cont", None).await {
+                warn!(error = %r, "resuming after a failed checkpoint");
+            }
+            return Err(e);
+        }
+        let _ = qmp.execute("quit", None).await;
+        if !p.wait(Duration::from_secs(10)).await {
+            p.kill().await;
+        }
+        // The RAM file (x-ignore-shared left it out of the stream) and the disk join the snapshot.
+        std::fs::rename(self.work_dir.join(MEMORY), dir.join(MEMORY)).map_err(|e| BackendError::io("moving guest RAM", e))?;
+        if self.disk {
+            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK)).map_err(|e| BackendError::io("moving the disk", e))?;
+        }
+        Ok(CheckpointOutput { provenance: self.provenance.clone(), image_digests: self.image_digests.clone() })
+    }
+
+    async fn is_alive(&self) -> bool {
+        self.proc.as_ref().is_some_and(|p| p.exited().is_none())
+    }
+
+    async fn delete(mut self: Box<Self>) -> Result<(), BackendError> {
+        self.teardown().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    async fn run(&self, ctx: LaunchContext) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.launch(ctx, None).await
+    }
+
+    async fn restore(&self, ctx: LaunchContext, snapshot: SnapshotInput<'_>) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.launch(ctx, Some(snapshot)).await
+    }
+
+    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
+        let mut done = Vec::new();
+        // Our QEMUs run with their cwd in <state>/actors/*/work: those are ours to kill.
+        let actors = self.opts.state_dir.join("actors");
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+                let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
+                let is_qemu = std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.starts_with("qemu-system"));
+                if is_qemu
+                    && cwd.starts_with(&actors)
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok()
+                {
+                    done.push(format!("qemu process {pid}"));
+                }
+            }
+        }
+        let prefix = format!("ateom-{}-", self.opts.instance);
+        for name in Netns::list_with_prefix(&prefix).map_err(|e| BackendError::Network(e.to_string()))? {
+            Netns::delete_by_name(&name).map_err(|e| BackendError::Network(e.to_string()))?;
+            done.push(format!("network namespace {name}"));
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright").unwrap(), "7.2.22");
+        assert_eq!(parse_version("QEMU emulator version 10.0.2\n").unwrap(), "10.0.2");
+        assert!(parse_version("nope").is_none());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+}
