@@ -607,5 +607,4 @@ mod tests {
         assert_eq!(parse_version("Firecracker v1.16.1\n\n").unwrap(), "1.16.1");
         assert!(parse_version("nope").is_none());
     }
-
 }

@@ -85,14 +85,25 @@ impl GuestImageBuilder {
 
     /// The disk for an unpacked image `rootfs` (digest `image_digest`) with `init` and
     /// `config` injected: from the cache, or built now.
-    pub fn build(&self, rootfs: &Path, image_digest: &str, init: &Path, config: &[u8]) -> Result<BuiltDisk, MicroVmError> {
+    pub fn build(
+        &self,
+        rootfs: &Path,
+        image_digest: &str,
+        init: &Path,
+        config: &[u8],
+    ) -> Result<BuiltDisk, MicroVmError> {
         let start = Instant::now();
         let init_id = crate::file_id(init)?;
         let key = Self::key(image_digest, &init_id, config);
         let dir = self.cache.join("ext4");
         let path = dir.join(format!("{key}.ext4"));
         if path.is_file() {
-            return Ok(BuiltDisk { path, key, cache_hit: true, build_ms: start.elapsed().as_millis() as u64 });
+            return Ok(BuiltDisk {
+                path,
+                key,
+                cache_hit: true,
+                build_ms: start.elapsed().as_millis() as u64,
+            });
         }
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}", dir.display()), e))?;
         let tag = format!("{key}.{}", std::process::id());
@@ -101,7 +112,10 @@ impl GuestImageBuilder {
         let result = (|| {
             let _ = std::fs::remove_dir_all(&staging);
             // Hard links: the cached rootfs is not copied, and staging only adds files.
-            run(Command::new("cp").arg("-a").arg("-l").arg(rootfs).arg(&staging), "linking the image's files")?;
+            run(
+                Command::new("cp").arg("-a").arg("-l").arg(rootfs).arg(&staging),
+                "linking the image's files",
+            )?;
             let ateom_dir = staging.join(".ateom");
             if ateom_dir.symlink_metadata().is_ok() {
                 run(Command::new("rm").arg("-rf").arg(&ateom_dir), "clearing the image's /.ateom")?;
@@ -117,12 +131,25 @@ impl GuestImageBuilder {
             // Room for the workload's writes: half again the content, at least 64 MiB.
             let content = dir_bytes(&staging);
             let size = (content + content / 2 + (64 << 20)).div_ceil(4 << 20) * (4 << 20);
-            let f = std::fs::File::create(&tmp).map_err(|e| fail(format!("creating {}", tmp.display()), e))?;
+            let f =
+                std::fs::File::create(&tmp).map_err(|e| fail(format!("creating {}", tmp.display()), e))?;
             f.set_len(size).map_err(|e| fail("sizing the disk", e))?;
             drop(f);
             run(
                 Command::new("mkfs.ext4")
-                    .args(["-q", "-F", "-L", "ateom-root", "-m", "0", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+                    .args([
+                        "-q",
+                        "-F",
+                        "-L",
+                        "ateom-root",
+                        "-m",
+                        "0",
+                        "-b",
+                        "4096",
+                        "-E",
+                        "root_owner=0:0",
+                        "-d",
+                    ])
                     .arg(&staging)
                     .arg(&tmp),
                 "mkfs.ext4 -d (is e2fsprogs installed?)",
@@ -161,12 +188,18 @@ mod tests {
         let d3 = b.build(&rootfs, "sha256:abc", &init, b"{\"v\":2}").unwrap();
         assert_ne!(d3.path, d1.path, "another config is another disk");
         // Read the files back out of the ext4 image without mounting it.
-        let cat = |p: &str| Command::new("debugfs").args(["-R", &format!("cat {p}")]).arg(&d1.path).output().unwrap().stdout;
+        let cat = |p: &str| {
+            Command::new("debugfs").args(["-R", &format!("cat {p}")]).arg(&d1.path).output().unwrap().stdout
+        };
         assert_eq!(cat(INIT_PATH), b"\x7fELF fake init");
         assert_eq!(cat(CONFIG_PATH), b"{\"v\":1}");
         assert_eq!(cat("/bin/app"), b"#!/bin/sh\necho hi\n");
         assert!(!Path::new("/usr/sbin/ateom-init").exists());
-        let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("cache/ext4")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("cache/ext4"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty(), "no staging left behind");
     }
 }

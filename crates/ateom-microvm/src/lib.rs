@@ -54,7 +54,8 @@ pub fn network_from_provenance(
 ) -> Result<Option<TapNetwork>, ateom_core::BackendError> {
     use ateom_core::BackendError;
     let Some(tap) = p.get("network.tap_name") else { return Ok(None) };
-    let get = |k: &str| p.get(k).cloned().ok_or_else(|| BackendError::Snapshot(format!("provenance lacks {k}")));
+    let get =
+        |k: &str| p.get(k).cloned().ok_or_else(|| BackendError::Snapshot(format!("provenance lacks {k}")));
     let ip = |k: &str| -> Result<Ipv4Addr, BackendError> {
         get(k)?.parse().map_err(|_| BackendError::Snapshot(format!("provenance {k} is not an IPv4 address")))
     };
@@ -63,7 +64,9 @@ pub fn network_from_provenance(
         guest_mac: get("network.guest_mac")?,
         guest_ip: ip("network.guest_ip")?,
         host_ip: ip("network.host_ip")?,
-        prefix_len: get("network.prefix_len")?.parse().map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
+        prefix_len: get("network.prefix_len")?
+            .parse()
+            .map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
     }))
 }
 

@@ -19,7 +19,9 @@ pub fn disk_for(
     hostname: &str,
 ) -> Result<(BuiltDisk, String, String), BackendError> {
     let image_err = |detail: String| BackendError::Image { container: container.name.to_string(), detail };
-    let prepared = ateom_image::ImageStore::new(cache.join("images")).prepare(image).map_err(|e| image_err(e.to_string()))?;
+    let prepared = ateom_image::ImageStore::new(cache.join("images"))
+        .prepare(image)
+        .map_err(|e| image_err(e.to_string()))?;
     let overrides = ateom_image::ProcessOverrides {
         command: container.command.clone(),
         args: container.args.clone(),
@@ -31,7 +33,8 @@ pub fn disk_for(
         netns_path: None,
         readonly_rootfs: false,
     };
-    let spec = ateom_image::runtime_spec(&prepared.config, &overrides, &opts).map_err(|e| image_err(e.to_string()))?;
+    let spec = ateom_image::runtime_spec(&prepared.config, &overrides, &opts)
+        .map_err(|e| image_err(e.to_string()))?;
     let config = workload_config(&spec).map_err(image_err)?;
     let disk = GuestImageBuilder::new(cache.join("guest"))
         .build(&prepared.rootfs, &prepared.manifest_digest, init, &config)
@@ -88,5 +91,7 @@ async fn sync_once(dialer: &dyn Dialer) -> Result<i64, String> {
 
 fn getrandom(buf: &mut [u8]) -> Result<(), String> {
     use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).map_err(|e| format!("host entropy: {e}"))
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| format!("host entropy: {e}"))
 }

@@ -38,13 +38,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use ateom_core::{
-    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource, Dialer,
-    LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
+    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
+    Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
 };
 use ateom_microvm::{Console, Kvm};
 use ateom_net::{Netns, NetnsDialer, TapPlan};
-use async_trait::async_trait;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
@@ -89,7 +89,8 @@ pub fn parse_version(text: &str) -> Option<String> {
 
 fn host_tsc_khz() -> Option<u64> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split_once(':')?.1.trim().parse().ok()?;
+    let mhz: f64 =
+        cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split_once(':')?.1.trim().parse().ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
@@ -104,20 +105,28 @@ impl QemuBackend {
                 what: format!("QEMU at {}", opts.binary.display()),
                 detail: format!("{e} (apt install qemu-system-x86)"),
             })?;
-        let version = parse_version(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| BackendError::Unavailable {
-            what: format!("QEMU at {}", opts.binary.display()),
-            detail: format!("unexpected --version output {:?}", String::from_utf8_lossy(&out.stdout)),
+        let version = parse_version(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+            BackendError::Unavailable {
+                what: format!("QEMU at {}", opts.binary.display()),
+                detail: format!("unexpected --version output {:?}", String::from_utf8_lossy(&out.stdout)),
+            }
         })?;
         let kvm = ateom_microvm::kvm();
         let accel: &'static str = match opts.accel.as_str() {
             "kvm" if kvm == Kvm::Absent => {
-                return Err(BackendError::InvalidConfig { field: "accel".into(), reason: "no usable /dev/kvm".into() });
+                return Err(BackendError::InvalidConfig {
+                    field: "accel".into(),
+                    reason: "no usable /dev/kvm".into(),
+                });
             }
             "kvm" => "kvm",
             "tcg" => "tcg",
             "auto" if kvm.boots_linux() => "kvm",
             "auto" => {
-                info!(kvm = kvm.name(), "no KVM a stock Linux guest can use here: QEMU runs guests with TCG (software emulation)");
+                info!(
+                    kvm = kvm.name(),
+                    "no KVM a stock Linux guest can use here: QEMU runs guests with TCG (software emulation)"
+                );
                 "tcg"
             }
             other => {
@@ -156,7 +165,8 @@ impl QemuBackend {
             Some(RuntimeConfig::Gvisor(_)) => {
                 return Err(BackendError::InvalidConfig {
                     field: "gvisor".into(),
-                    reason: "this worker runs the qemu backend; send a microvm runtime config (or none)".into(),
+                    reason: "this worker runs the qemu backend; send a microvm runtime config (or none)"
+                        .into(),
                 });
             }
         };
@@ -169,7 +179,10 @@ impl QemuBackend {
             vcpus: req.vcpus.or(d.vcpus),
             memory_mib: req.memory_mib.or(d.memory_mib),
             cpu_template: None,
-            network: req.network.or_else(|| d.network.clone()).or_else(|| Some(ateom_microvm::default_network())),
+            network: req
+                .network
+                .or_else(|| d.network.clone())
+                .or_else(|| Some(ateom_microvm::default_network())),
             jailer_path: None,
             ready_console_line: req.ready_console_line.or_else(|| d.ready_console_line.clone()),
         })
@@ -181,25 +194,29 @@ impl QemuBackend {
         &self,
         ctx: &LaunchContext,
         cfg: &MicroVmConfig,
-    ) -> Result<(Option<PathBuf>, BTreeMap<String, String>), BackendError> {
+    ) -> Result<(Option<PathBuf>, BTreeMap<String, String>, bool), BackendError> {
         let mut digests = BTreeMap::new();
-        let images: Vec<_> = ctx.containers.iter().filter(|(_, s)| matches!(s, ContainerSource::Image(_))).collect();
+        let images: Vec<_> =
+            ctx.containers.iter().filter(|(_, s)| matches!(s, ContainerSource::Image(_))).collect();
         match images.as_slice() {
-            [] => Ok((cfg.rootfs_image.clone(), digests)),
+            [] => Ok((cfg.rootfs_image.clone(), digests, false)),
             [(container, ContainerSource::Image(image))] => {
                 let init = self.opts.guest_init.clone().ok_or_else(|| BackendError::Unavailable {
                     what: "the guest init (ateom-init)".into(),
-                    detail: "build it with scripts/build-init.sh and start the worker with --guest-init".into(),
+                    detail: "build it with scripts/build-init.sh and start the worker with --guest-init"
+                        .into(),
                 })?;
                 let (container, image) = ((*container).clone(), image.clone());
                 let cache = ctx.cache_dir.clone();
                 let hostname = ctx.actor.actor_id.to_string();
-                let built = tokio::task::spawn_blocking(move || guest::disk_for(&cache, &container, &image, &init, &hostname))
-                    .await
-                    .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
+                let built = tokio::task::spawn_blocking(move || {
+                    guest::disk_for(&cache, &container, &image, &init, &hostname)
+                })
+                .await
+                .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
                 debug!(disk = %built.0.path.display(), cache_hit = built.0.cache_hit, build_ms = built.0.build_ms, "root disk");
                 digests.insert(built.1, built.2);
-                Ok((Some(built.0.path), digests))
+                Ok((Some(built.0.path), digests, true))
             }
             _ => Err(BackendError::InvalidConfig {
                 field: "spec.containers".into(),
@@ -239,7 +256,12 @@ impl QemuBackend {
         ];
         // Device order fixes the virtio-mmio slots: identical for boot and restore.
         if disk {
-            a.extend(["-drive".into(), format!("id=root,file={DISK},format=raw,if=none"), "-device".into(), "virtio-blk-device,drive=root".into()]);
+            a.extend([
+                "-drive".into(),
+                format!("id=root,file={DISK},format=raw,if=none"),
+                "-device".into(),
+                "virtio-blk-device,drive=root".into(),
+            ]);
         }
         if let Some(n) = &cfg.network {
             a.extend([
@@ -258,10 +280,15 @@ impl QemuBackend {
         a
     }
 
-    fn cmdline(&self, cfg: &MicroVmConfig, hostname: &str, disk: bool) -> String {
-        let mut parts: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into(), "pci=off".into(), "reboot=t".into()];
+    /// The kernel command line. `ateom_init`: the disk was built from an image with ateom's
+    /// guest init inside (otherwise the operator's `kernel_cmdline` says what to run).
+    fn cmdline(&self, cfg: &MicroVmConfig, hostname: &str, disk: bool, ateom_init: bool) -> String {
+        let mut parts: Vec<String> =
+            vec!["console=ttyS0".into(), "panic=-1".into(), "pci=off".into(), "reboot=t".into()];
         if disk {
             parts.extend(["root=/dev/vda".into(), "rw".into(), "rootfstype=ext4".into()]);
+        }
+        if ateom_init {
             parts.push(format!("init={}", ateom_microvm::guest_image::INIT_PATH));
         }
         if let Some(khz) = self.tsc_khz {
@@ -284,7 +311,12 @@ impl QemuBackend {
         let name = self.netns_name();
         Netns::delete_by_name(&name).map_err(net_err)?;
         let ns = Netns::create(&name).map_err(net_err)?;
-        let plan = TapPlan { name: net.tap_name.clone(), host_ip: net.host_ip, prefix_len: net.prefix_len, vnet_hdr: true };
+        let plan = TapPlan {
+            name: net.tap_name.clone(),
+            host_ip: net.host_ip,
+            prefix_len: net.prefix_len,
+            vnet_hdr: true,
+        };
         let dialer = async {
             ateom_net::setup_tap(&ns, &plan).await?;
             NetnsDialer::new(&ns, IpAddr::V4(net.guest_ip))
@@ -299,28 +331,37 @@ impl QemuBackend {
         }
     }
 
-    async fn launch(&self, ctx: LaunchContext, snapshot: Option<SnapshotInput<'_>>) -> Result<Box<dyn Sandbox>, BackendError> {
+    async fn launch(
+        &self,
+        ctx: LaunchContext,
+        snapshot: Option<SnapshotInput<'_>>,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime)?;
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
         })?;
         let kernel = std::path::absolute(&kernel).map_err(|e| BackendError::io("kernel path", e))?;
-        let (kernel_id, base, digests, cmdline) = match snapshot {
+        let (kernel_id, base, digests, cmdline, ateom_init) = match snapshot {
             None => {
-                let (base, digests) = self.root_disk(&ctx, &cfg).await?;
+                let (base, digests, ateom_init) = self.root_disk(&ctx, &cfg).await?;
                 let k = kernel.clone();
                 let id = tokio::task::spawn_blocking(move || ateom_microvm::file_id(&k))
                     .await
                     .map_err(|e| BackendError::failed("hashing the kernel", e.to_string()))?
-                    .map_err(|e| BackendError::InvalidConfig { field: "microvm.kernel_image".into(), reason: e.to_string() })?;
-                let cmdline = self.cmdline(&cfg, ctx.actor.actor_id.as_str(), base.is_some());
-                (id, base, digests, cmdline)
+                    .map_err(|e| BackendError::InvalidConfig {
+                        field: "microvm.kernel_image".into(),
+                        reason: e.to_string(),
+                    })?;
+                let cmdline = self.cmdline(&cfg, ctx.actor.actor_id.as_str(), base.is_some(), ateom_init);
+                (id, base, digests, cmdline, ateom_init)
             }
             Some(s) => {
                 for needed in [VMSTATE, MEMORY] {
                     if s.manifest.artifact(needed).is_none() {
-                        return Err(BackendError::Snapshot(format!("it has no {needed}: not a QEMU snapshot")));
+                        return Err(BackendError::Snapshot(format!(
+                            "it has no {needed}: not a QEMU snapshot"
+                        )));
                     }
                 }
                 // The snapshot's machine, not the request's: same RAM size, devices, command line.
@@ -330,7 +371,8 @@ impl QemuBackend {
                 cfg.network = ateom_microvm::network_from_provenance(p)?;
                 let cmdline = p.get("qemu.cmdline").cloned().unwrap_or_default();
                 let disk = s.manifest.artifact(DISK).is_some().then(|| s.dir.join(DISK));
-                (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline)
+                let ateom_init = p.get("qemu.guest_init").is_some_and(|v| v == "ateom-init");
+                (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline, ateom_init)
             }
         };
         // Disk and (for a restore) RAM: the workload's own copies.
@@ -358,14 +400,15 @@ impl QemuBackend {
             args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
         }
         let binary = cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone());
-        let proc = match QemuProcess::spawn(&binary, &args, &ctx.work_dir, &ns, ctx.actor.actor_id.as_str()).await {
-            Ok(p) => p,
-            Err(e) => {
-                drop(dialer);
-                let _ = ns.delete();
-                return Err(e);
-            }
-        };
+        let proc =
+            match QemuProcess::spawn(&binary, &args, &ctx.work_dir, &ns, ctx.actor.actor_id.as_str()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(dialer);
+                    let _ = ns.delete();
+                    return Err(e);
+                }
+            };
         let mut vm = QemuSandbox {
             proc: Some(proc),
             ns: Some(ns),
@@ -375,10 +418,10 @@ impl QemuBackend {
             provenance: BackendProvenance::default(),
             image_digests: digests,
         };
-        vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline);
+        vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline, ateom_init);
         let result = match snapshot {
             None => self.boot(&cfg, &mut vm).await,
-            Some(s) => self.load(s, &mut vm).await,
+            Some(s) => self.load(s, &mut vm, ateom_init).await,
         };
         match result {
             Ok(()) => Ok(Box::new(vm)),
@@ -389,8 +432,17 @@ impl QemuBackend {
         }
     }
 
-    fn provenance(&self, cfg: &MicroVmConfig, kernel_id: &str, cmdline: &str) -> BackendProvenance {
+    fn provenance(
+        &self,
+        cfg: &MicroVmConfig,
+        kernel_id: &str,
+        cmdline: &str,
+        ateom_init: bool,
+    ) -> BackendProvenance {
         let mut extra = BTreeMap::new();
+        if ateom_init {
+            extra.insert("qemu.guest_init".into(), "ateom-init".into());
+        }
         extra.insert("qemu.machine".into(), MACHINE.into());
         extra.insert("qemu.accelerator".into(), self.accel.into());
         extra.insert("qemu.cpu".into(), self.opts.cpu.clone());
@@ -428,20 +480,33 @@ impl QemuBackend {
         Ok(())
     }
 
-    async fn load(&self, s: SnapshotInput<'_>, vm: &mut QemuSandbox) -> Result<(), BackendError> {
+    async fn load(
+        &self,
+        s: SnapshotInput<'_>,
+        vm: &mut QemuSandbox,
+        ateom_init: bool,
+    ) -> Result<(), BackendError> {
         let p = vm.proc.as_mut().expect("spawned");
         let qmp = p.qmp().await?;
         let fail = |what: &'static str| move |e: qmp::QmpError| BackendError::failed(what, e.to_string());
-        qmp.execute("migrate-set-capabilities", Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})))
-            .await
-            .map_err(fail("restoring (migration capabilities)"))?;
+        qmp.execute(
+            "migrate-set-capabilities",
+            Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )
+        .await
+        .map_err(fail("restoring (migration capabilities)"))?;
         let uri = format!("exec:cat {}", shell_quote(&s.dir.join(VMSTATE)));
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await.map_err(fail("restoring (incoming migration)"))?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map_err(fail("restoring (incoming migration)"))?;
         qmp.wait_migration(Duration::from_secs(60)).await.map_err(fail("restoring (device state)"))?;
         qmp.execute("cont", None).await.map_err(fail("resuming the restored microVM"))?;
-        // Before the workload sees traffic: the host's clock and fresh entropy.
-        let dialer = vm.dialer.clone().expect("network");
-        guest::sync_after_restore(dialer.as_ref(), Duration::from_secs(10)).await?;
+        // Before the workload sees traffic: the host's clock and fresh entropy (guests that
+        // run ateom's init; others are on their own).
+        if ateom_init {
+            let dialer = vm.dialer.clone().expect("network");
+            guest::sync_after_restore(dialer.as_ref(), Duration::from_secs(10)).await?;
+        }
         Ok(())
     }
 }
@@ -464,17 +529,26 @@ struct QemuProcess {
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
-        if self.exited.lock().expect("exit lock").is_none() {
-            if let Some(pid) = self.pid {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            }
+        if self.exited.lock().expect("exit lock").is_none()
+            && let Some(pid) = self.pid
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         self.stderr_task.abort();
     }
 }
 
 impl QemuProcess {
-    async fn spawn(binary: &Path, args: &[String], work_dir: &Path, ns: &Netns, label: &str) -> Result<Self, BackendError> {
+    async fn spawn(
+        binary: &Path,
+        args: &[String],
+        work_dir: &Path,
+        ns: &Netns,
+        label: &str,
+    ) -> Result<Self, BackendError> {
         let mut cmd = tokio::process::Command::new(binary);
         cmd.args(args)
             .current_dir(work_dir)
@@ -482,16 +556,21 @@ impl QemuProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        ateom_net::join_netns_before_exec(&mut cmd, ns, false).map_err(|e| BackendError::Network(e.to_string()))?;
+        ateom_net::join_netns_before_exec(&mut cmd, ns, false)
+            .map_err(|e| BackendError::Network(e.to_string()))?;
         debug!(?args, "qemu");
         let mut child = cmd.spawn().map_err(|e| BackendError::Unavailable {
             what: format!("QEMU at {}", binary.display()),
             detail: e.to_string(),
         })?;
         let pid = child.id();
-        let console = Console::start(child.stdout.take().expect("piped"), child.stdin.take().expect("piped"), label.into())
-            .await
-            .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
+        let console = Console::start(
+            child.stdout.take().expect("piped"),
+            child.stdin.take().expect("piped"),
+            label.into(),
+        )
+        .await
+        .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
         let stderr_tail = Arc::new(Mutex::new(Vec::<String>::new()));
         let tail = stderr_tail.clone();
         let vm = label.to_owned();
@@ -532,11 +611,11 @@ impl QemuProcess {
             if let Some(why) = p.exited() {
                 return Err(BackendError::failed("starting QEMU", why));
             }
-            if p.qmp_path.exists() {
-                if let Ok(q) = Qmp::connect(&p.qmp_path).await {
-                    p.qmp = Some(q);
-                    break;
-                }
+            if p.qmp_path.exists()
+                && let Ok(q) = Qmp::connect(&p.qmp_path).await
+            {
+                p.qmp = Some(q);
+                break;
             }
             if tokio::time::Instant::now() > deadline {
                 p.kill().await;
@@ -553,16 +632,21 @@ impl QemuProcess {
 
     async fn qmp(&mut self) -> Result<&mut Qmp, BackendError> {
         if self.qmp.is_none() {
-            self.qmp = Some(Qmp::connect(&self.qmp_path).await.map_err(|e| BackendError::failed("QMP", e.to_string()))?);
+            self.qmp = Some(
+                Qmp::connect(&self.qmp_path).await.map_err(|e| BackendError::failed("QMP", e.to_string()))?,
+            );
         }
         Ok(self.qmp.as_mut().expect("connected"))
     }
 
     async fn kill(&mut self) {
-        if self.exited().is_none() {
-            if let Some(pid) = self.pid {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            }
+        if self.exited().is_none()
+            && let Some(pid) = self.pid
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         self.wait(Duration::from_secs(10)).await;
     }
@@ -634,7 +718,9 @@ impl Sandbox for QemuSandbox {
             .await
             .map_err(fail("checkpoint (migration capabilities)"))?;
             let uri = format!("exec:cat > {}", shell_quote(&dir.join(VMSTATE)));
-            qmp.execute("migrate", Some(json!({ "uri": uri }))).await.map_err(fail("checkpoint (migrate)"))?;
+            qmp.execute("migrate", Some(json!({ "uri": uri })))
+                .await
+                .map_err(fail("checkpoint (migrate)"))?;
             qmp.wait_migration(Duration::from_secs(120)).await.map_err(fail("checkpoint (device state)"))
         }
         .await;
@@ -649,11 +735,16 @@ impl Sandbox for QemuSandbox {
             p.kill().await;
         }
         // The RAM file (x-ignore-shared left it out of the stream) and the disk join the snapshot.
-        std::fs::rename(self.work_dir.join(MEMORY), dir.join(MEMORY)).map_err(|e| BackendError::io("moving guest RAM", e))?;
+        std::fs::rename(self.work_dir.join(MEMORY), dir.join(MEMORY))
+            .map_err(|e| BackendError::io("moving guest RAM", e))?;
         if self.disk {
-            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK)).map_err(|e| BackendError::io("moving the disk", e))?;
+            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
+                .map_err(|e| BackendError::io("moving the disk", e))?;
         }
-        Ok(CheckpointOutput { provenance: self.provenance.clone(), image_digests: self.image_digests.clone() })
+        Ok(CheckpointOutput {
+            provenance: self.provenance.clone(),
+            image_digests: self.image_digests.clone(),
+        })
     }
 
     async fn is_alive(&self) -> bool {
@@ -676,7 +767,11 @@ impl Backend for QemuBackend {
         self.launch(ctx, None).await
     }
 
-    async fn restore(&self, ctx: LaunchContext, snapshot: SnapshotInput<'_>) -> Result<Box<dyn Sandbox>, BackendError> {
+    async fn restore(
+        &self,
+        ctx: LaunchContext,
+        snapshot: SnapshotInput<'_>,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
         self.launch(ctx, Some(snapshot)).await
     }
 
@@ -688,10 +783,15 @@ impl Backend for QemuBackend {
             for e in entries.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
                 let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
-                let is_qemu = std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.starts_with("qemu-system"));
+                let is_qemu = std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("qemu-system"));
                 if is_qemu
                     && cwd.starts_with(&actors)
-                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok()
+                    && nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .is_ok()
                 {
                     done.push(format!("qemu process {pid}"));
                 }
@@ -712,7 +812,11 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright").unwrap(), "7.2.22");
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright")
+                .unwrap(),
+            "7.2.22"
+        );
         assert_eq!(parse_version("QEMU emulator version 10.0.2\n").unwrap(), "10.0.2");
         assert!(parse_version("nope").is_none());
     }

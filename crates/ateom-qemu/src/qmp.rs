@@ -39,12 +39,17 @@ pub struct Qmp {
 impl Qmp {
     /// Connects and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
         let (r, w) = stream.into_split();
         let mut qmp = Qmp { lines: BufReader::new(r).lines(), w };
         let greeting = qmp.read_value("greeting", Duration::from_secs(10)).await?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol { command: "greeting".into(), detail: format!("unexpected {greeting}") });
+            return Err(QmpError::Protocol {
+                command: "greeting".into(),
+                detail: format!("unexpected {greeting}"),
+            });
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
@@ -55,9 +60,14 @@ impl Qmp {
             .await
             .map_err(|_| QmpError::Timeout { command: command.into(), timeout })?
             .map_err(|e| QmpError::Protocol { command: command.into(), detail: e.to_string() })?
-            .ok_or_else(|| QmpError::Protocol { command: command.into(), detail: "QEMU closed the QMP socket".into() })?;
-        serde_json::from_str(&line)
-            .map_err(|e| QmpError::Protocol { command: command.into(), detail: format!("bad JSON {line:?}: {e}") })
+            .ok_or_else(|| QmpError::Protocol {
+                command: command.into(),
+                detail: "QEMU closed the QMP socket".into(),
+            })?;
+        serde_json::from_str(&line).map_err(|e| QmpError::Protocol {
+            command: command.into(),
+            detail: format!("bad JSON {line:?}: {e}"),
+        })
     }
 
     /// Runs a command and returns its `return` value (events are skipped).

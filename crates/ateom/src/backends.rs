@@ -58,8 +58,9 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
             let binary = if args.qemu.is_absolute() {
                 args.qemu.clone()
             } else {
-                find_on_path(&args.qemu.to_string_lossy())
-                    .context("the qemu backend needs qemu-system-x86_64 (apt install qemu-system-x86) or --qemu PATH")?
+                find_on_path(&args.qemu.to_string_lossy()).context(
+                    "the qemu backend needs qemu-system-x86_64 (apt install qemu-system-x86) or --qemu PATH",
+                )?
             };
             let mut defaults = microvm_defaults(args);
             defaults.kernel_image = defaults.kernel_image.or_else(crate::images::default_guest_kernel);

@@ -143,7 +143,12 @@ pub struct WorkerArgs {
     #[arg(long, help_heading = "microVM backends")]
     pub ready_console_line: Option<String>,
     /// The QEMU binary (qemu backend).
-    #[arg(long, env = "ATEOM_QEMU_BIN", default_value = "qemu-system-x86_64", help_heading = "microVM backends")]
+    #[arg(
+        long,
+        env = "ATEOM_QEMU_BIN",
+        default_value = "qemu-system-x86_64",
+        help_heading = "microVM backends"
+    )]
     pub qemu: PathBuf,
     /// QEMU accelerator: auto (KVM when a stock Linux guest can boot with it, else TCG), kvm, tcg.
     #[arg(long, default_value = "auto", help_heading = "microVM backends")]
