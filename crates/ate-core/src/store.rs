@@ -1,0 +1,264 @@
+//! The store contract: versioned records and one atomic multi-record compare-and-set.
+//!
+//! Everything the control plane knows lives in records `(kind, name) -> (version, body)`.
+//! A **write** ([`Store::commit`]) is a list of puts and deletes, each with an expectation
+//! on the record's current version ([`Expect`]); either every expectation holds and every
+//! change is applied, or nothing is and [`StoreError::Conflict`] names the first record that
+//! did not match. Versions come from one store-wide counter (a *revision*, like etcd's), so a
+//! record deleted and created again never reuses a version (no ABA).
+//!
+//! Every actor transition is one such write: the actor record (expecting the version it was
+//! read at) plus the worker lease records it takes or gives back (expecting theirs). Two
+//! control planes racing to claim a worker cannot both succeed; a control plane killed between
+//! two writes leaves a record that says exactly what it was doing.
+//!
+//! Implementations (`ate-store`): SQLite (one table, `BEGIN IMMEDIATE`) and Redis/Valkey (a
+//! Lua script). Both run the same conformance suite.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::actor::Actor;
+use crate::placement::WorkerInfo;
+use crate::resource::{PoolSpec, TemplateSpec};
+
+/// Record kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Template,
+    Pool,
+    Worker,
+    Lease,
+    Actor,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Template, Kind::Pool, Kind::Worker, Kind::Lease, Kind::Actor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Template => "template",
+            Kind::Pool => "pool",
+            Kind::Worker => "worker",
+            Kind::Lease => "lease",
+            Kind::Actor => "actor",
+        }
+    }
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub version: u64,
+    pub body: Vec<u8>,
+}
+
+/// What a write expects of a record's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (or nothing).
+    Any,
+    /// The record must not exist.
+    Absent,
+    /// The record must exist at exactly this version.
+    Version(u64),
+}
+
+/// One change of a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub name: String,
+    pub expect: Expect,
+    /// `Some(body)`: put; `None`: delete.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An expectation did not hold; nothing was written.
+    #[error("conflict on {kind} {name}: expected {expected:?}, found version {found:?}")]
+    Conflict { kind: &'static str, name: String, expected: Expect, found: Option<u64> },
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("record {kind} {name} does not decode: {detail}")]
+    Decode { kind: &'static str, name: String, detail: String },
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+/// A store of versioned records with atomic multi-record compare-and-set writes.
+///
+/// Implementations are synchronous and cheap per call (an embedded database or one round
+/// trip); async callers run them on a blocking thread.
+pub trait Store: Send + Sync {
+    /// "sqlite" or "redis".
+    fn backend(&self) -> &'static str;
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError>;
+    /// Every record of a kind, sorted by name, read consistently.
+    fn list(&self, kind: Kind) -> Result<Vec<(String, Record)>, StoreError>;
+    /// Applies every change or none; returns the revision all written records now carry.
+    fn commit(&self, changes: &[Change]) -> Result<u64, StoreError>;
+}
+
+/// A decoded record with its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: T,
+}
+
+/// Typed access on top of any [`Store`].
+pub trait StoreExt: Store {
+    fn get_as<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        match self.get(kind, name)? {
+            None => Ok(None),
+            Some(r) => Ok(Some(Versioned { version: r.version, value: decode(kind, name, &r.body)? })),
+        }
+    }
+
+    fn list_as<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<Versioned<T>>, StoreError> {
+        self.list(kind)?
+            .into_iter()
+            .map(|(name, r)| Ok(Versioned { version: r.version, value: decode(kind, &name, &r.body)? }))
+            .collect()
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+fn decode<T: DeserializeOwned>(kind: Kind, name: &str, body: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(body).map_err(|e| StoreError::Decode {
+        kind: kind.as_str(),
+        name: name.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// A put of a serializable value.
+pub fn put<T: Serialize>(kind: Kind, name: &str, expect: Expect, value: &T) -> Change {
+    Change {
+        kind,
+        name: name.to_owned(),
+        expect,
+        body: Some(serde_json::to_vec(value).expect("records serialize")),
+    }
+}
+
+/// A delete.
+pub fn delete(kind: Kind, name: &str, expect: Expect) -> Change {
+    Change { kind, name: name.to_owned(), expect, body: None }
+}
+
+/// Who holds a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "holder", content = "name", rename_all = "lowercase")]
+pub enum Holder {
+    Actor(String),
+    /// A template's golden-snapshot build.
+    Golden(String),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Actor(a) => write!(f, "actor {a}"),
+            Holder::Golden(t) => write!(f, "golden build of {t}"),
+        }
+    }
+}
+
+/// A worker's lease: the exclusive claim on it (kind `lease`, name = worker).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    #[serde(default)]
+    pub since_ms: u64,
+}
+
+/// A worker as last observed (kind `worker`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub name: String,
+    pub pool: String,
+    pub socket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<WorkerInfo>,
+    pub healthy: bool,
+    /// What the worker said runs on it, "namespace/template/actor" or empty.
+    #[serde(default)]
+    pub running: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub observed_ms: u64,
+}
+
+/// A worker pool (kind `pool`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub name: String,
+    pub spec: PoolSpec,
+}
+
+/// The golden snapshot of a template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GoldenStatus {
+    /// Waiting for a worker.
+    Pending,
+    /// Booting and checkpointing on `worker`.
+    Building,
+    Ready,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Golden {
+    pub status: GoldenStatus,
+    /// Generation of the build (the golden actor's id is `golden.<generation>`).
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// `<snapshot location>/golden`.
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub boot_ms: u64,
+}
+
+/// A template (kind `template`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    pub name: String,
+    pub namespace: String,
+    pub spec: TemplateSpec,
+    pub golden: Golden,
+}
+
+impl TemplateRecord {
+    /// Where the template's golden snapshot lives.
+    pub fn golden_prefix(spec: &TemplateSpec) -> String {
+        format!("{}/golden", spec.snapshot.location.trim_end_matches('/'))
+    }
+
+    /// Where an actor's own durable snapshots live.
+    pub fn actor_prefix(&self, actor: &str) -> String {
+        format!("{}/actors/{actor}", self.spec.snapshot.location.trim_end_matches('/'))
+    }
+}
+
+/// Decodes an actor record.
+pub type ActorRecord = Versioned<Actor>;
