@@ -1,0 +1,179 @@
+//! The embedded default: one SQLite file, no server.
+//!
+//! Schema (version 1):
+//!
+//! ```sql
+//! CREATE TABLE records (kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+//!                       body BLOB NOT NULL, PRIMARY KEY (kind, name)) WITHOUT ROWID;
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'revision', 'schema_version'
+//! ```
+//!
+//! A write is one `BEGIN IMMEDIATE` transaction (so several processes sharing the file
+//! serialize on SQLite's write lock): check every expectation, bump `revision`, apply every
+//! change with the new revision as its version, commit. The database runs in WAL mode with
+//! `synchronous=FULL`: a committed transition survives a crash of the process and of the
+//! machine.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ate_core::store::{Change, Expect, Kind, Record, Store, StoreError};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// A [`Store`] in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(backend)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS records (
+                 kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+                 PRIMARY KEY (kind, name)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);",
+        )
+        .map_err(backend)?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        match found {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])
+                    .map_err(backend)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Backend(format!(
+                    "database schema version {v} is not supported (this ate knows {SCHEMA_VERSION})"
+                )));
+            }
+        }
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT version, body FROM records WHERE kind = ?1 AND name = ?2",
+            params![kind.as_str(), name],
+            |r| Ok(Record { version: r.get::<_, i64>(0)? as u64, body: r.get(1)? }),
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<(String, Record)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, version, body FROM records WHERE kind = ?1 ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([kind.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, Record { version: r.get::<_, i64>(1)? as u64, body: r.get(2)? }))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        for c in changes {
+            let found: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM records WHERE kind = ?1 AND name = ?2",
+                    params![c.kind.as_str(), c.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let found = found.map(|v| v as u64);
+            let ok = match c.expect {
+                Expect::Any => true,
+                Expect::Absent => found.is_none(),
+                Expect::Version(v) => found == Some(v),
+            };
+            if !ok {
+                // Dropping the transaction rolls it back.
+                return Err(StoreError::Conflict {
+                    kind: c.kind.as_str(),
+                    name: c.name.clone(),
+                    expected: c.expect,
+                    found,
+                });
+            }
+        }
+        let revision: i64 = tx
+            .query_row("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        for c in changes {
+            match &c.body {
+                Some(body) => tx.execute(
+                    "INSERT INTO records (kind, name, version, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, name) DO UPDATE SET version = excluded.version, body = excluded.body",
+                    params![c.kind.as_str(), c.name, revision, body],
+                ),
+                None => tx.execute(
+                    "DELETE FROM records WHERE kind = ?1 AND name = ?2",
+                    params![c.kind.as_str(), c.name],
+                ),
+            }
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(revision as u64)
+    }
+}
+
+impl SqliteStore {
+    /// Overwrites the schema version (tests of the version check).
+    #[doc(hidden)]
+    pub fn set_schema_version_for_tests(path: &Path, version: i64) -> Result<(), StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [version])
+            .map_err(backend)?;
+        Ok(())
+    }
+}
