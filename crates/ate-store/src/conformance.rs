@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ate_core::store::{Change, Expect, Kind, Store, StoreExt, delete, put};
 
+/// One check: a fresh store and a second handle onto it.
+pub type Check = fn(&Arc<dyn Store>, &Arc<dyn Store>);
+
 /// Runs every check; panics with a description on the first failure.
 pub fn run_all(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
-    let checks: [(&str, fn(&Arc<dyn Store>, &Arc<dyn Store>)); 8] = [
+    let checks: [(&str, Check); 8] = [
         ("create_get_and_absent", create_get_and_absent),
         ("writes_are_all_or_nothing", writes_are_all_or_nothing),
         ("versions_never_repeat", versions_never_repeat),
