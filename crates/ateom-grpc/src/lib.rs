@@ -40,7 +40,8 @@ impl pb::Ateom for AteomService {
     ) -> Result<Response<pb::RunWorkloadResponse>, Status> {
         let req = convert::run_request(request.get_ref()).map_err(status::invalid)?;
         let span = info_span!("run", actor = %req.actor);
-        let started = self.runtime.run(req).instrument(span).await.map_err(status::from_runtime)?;
+        let rt = self.runtime.clone();
+        let started = detached(async move { rt.run(req).instrument(span).await }).await?;
         Ok(Response::new(pb::RunWorkloadResponse {
             ready: true,
             workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
@@ -56,7 +57,8 @@ impl pb::Ateom for AteomService {
     ) -> Result<Response<pb::CheckpointWorkloadResponse>, Status> {
         let req = convert::checkpoint_request(request.get_ref()).map_err(status::invalid)?;
         let span = info_span!("checkpoint", actor = %req.actor);
-        let done = self.runtime.checkpoint(req).instrument(span).await.map_err(status::from_runtime)?;
+        let rt = self.runtime.clone();
+        let done = detached(async move { rt.checkpoint(req).instrument(span).await }).await?;
         Ok(Response::new(pb::CheckpointWorkloadResponse {
             snapshot_files: done.files.iter().map(|p| p.display().to_string()).collect(),
             manifest: Some(convert::manifest(&done.manifest)),
@@ -77,7 +79,8 @@ impl pb::Ateom for AteomService {
     ) -> Result<Response<pb::RestoreWorkloadResponse>, Status> {
         let req = convert::restore_request(request.get_ref()).map_err(status::invalid)?;
         let span = info_span!("restore", actor = %req.actor);
-        let started = self.runtime.restore(req).instrument(span).await.map_err(status::from_runtime)?;
+        let rt = self.runtime.clone();
+        let started = detached(async move { rt.restore(req).instrument(span).await }).await?;
         Ok(Response::new(pb::RestoreWorkloadResponse {
             ready: true,
             workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
@@ -104,6 +107,20 @@ impl pb::Ateom for AteomService {
             host_endpoint: endpoint_str(info.host_endpoint),
             console: info.console.unwrap_or_default(),
         }))
+    }
+}
+
+/// Runs a state-changing runtime operation in its own task, so that a client that goes
+/// away (a control plane killed mid-call) cannot cancel it halfway: tonic drops a handler's
+/// future when its client disconnects, and a Run/Checkpoint/Restore cut at an arbitrary
+/// await point would leak a sandbox or lose a workload. The operation always finishes; the
+/// client, if still there, gets its answer.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, ateom_runtime::RuntimeError>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(op).await {
+        Ok(r) => r.map_err(status::from_runtime),
+        Err(e) => Err(Status::internal(format!("worker operation panicked: {e}"))),
     }
 }
 
