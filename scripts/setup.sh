@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ateom needs on a fresh Debian 12 machine and builds it.
 #
-#   scripts/setup.sh          install packages + build (release) + build the counter demo
+#   scripts/setup.sh          install packages, build ateom (release), the counter demo, the
+#                             guest init, the freestanding test guest and the guest kernel
 #   scripts/setup.sh --demo   ... then run the demo (`ateom demo --backend gvisor`)
 #
 # Idempotent: packages already present are not reinstalled, builds are incremental.
@@ -16,9 +17,9 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-packages=(runsc busybox-static e2fsprogs iproute2 zstd qemu-system-x86 redis-server
-          linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
-          python3 curl)
+packages=(runsc busybox-static e2fsprogs iproute2 zstd qemu-system-x86 qemu-utils redis-server
+          linux-source-6.1 build-essential binutils bc bison flex libelf-dev libssl-dev cpio
+          xz-utils python3 curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -42,6 +43,14 @@ cargo build --release --locked -p ateom >&2
 log "building the static counter demo"
 counter="$(scripts/build-counter.sh)"
 log "counter: $counter"
+log "building the static guest init (ateom-init)"
+guest_init="$(scripts/build-init.sh)"
+log "guest init: $guest_init"
+log "building the freestanding test guest (firecracker tests and demo)"
+scripts/build-test-guest.sh >/dev/null
+log "building the guest kernel (first time ~7 minutes on 2 cores; cached in ~/.cache/ateom/kernel)"
+kernel="$(scripts/build-guest-kernel.sh)"
+log "guest kernel: $kernel"
 
 if [[ "${1:-}" == "--demo" ]]; then
     shift

@@ -76,7 +76,7 @@ impl Console {
         self.inner.history.lock().expect("console lock").1
     }
 
-    /// Waits until the guest prints a line containing `needle` after byte `since`.
+    /// Waits until the guest prints a complete line containing `needle` after byte `since`.
     pub async fn wait_for(&self, needle: &str, since: u64, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -87,7 +87,10 @@ impl Console {
                 let start = total.saturating_sub(buf.len() as u64);
                 let skip = since.saturating_sub(start) as usize;
                 let text: Vec<u8> = buf.iter().skip(skip).copied().collect();
-                if String::from_utf8_lossy(&text).lines().any(|l| l.contains(needle)) {
+                // Complete lines only: a line whose newline has not arrived yet is not
+                // printed yet (a client attaching now would still receive its end).
+                let complete = text.iter().rposition(|b| *b == b'\n').map_or(&text[..0], |i| &text[..=i]);
+                if String::from_utf8_lossy(complete).lines().any(|l| l.contains(needle)) {
                     return Ok(());
                 }
             }

@@ -158,12 +158,36 @@ async fn freestanding_guest_counter_survives_checkpoint_and_restore() {
     assert_eq!(drive(&r.console, 1).await, vec![4], "the counter kept in guest RAM continued");
     assert_eq!(firecracker_processes(&w), 1, "a new firecracker process");
 
+    // `ateom console` reaches the same console through the worker's socket.
+    let mut console = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .arg("console")
+        .arg("--socket")
+        .arg(&w.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{BufRead, Write};
+        let mut stdin = console.stdin.take().unwrap();
+        let mut out = std::io::BufReader::new(console.stdout.take().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(b"x").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "5", "ateom console drives the guest");
+    }
+    let _ = console.kill();
+    let _ = console.wait();
+
     // The same snapshot again: the same continuation (the memory file was mapped, not changed).
     c.checkpoint_workload(checkpoint_req("fc1")).await.unwrap();
     let mut again = restore_req("fc1");
     again.snapshot_id = m.snapshot_id.clone();
     let r2 = c.restore_workload(again).await.expect("second restore").into_inner();
-    assert_eq!(drive(&r2.console, 2).await, vec![4, 5]);
+    assert_eq!(drive(&r2.console, 2).await, vec![4, 5], "the same continuation from the same snapshot");
     c.checkpoint_workload(checkpoint_req("fc1")).await.unwrap();
     assert_eq!(firecracker_processes(&w), 0);
 }
