@@ -126,8 +126,11 @@ impl GuestImageBuilder {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&guest_init, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| fail("init permissions", e))?;
-            std::fs::write(staging.join(CONFIG_PATH.trim_start_matches('/')), config)
-                .map_err(|e| fail("writing the workload config", e))?;
+            let config_path = staging.join(CONFIG_PATH.trim_start_matches('/'));
+            std::fs::write(&config_path, config).map_err(|e| fail("writing the workload config", e))?;
+            // The environment may hold secrets.
+            std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail("config permissions", e))?;
             // Room for the workload's writes: half again the content, at least 64 MiB.
             let content = dir_bytes(&staging);
             let size = (content + content / 2 + (64 << 20)).div_ceil(4 << 20) * (4 << 20);

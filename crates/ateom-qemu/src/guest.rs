@@ -3,11 +3,11 @@
 //! that corrects the clock and reseeds the RNG after a restore.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ateom_core::{BackendError, ContainerSpec, Dialer, ImageRef};
 use ateom_microvm::guest_image::{BuiltDisk, GuestImageBuilder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::info;
 
 /// The root disk for one container image: (disk, container name, image digest).
@@ -16,7 +16,6 @@ pub fn disk_for(
     container: &ContainerSpec,
     image: &ImageRef,
     init: &Path,
-    hostname: &str,
 ) -> Result<(BuiltDisk, String, String), BackendError> {
     let image_err = |detail: String| BackendError::Image { container: container.name.to_string(), detail };
     let prepared = ateom_image::ImageStore::new(cache.join("images"))
@@ -29,7 +28,7 @@ pub fn disk_for(
     };
     let opts = ateom_image::BundleOptions {
         rootfs: prepared.rootfs.clone(),
-        hostname: hostname.into(),
+        hostname: "ateom".into(),
         netns_path: None,
         readonly_rootfs: false,
     };
@@ -42,56 +41,81 @@ pub fn disk_for(
     Ok((disk, container.name.to_string(), prepared.manifest_digest))
 }
 
-/// `/.ateom/config.json` for `ateom-init`: the process of the OCI runtime spec.
+/// `/.ateom/config.json` for `ateom-init`: the OCI runtime spec's process (ateom-init's
+/// `Process` reads the OCI field names), validated by ateom-init's own decoder. Nothing
+/// per-actor goes in (the hostname comes from the kernel command line), so every actor of
+/// one template shares one cached root disk.
 pub fn workload_config(spec: &ateom_image::oci_spec::runtime::Spec) -> Result<Vec<u8>, String> {
     let process = spec.process().as_ref().ok_or("the image's runtime spec has no process")?;
-    let v = serde_json::json!({ "version": 1, "process": process });
-    serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())
+    let v = serde_json::json!({
+        "version": ateom_init::config::CONFIG_VERSION,
+        "process": process,
+    });
+    let config =
+        ateom_init::config::WorkloadConfig::from_json(&serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("the workload does not fit ateom-init: {e}"))?;
+    config.to_json().map_err(|e| e.to_string())
+}
+
+/// The kernel command-line words ateom-init reads for the guest network and hostname.
+pub fn boot_args(net: &ateom_core::TapNetwork, hostname: &str) -> String {
+    let params = ateom_init::cmdline::BootParams {
+        ip: ateom_init::cmdline::Ipv4Cidr::new(net.guest_ip, net.prefix_len),
+        gateway: Some(net.host_ip),
+        hostname: Some(hostname.to_owned()),
+        ..ateom_init::cmdline::BootParams::default()
+    };
+    params.kernel_args()
 }
 
 /// The guest init's control port.
-pub const CONTROL_PORT: u16 = 10789;
+pub const CONTROL_PORT: u16 = ateom_init::cmdline::DEFAULT_CTL_PORT;
 
-/// After a restore: tell the guest the host's time and give it fresh entropy, retrying
-/// until its control port answers (the guest just resumed) or `timeout` passes.
-pub async fn sync_after_restore(dialer: &dyn Dialer, timeout: Duration) -> Result<(), BackendError> {
+/// Tells the guest the host's time and gives it fresh entropy (ateom-init sets
+/// `CLOCK_REALTIME`, credits the entropy and forces a CRNG reseed), retrying until its
+/// control port answers or `timeout` passes. After a restore this runs before the workload
+/// sees traffic; after a boot it corrects the RTC's one-second resolution.
+pub async fn sync_clock_and_entropy(dialer: &dyn Dialer, timeout: Duration) -> Result<(), BackendError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         match sync_once(dialer).await {
-            Ok(delta_ms) => {
-                info!(clock_delta_ms = delta_ms, "guest clock set and RNG reseeded");
+            Ok(delta_ns) => {
+                info!(clock_delta_ms = delta_ns / 1_000_000, "guest clock set and RNG reseeded");
                 return Ok(());
             }
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Err(BackendError::failed("syncing the restored guest (clock, entropy)", last))
+    Err(BackendError::failed("syncing the guest (clock, entropy) through ateom-init", last))
 }
 
 async fn sync_once(dialer: &dyn Dialer) -> Result<i64, String> {
-    let mut entropy = [0u8; 64];
-    getrandom(&mut entropy)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    use ateom_init::protocol::{self, Request, Response};
+    let request = Request::sync_now().map_err(|e| format!("host entropy: {e}"))?;
+    let frame = protocol::encode_request(&request).map_err(|e| e.to_string())?;
     let mut stream = tokio::time::timeout(Duration::from_millis(200), dialer.dial(CONTROL_PORT))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let req = serde_json::json!({"op": "sync", "unix_time_ns": now, "entropy": hex::encode(entropy)});
-    stream.write_all(format!("{req}\n").as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut resp))
-        .await
-        .map_err(|_| "no answer".to_string())?
-        .map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&resp).map_err(|e| format!("bad answer: {e}"))?;
-    v.get("delta_ms").and_then(|d| d.as_i64()).ok_or_else(|| format!("unexpected answer {v}"))
-}
-
-fn getrandom(buf: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|e| format!("host entropy: {e}"))
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    let mut limited = tokio::io::AsyncReadExt::take(&mut stream, protocol::MAX_FRAME_LEN as u64);
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncBufReadExt::read_until(
+            &mut tokio::io::BufReader::new(&mut limited),
+            b'\n',
+            &mut reply,
+        ),
+    )
+    .await
+    .map_err(|_| "no answer".to_string())?
+    .map_err(|e| e.to_string())?;
+    match protocol::decode_response(&reply).map_err(|e| e.to_string())? {
+        Response::Synced { delta_ns, reseeded: true, .. } => Ok(delta_ns),
+        Response::Synced { .. } => Err("the guest could not reseed its RNG".into()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
 }

@@ -208,13 +208,11 @@ impl QemuBackend {
                 })?;
                 let (container, image) = ((*container).clone(), image.clone());
                 let cache = ctx.cache_dir.clone();
-                let hostname = ctx.actor.actor_id.to_string();
-                let built = tokio::task::spawn_blocking(move || {
-                    guest::disk_for(&cache, &container, &image, &init, &hostname)
-                })
-                .await
-                .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
-                debug!(disk = %built.0.path.display(), cache_hit = built.0.cache_hit, build_ms = built.0.build_ms, "root disk");
+                let built =
+                    tokio::task::spawn_blocking(move || guest::disk_for(&cache, &container, &image, &init))
+                        .await
+                        .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
+                info!(disk = %built.0.path.display(), cache_hit = built.0.cache_hit, build_ms = built.0.build_ms, "root disk");
                 digests.insert(built.1, built.2);
                 Ok((Some(built.0.path), digests, true))
             }
@@ -295,11 +293,9 @@ impl QemuBackend {
             // TCG cannot calibrate the TSC against the PIT reliably (guest/kernel/README.md).
             parts.push(format!("tsc_early_khz={khz}"));
         }
-        if let Some(n) = &cfg.network {
-            parts.push(format!("ateom.ip={}/{}", n.guest_ip, n.prefix_len));
-            parts.push(format!("ateom.gw={}", n.host_ip));
+        if let (true, Some(n)) = (ateom_init, &cfg.network) {
+            parts.push(guest::boot_args(n, hostname));
         }
-        parts.push(format!("ateom.hostname={hostname}"));
         if let Some(extra) = &cfg.kernel_cmdline {
             parts.push(extra.clone());
         }
@@ -420,7 +416,7 @@ impl QemuBackend {
         };
         vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline, ateom_init);
         let result = match snapshot {
-            None => self.boot(&cfg, &mut vm).await,
+            None => self.boot(&cfg, &mut vm, ateom_init).await,
             Some(s) => self.load(s, &mut vm, ateom_init).await,
         };
         match result {
@@ -460,7 +456,23 @@ impl QemuBackend {
         }
     }
 
-    async fn boot(&self, cfg: &MicroVmConfig, vm: &mut QemuSandbox) -> Result<(), BackendError> {
+    async fn boot(
+        &self,
+        cfg: &MicroVmConfig,
+        vm: &mut QemuSandbox,
+        ateom_init: bool,
+    ) -> Result<(), BackendError> {
+        if ateom_init {
+            // The guest's clock starts from the RTC (one-second resolution): set it exactly.
+            let dialer = vm.dialer.clone().expect("network");
+            let p = vm.proc.as_ref().expect("spawned");
+            tokio::select! {
+                r = guest::sync_clock_and_entropy(dialer.as_ref(), self.opts.ready_timeout) => r?,
+                why = async { loop { if let Some(w) = p.exited() { return w; } tokio::time::sleep(Duration::from_millis(5)).await; } } => {
+                    return Err(BackendError::failed("booting the microVM", format!("{why}; console: {}", p.console.tail(2048))));
+                }
+            }
+        }
         if let Some(line) = &cfg.ready_console_line {
             let p = vm.proc.as_ref().expect("spawned");
             let wait = p.console.wait_for(line, 0, self.opts.ready_timeout);
@@ -505,7 +517,7 @@ impl QemuBackend {
         // run ateom's init; others are on their own).
         if ateom_init {
             let dialer = vm.dialer.clone().expect("network");
-            guest::sync_after_restore(dialer.as_ref(), Duration::from_secs(10)).await?;
+            guest::sync_clock_and_entropy(dialer.as_ref(), Duration::from_secs(10)).await?;
         }
         Ok(())
     }

@@ -178,3 +178,145 @@ async fn linux_guest_state_survives_checkpoint_and_restore_and_moves_nodes() {
     cb.checkpoint_workload(checkpoint_req("q1")).await.unwrap();
     assert_eq!(qemu_processes(&b), 0);
 }
+
+fn http_worker(dir: &Path, name: &str, kernel: &Path) -> Worker {
+    let init = Command::new("bash").arg(repo_root().join("scripts/build-init.sh")).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let init = String::from_utf8(init.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+    let kernel = kernel.display().to_string();
+    Worker::start(
+        &dir.join(name),
+        &[
+            "--backend",
+            "qemu",
+            "--kernel",
+            &kernel,
+            "--guest-init",
+            &init,
+            "--memory-mib",
+            "256",
+            "--ready-timeout",
+            "60s",
+            "--host-id",
+            name,
+        ],
+    )
+}
+
+async fn get_text(endpoint: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    let (status, body) = ateom_runtime::probe::http_get(&mut s, endpoint, path).await.unwrap();
+    assert_eq!(status, 200, "{path}");
+    String::from_utf8(body).unwrap()
+}
+
+/// Moves the guest's clock by talking to ateom-init's control port from inside the worker's
+/// VM namespace, as if the snapshot taken next were `skew` old when restored.
+async fn skew_guest_clock(w: &Worker, skew: std::time::Duration) {
+    use ateom_core::Dialer;
+    use ateom_init::protocol::{Entropy, Request, Response, decode_response, encode_request};
+    use tokio::io::AsyncReadExt;
+    let ns = ateom_net::Netns::open(&format!("ateom-{}-vm", instance_id(&w.state_dir))).unwrap();
+    let dialer = ateom_net::NetnsDialer::new(&ns, "169.254.0.2".parse().unwrap()).unwrap();
+    let mut s = dialer.dial(ateom_init::cmdline::DEFAULT_CTL_PORT).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() - skew;
+    let req = Request::Sync { unix_time_ns: now.as_nanos() as i64, entropy: Entropy([7u8; 64]) };
+    s.write_all(&encode_request(&req).unwrap()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(matches!(decode_response(&buf).unwrap(), Response::Synced { .. }));
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counter_image_on_a_linux_microvm_keeps_memory_disk_clock_and_fresh_randomness() {
+    let kernel = require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let w = http_worker(tmp.path(), "node-a", &kernel);
+    let mut c = w.client().await;
+
+    let t = Instant::now();
+    let run = c.run_workload(run_req("h1", &image)).await.expect("boot the counter image").into_inner();
+    eprintln!("qemu: image -> ext4 -> boot -> ready in {:?}", t.elapsed());
+    assert_eq!(run.workload_address, "169.254.0.2:8080");
+    let mut before = None;
+    for i in 1..=3 {
+        let n = hit(&run.host_endpoint).await;
+        assert_eq!((n.memory, n.file), (i, i));
+        before = Some(n);
+    }
+    let before = before.unwrap();
+    let guest_now: i64 = get_text(&run.host_endpoint, "/time").await.trim().parse().unwrap();
+    assert!(
+        (guest_now - unix_ms()).abs() < 1000,
+        "a fresh boot's clock is synced: off by {} ms",
+        guest_now - unix_ms()
+    );
+
+    // Make the snapshot "ten minutes old" as far as the guest clock goes.
+    skew_guest_clock(&w, std::time::Duration::from_secs(600)).await;
+    let skewed: i64 = get_text(&run.host_endpoint, "/time").await.trim().parse().unwrap();
+    assert!(unix_ms() - skewed > 590_000, "the skew took: {}", unix_ms() - skewed);
+
+    let ck = c.checkpoint_workload(checkpoint_req("h1")).await.expect("checkpoint").into_inner();
+    let m = ck.manifest.unwrap();
+    assert!(m.image_digests["counter"].starts_with("sha256:"));
+    assert_eq!(m.provenance["qemu.guest_init"], "ateom-init");
+    assert!(w.namespaces().is_empty());
+    assert_eq!(qemu_processes(&w), 0);
+
+    let r = c.restore_workload(restore_req("h1")).await.expect("restore").into_inner();
+    let first_random = get_text(&r.host_endpoint, "/random").await;
+    let guest_now: i64 = get_text(&r.host_endpoint, "/time").await.trim().parse().unwrap();
+    assert!(
+        (guest_now - unix_ms()).abs() < 1000,
+        "restored clock within 1 s of the host: off by {} ms",
+        guest_now - unix_ms()
+    );
+    let after = hit(&r.host_endpoint).await;
+    assert_eq!((after.memory, after.file), (4, 4), "memory and disk state continued");
+    assert_eq!(after.sha, before.sha, "same file");
+    c.checkpoint_workload(checkpoint_req("h1")).await.unwrap();
+
+    // A second restore of the same snapshot: the same state, but not the same randomness.
+    let mut again = restore_req("h1");
+    again.snapshot_id = m.snapshot_id.clone();
+    let r2 = c.restore_workload(again).await.expect("second restore").into_inner();
+    let second_random = get_text(&r2.host_endpoint, "/random").await;
+    assert_ne!(first_random, second_random, "two restores of one snapshot must not share randomness");
+    let n = hit(&r2.host_endpoint).await;
+    assert_eq!((n.memory, n.file), (4, 4));
+    c.checkpoint_workload(checkpoint_req("h1")).await.unwrap();
+
+    // The same image again: the root disk comes from the cache.
+    let disks = || std::fs::read_dir(w.state_dir.join("cache/guest/ext4")).unwrap().flatten().count();
+    assert_eq!(disks(), 1);
+    let run = c.run_workload(run_req("h2", &image)).await.expect("second actor, same image").into_inner();
+    assert_eq!(hit(&run.host_endpoint).await.memory, 1);
+    assert_eq!(disks(), 1, "rootfs cache hit on the same image digest");
+    assert!(w.log_text().contains("cache_hit=true"), "the worker logs the cache hit");
+    c.checkpoint_workload(checkpoint_req("h2")).await.unwrap();
+}
+
+#[test]
+fn the_guest_kernel_build_is_cached() {
+    if guest_kernel().is_none() {
+        eprintln!("SKIPPED the_guest_kernel_build_is_cached: no kernel");
+        return;
+    }
+    let t = Instant::now();
+    let k = guest_kernel().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "a second build is a cache hit: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        k.starts_with(std::env::var("HOME").unwrap_or_default())
+            || k.to_string_lossy().contains("/ateom/kernel/")
+    );
+}
