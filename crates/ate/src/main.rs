@@ -1,0 +1,381 @@
+//! `ate`: the control plane (`ate serve`) and its command-line client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use ate::api::{ActorView, ApiClient, WorkerView};
+use ate::controller::Config;
+use ate::server::{ServeOptions, start};
+use ate_store::StoreConfig;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use serde_json::json;
+
+const LONG_ABOUT: &str = "\
+ate is the control plane above ateom workers: actors multiplexed onto few workers, paused or
+suspended while idle, resumed when traffic arrives, with their state intact.
+
+  ate serve --db /var/lib/ate/ate.db --router 127.0.0.1:7080 --api 127.0.0.1:7070 &
+  ate apply -f resources.yaml            # worker pools and templates (golden snapshots)
+  ate create actor a1 --template counter
+  curl -H 'Host: a1.actors.local' http://127.0.0.1:7080/     # resumes a1, forwards
+  ate get actors; ate get workers; ate pause actor a1; ate suspend actor a1
+
+`ate demo --json` and `ate bench --json` bring up 3 local gVisor workers themselves.";
+
+#[derive(Parser)]
+#[command(name = "ate", version, about = "ate — control plane for ateom workers", long_about = LONG_ABOUT)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, global = true, env = "ATE_LOG", default_value = "info")]
+    log: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// The admin API of `ate serve` (where `serve` listens, and what the client verbs call).
+    #[arg(long, global = true, env = "ATE_API", default_value = "127.0.0.1:7070")]
+    api: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane: store, controller, router, admin API, metrics.
+    Serve(ServeArgs),
+    /// Apply resources (WorkerPool, ActorTemplate, Actor) from a YAML file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Create an actor (SUSPENDED on its template's golden snapshot).
+    Create {
+        #[command(subcommand)]
+        what: CreateWhat,
+    },
+    /// Show actors, workers or templates.
+    Get(GetArgs),
+    /// List actors (same as `get actors`).
+    List {
+        #[arg(value_parser = ["actors", "actor"], default_value = "actors")]
+        what: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Pause a RUNNING actor (LOCAL snapshot on its node).
+    Pause(ActorArg),
+    /// Suspend a RUNNING or PAUSED actor (DURABLE snapshot).
+    Suspend(ActorArg),
+    /// Resume an actor now (also retries a CRASHED one).
+    Resume(ActorArg),
+    /// Delete an actor and its durable snapshots.
+    Delete(ActorArg),
+    /// 3 gVisor workers, 30 actors, traffic through the router through pause/suspend cycles.
+    Demo(ate::demo::DemoArgs),
+    /// Traffic-triggered resume latency and throughput vs direct ateom restores.
+    Bench(ate::demo::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CreateWhat {
+    Actor {
+        name: String,
+        #[arg(long)]
+        template: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// actors | actor NAME | workers | templates | pools
+    what: String,
+    name: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ActorArg {
+    #[arg(value_parser = ["actor"])]
+    kind: String,
+    name: String,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// SQLite database file (the default store).
+    #[arg(long, conflicts_with = "redis", default_value = "/var/lib/ate/ate.db")]
+    db: PathBuf,
+    /// Redis/Valkey URL (redis://host:port/db) instead of SQLite, for several replicas.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Key prefix in Redis.
+    #[arg(long, default_value = "ate:")]
+    redis_prefix: String,
+    /// The router's listen address (loopback).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    router: SocketAddr,
+    /// A separate Prometheus listener (the API serves /metrics as well).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Actors answer as `<actor>.<suffix>`.
+    #[arg(long, default_value = "actors.local")]
+    suffix: String,
+    /// Resources (YAML) to apply at start.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This replica's name in recorded intents (stable across restarts).
+    #[arg(long, default_value = "ate")]
+    replica_id: String,
+    /// How long a request waits for its actor to resume.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resume_timeout: Duration,
+    /// How long a PAUSED actor waits for its node before using a durable copy elsewhere.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    local_wait: Duration,
+    /// Do not pause idle actors to make room for a resume.
+    #[arg(long)]
+    no_evict: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn age(ms: u64) -> String {
+    let s = ate::controller::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+fn print_actors(actors: &[ActorView], output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(actors)?);
+        return Ok(());
+    }
+    let rows = actors
+        .iter()
+        .map(|v| {
+            let a = &v.actor;
+            let snapshot = match (&a.local, &a.durable) {
+                (Some(l), _) => {
+                    format!("local@{}:{}", l.worker, l.snapshot_id.as_deref().unwrap_or("newest"))
+                }
+                (None, Some(d)) => format!("{}:{}", d.tier.as_str(), d.snapshot_id),
+                _ => "-".into(),
+            };
+            vec![
+                a.name.clone(),
+                a.template.clone(),
+                a.state.to_string(),
+                a.worker.clone().unwrap_or_else(|| "-".into()),
+                snapshot,
+                a.resumes.to_string(),
+                age(a.state_since_ms),
+                a.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "TEMPLATE", "STATE", "WORKER", "SNAPSHOT", "RESUMES", "AGE", "REASON"], rows);
+    Ok(())
+}
+
+fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(ws)?);
+        return Ok(());
+    }
+    let rows = ws
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.pool.clone(),
+                if w.healthy { "yes".into() } else { "no".into() },
+                w.holder.clone().unwrap_or_else(|| "-".into()),
+                if w.running.is_empty() { "-".into() } else { w.running.clone() },
+                w.host_id.clone().unwrap_or_default(),
+                w.endpoint.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "POOL", "HEALTHY", "HOLDER", "RUNNING", "HOST", "ENDPOINT"], rows);
+    Ok(())
+}
+
+async fn serve(api: &str, a: ServeArgs) -> Result<()> {
+    let store = match a.redis {
+        Some(url) => StoreConfig::Redis { url, prefix: a.redis_prefix },
+        None => StoreConfig::Sqlite(a.db),
+    };
+    let resources = a.config.map(std::fs::read_to_string).transpose()?;
+    let opts = ServeOptions {
+        store,
+        router: a.router,
+        api: api.parse()?,
+        metrics: a.metrics,
+        suffix: a.suffix,
+        controller: Config {
+            owner: a.replica_id,
+            resume_timeout: a.resume_timeout,
+            local_wait: a.local_wait,
+            evict: !a.no_evict,
+            ..Config::default()
+        },
+        resources,
+    };
+    let running = start(opts).await?;
+    // Machine-readable readiness line for scripts and tests.
+    println!(
+        "{}",
+        json!({"router": running.router_addr.to_string(), "api": running.api_addr.to_string(),
+               "metrics": running.metrics_addr.map(|m| m.to_string())})
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+    running.stop();
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let c = ApiClient::new(&cli.api);
+        match cli.cmd {
+            Cmd::Serve(a) => serve(&cli.api, a).await,
+            Cmd::Apply { file, output } => {
+                let text = std::fs::read_to_string(&file)?;
+                let v = c.apply(&text).await?;
+                if output == Output::Json {
+                    println!("{v}");
+                } else {
+                    for l in v["applied"].as_array().into_iter().flatten() {
+                        println!("{}", l.as_str().unwrap_or_default());
+                    }
+                }
+                Ok(())
+            }
+            Cmd::Create { what: CreateWhat::Actor { name, template, output } } => {
+                let v = c
+                    .call(Method::POST, "/v1/actors", Some(json!({"name": name, "template": template})))
+                    .await?;
+                let a: ActorView = serde_json::from_value(v)?;
+                print_actors(&[a], output)
+            }
+            Cmd::Get(g) => match (g.what.as_str(), g.name) {
+                ("actor" | "actors", Some(name)) => print_actors(&[c.actor(&name).await?], g.output),
+                ("actors" | "actor", None) => print_actors(&c.actors().await?, g.output),
+                ("workers" | "worker", _) => print_workers(&c.workers().await?, g.output),
+                ("templates" | "template", _) => {
+                    let v = c.call(Method::GET, "/v1/templates", None).await?;
+                    if g.output == Output::Json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        let rows = v
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|t| {
+                                vec![
+                                    t["name"].as_str().unwrap_or_default().to_owned(),
+                                    t["spec"]["pool"].as_str().unwrap_or_default().to_owned(),
+                                    t["golden"]["status"].as_str().unwrap_or_default().to_owned(),
+                                    t["golden"]["snapshot_id"].as_str().unwrap_or("-").to_owned(),
+                                    t["spec"]["snapshot"]["location"].as_str().unwrap_or_default().to_owned(),
+                                ]
+                            })
+                            .collect();
+                        table(&["NAME", "POOL", "GOLDEN", "SNAPSHOT", "LOCATION"], rows);
+                    }
+                    Ok(())
+                }
+                ("pools" | "pool", _) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&c.call(Method::GET, "/v1/pools", None).await?)?
+                    );
+                    Ok(())
+                }
+                (w, _) => bail!("unknown resource {w:?} (actors, actor NAME, workers, templates, pools)"),
+            },
+            Cmd::List { output, .. } => print_actors(&c.actors().await?, output),
+            Cmd::Pause(a) => print_actors(&[c.action(&a.name, "pause").await?], a.output),
+            Cmd::Suspend(a) => print_actors(&[c.action(&a.name, "suspend").await?], a.output),
+            Cmd::Resume(a) => print_actors(&[c.action(&a.name, "resume").await?], a.output),
+            Cmd::Delete(a) => {
+                let v = c.call(Method::DELETE, &format!("/v1/actors/{}", a.name), None).await?;
+                if a.output == Output::Json {
+                    println!("{v}");
+                } else {
+                    println!("actor/{} deleted", a.name);
+                }
+                Ok(())
+            }
+            Cmd::Demo(a) => ate::demo::demo(a).await,
+            Cmd::Bench(a) => ate::demo::bench(a).await,
+        }
+    })
+}

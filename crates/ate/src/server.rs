@@ -1,0 +1,109 @@
+//! `ate serve`: the store, the controller, its loops, the router and the admin API in one
+//! process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ate_store::StoreConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::controller::{Config, Controller};
+
+/// How to run the control plane.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub store: StoreConfig,
+    pub router: SocketAddr,
+    pub api: SocketAddr,
+    /// Optional separate metrics listener (the API serves `/metrics` too).
+    pub metrics: Option<SocketAddr>,
+    /// Actors are reached as `<actor>.<suffix>`.
+    pub suffix: String,
+    pub controller: Config,
+    /// Resources (YAML) applied at start.
+    pub resources: Option<String>,
+}
+
+/// A running control plane.
+pub struct Running {
+    pub ctl: Arc<Controller>,
+    pub router_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every task of this control plane (the store and the workers stay as they are).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts everything: observe the workers, reconcile intents left by a previous life, apply
+/// the given resources, then serve.
+pub async fn start(opts: ServeOptions) -> Result<Running> {
+    let store_cfg = opts.store.clone();
+    let store = tokio::task::spawn_blocking(move || ate_store::open(&store_cfg))
+        .await?
+        .with_context(|| format!("opening store {}", opts.store))?;
+    info!(store = %opts.store, replica = %opts.controller.owner, "control plane starting");
+    let ctl = Controller::new(store, opts.controller.clone());
+    if let Err(e) = ctl.health_once().await {
+        warn!(error = %e, "first observation of the workers");
+    }
+    match ctl.reconcile().await {
+        Ok(0) => {}
+        Ok(n) => info!(n, "reconciled intents left by a previous run"),
+        Err(e) => warn!(error = %e, "reconcile (will retry)"),
+    }
+    if let Some(text) = &opts.resources {
+        let resources = ate_core::parse_resources(text)?;
+        let ctl2 = ctl.clone();
+        // Applying templates waits for golden snapshots, which need the loops: run it aside.
+        tokio::spawn(async move {
+            match ctl2.apply(resources).await {
+                Ok(lines) => lines.iter().for_each(|l| info!("{l}")),
+                Err(e) => warn!(error = %e, "applying --config resources"),
+            }
+        });
+    }
+    let router =
+        TcpListener::bind(opts.router).await.with_context(|| format!("binding router {}", opts.router))?;
+    let api = TcpListener::bind(opts.api).await.with_context(|| format!("binding API {}", opts.api))?;
+    let (router_addr, api_addr) = (router.local_addr()?, api.local_addr()?);
+    let mut tasks = vec![
+        tokio::spawn(crate::router::serve(router, ctl.clone(), opts.suffix.clone())),
+        tokio::spawn(crate::api::serve(api, ctl.clone())),
+        tokio::spawn(ctl.clone().health_loop()),
+        tokio::spawn(ctl.clone().idle_loop()),
+        tokio::spawn(ctl.clone().golden_loop()),
+    ];
+    let ctl2 = ctl.clone();
+    tasks.push(tokio::spawn(async move {
+        // Intents whose worker did not answer at start, and abandoned intents of others.
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Err(e) = ctl2.reconcile().await {
+                warn!(error = %e, "reconcile");
+            }
+        }
+    }));
+    let metrics_addr = match opts.metrics {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("binding metrics {addr}"))?;
+            let a = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::api::serve(l, ctl.clone())));
+            Some(a)
+        }
+        None => None,
+    };
+    info!(%router_addr, %api_addr, suffix = %opts.suffix, "serving");
+    Ok(Running { ctl, router_addr, api_addr, metrics_addr, tasks })
+}

@@ -1,0 +1,268 @@
+//! Talking to `ateom` workers over their unix sockets: the `ateom.Ateom` gRPC contract and
+//! nothing else (the control plane never learns a backend's specifics).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ate_core::store::TemplateRecord;
+use ate_core::{Host, WorkerInfo};
+use ateom_proto as pb;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Client = pb::AteomClient<Channel>;
+
+/// A refused or failed worker call, with the gRPC code kept for decisions.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("worker {worker}: {op}: {code:?}: {message}")]
+pub struct WorkerError {
+    pub worker: String,
+    pub op: &'static str,
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+impl WorkerError {
+    /// The worker refused the snapshot itself (incompatible, damaged, missing): the actor
+    /// cannot resume from it anywhere without a change.
+    pub fn snapshot_refused(&self) -> bool {
+        matches!(self.code, tonic::Code::FailedPrecondition | tonic::Code::DataLoss | tonic::Code::NotFound)
+    }
+}
+
+/// Connects to a worker's socket (the same connector as `ateom_grpc::connect_unix`, without
+/// depending on the worker's server crates). The channel reconnects by itself.
+pub fn connect_lazy(path: &Path) -> Client {
+    let path = path.to_owned();
+    let channel = Endpoint::from_static("http://ateom.local")
+        .connect_timeout(Duration::from_secs(3))
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+    pb::AteomClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// Clients of every known worker, by name.
+#[derive(Default)]
+pub struct Workers {
+    clients: Mutex<HashMap<String, (PathBuf, Client)>>,
+}
+
+/// What a successful restore reported.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub endpoint: String,
+    pub snapshot_id: String,
+    pub pulled_bytes: u64,
+}
+
+/// What a successful checkpoint reported.
+#[derive(Clone, Debug)]
+pub struct Checkpointed {
+    pub snapshot_id: String,
+    pub location: String,
+}
+
+/// What GetCapabilities reported.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    pub info: WorkerInfo,
+    /// "namespace/template/actor" or empty.
+    pub running: String,
+}
+
+/// The `actor_template_namespace`, `actor_template_name`, `actor_id` triple.
+pub fn actor_ref(t: &TemplateRecord, actor: &str) -> (String, String, String) {
+    (t.namespace.clone(), t.name.clone(), actor.to_owned())
+}
+
+/// The worker's `running_actor` string for an actor.
+pub fn running_name(t: &TemplateRecord, actor: &str) -> String {
+    format!("{}/{}/{actor}", t.namespace, t.name)
+}
+
+/// The template's workload as the wire spec.
+pub fn spec(t: &TemplateRecord) -> pb::WorkloadSpec {
+    pb::WorkloadSpec {
+        containers: t
+            .spec
+            .containers
+            .iter()
+            .map(|c| pb::Container {
+                name: c.name.clone(),
+                readyz: c.readyz.as_ref().map(|r| pb::Readyz {
+                    http_get: Some(pb::HttpGetAction {
+                        path: r.http_get.path.clone(),
+                        port: i32::from(r.http_get.port),
+                    }),
+                }),
+                durable_dir_volumes: c.durable_dir_volumes.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                command: c.command.clone(),
+                args: c.args.clone(),
+                env: c.env.clone().into_iter().collect(),
+            })
+            .collect(),
+    }
+}
+
+fn scope(t: &TemplateRecord) -> i32 {
+    match t.spec.snapshot.scope {
+        ate_core::resource::Scope::Full => pb::SnapshotScope::Full as i32,
+        ate_core::resource::Scope::Data => pb::SnapshotScope::Data as i32,
+    }
+}
+
+impl Workers {
+    pub fn client(&self, name: &str, socket: &str) -> Client {
+        let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(name) {
+            Some((p, c)) if p.as_os_str() == socket => c.clone(),
+            _ => {
+                let c = connect_lazy(Path::new(socket));
+                m.insert(name.to_owned(), (PathBuf::from(socket), c.clone()));
+                c
+            }
+        }
+    }
+
+    fn err(worker: &str, op: &'static str, s: tonic::Status) -> WorkerError {
+        WorkerError { worker: worker.to_owned(), op, code: s.code(), message: s.message().to_owned() }
+    }
+
+    pub async fn caps(&self, name: &str, socket: &str, timeout: Duration) -> Result<Caps, WorkerError> {
+        let mut c = self.client(name, socket);
+        let mut req = tonic::Request::new(pb::GetCapabilitiesRequest {});
+        req.set_timeout(timeout);
+        let r = match tokio::time::timeout(timeout, c.get_capabilities(req)).await {
+            Ok(r) => r.map_err(|s| Self::err(name, "GetCapabilities", s))?.into_inner(),
+            Err(_) => {
+                return Err(WorkerError {
+                    worker: name.into(),
+                    op: "GetCapabilities",
+                    code: tonic::Code::DeadlineExceeded,
+                    message: format!("no answer within {timeout:?}"),
+                });
+            }
+        };
+        let caps = r.capabilities.unwrap_or_default();
+        let host = r.host.unwrap_or_default();
+        Ok(Caps {
+            info: WorkerInfo {
+                backend: r.backend,
+                runtime_version: r.runtime_version,
+                snapshot_portability_class: caps.snapshot_portability_class,
+                restore_requires_same_host: caps.restore_requires_same_host,
+                supports_local_pause: caps.supports_local_pause,
+                accelerator: caps.accelerator,
+                host: Host {
+                    cpu_vendor: host.cpu_vendor,
+                    cpu_model: host.cpu_model,
+                    cpu_flags_digest: host.cpu_flags_digest,
+                    host_kernel: host.host_kernel,
+                    host_id: host.host_id,
+                },
+                host_endpoint: r.host_endpoint,
+            },
+            running: r.running_actor,
+        })
+    }
+
+    /// RunWorkload (golden builds).
+    pub async fn run(
+        &self,
+        name: &str,
+        socket: &str,
+        t: &TemplateRecord,
+        actor: &str,
+        timeout: Duration,
+    ) -> Result<String, WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let mut req = tonic::Request::new(pb::RunWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            spec: Some(spec(t)),
+            ..Default::default()
+        });
+        req.set_timeout(timeout);
+        let r = self
+            .client(name, socket)
+            .run_workload(req)
+            .await
+            .map_err(|s| Self::err(name, "RunWorkload", s))?;
+        Ok(r.into_inner().host_endpoint)
+    }
+
+    /// RestoreWorkload: `prefix` None restores a LOCAL snapshot (`snapshot_id` None: the
+    /// actor's newest on that worker).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        &self,
+        name: &str,
+        socket: &str,
+        t: &TemplateRecord,
+        actor: &str,
+        prefix: Option<&str>,
+        snapshot_id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Restored, WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let mut req = tonic::Request::new(pb::RestoreWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            spec: Some(spec(t)),
+            snapshot_uri_prefix: prefix.unwrap_or_default().to_owned(),
+            snapshot_id: snapshot_id.unwrap_or_default().to_owned(),
+            scope: scope(t),
+            ..Default::default()
+        });
+        req.set_timeout(timeout);
+        let r = self
+            .client(name, socket)
+            .restore_workload(req)
+            .await
+            .map_err(|s| Self::err(name, "RestoreWorkload", s))?
+            .into_inner();
+        Ok(Restored { endpoint: r.host_endpoint, snapshot_id: r.snapshot_id, pulled_bytes: r.pulled_bytes })
+    }
+
+    /// CheckpointWorkload: `prefix` Some → DURABLE there, None → LOCAL.
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        socket: &str,
+        t: &TemplateRecord,
+        actor: &str,
+        prefix: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Checkpointed, WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let destination =
+            if prefix.is_some() { pb::SnapshotDestination::Durable } else { pb::SnapshotDestination::Local };
+        let mut req = tonic::Request::new(pb::CheckpointWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            snapshot_uri_prefix: prefix.unwrap_or_default().to_owned(),
+            scope: scope(t),
+            destination: destination as i32,
+            ..Default::default()
+        });
+        req.set_timeout(timeout);
+        let r = self
+            .client(name, socket)
+            .checkpoint_workload(req)
+            .await
+            .map_err(|s| Self::err(name, "CheckpointWorkload", s))?
+            .into_inner();
+        let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
+        Ok(Checkpointed { snapshot_id, location: r.location })
+    }
+}
