@@ -65,6 +65,8 @@ pub struct FirecrackerOptions {
     /// Short unique name of this worker, part of namespace names and VMM ids.
     pub instance: String,
     pub defaults: MicroVmConfig,
+    /// The static guest init (`ateom-init`) put into root disks built from container images.
+    pub guest_init: Option<PathBuf>,
     /// How long a console readiness line may take.
     pub ready_timeout: Duration,
 }
@@ -226,7 +228,7 @@ impl FirecrackerBackend {
     }
 
     fn pvm_hint(&self, detail: String) -> String {
-        if self.kvm == Kvm::Pvm && detail.contains("KVM_EXIT_INTERNAL_ERROR") {
+        if self.kvm == Kvm::Pvm && (detail.contains("KVM_EXIT") || detail.contains("firecracker exited")) {
             format!(
                 "{detail} — this host's /dev/kvm is kvm-pvm (software nested virtualisation), on which stock Linux guests cannot boot; use hardware virtualisation, a PVM-patched guest kernel, or the qemu backend"
             )
@@ -322,7 +324,10 @@ impl FirecrackerBackend {
                 why = died => return Err(BackendError::failed("booting the microVM", self.pvm_hint(why))),
             }
         }
-        Ok(())
+        vm.sync_guest(self.opts.ready_timeout).await.map_err(|e| match e {
+            BackendError::Failed { op, detail } => BackendError::Failed { op, detail: self.pvm_hint(detail) },
+            other => other,
+        })
     }
 
     async fn launch(
@@ -331,18 +336,47 @@ impl FirecrackerBackend {
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime)?;
-        for (c, source) in &ctx.containers {
-            if let ContainerSource::Image(_) | ContainerSource::Bundle(_) = source
-                && cfg.rootfs_image.is_none()
-            {
-                return Err(BackendError::InvalidConfig {
-                    field: "microvm.rootfs_image".into(),
-                    reason: format!(
-                        "container {:?} names an image, but this worker has no image-to-disk pipeline configured; give a rootfs image",
-                        c.name
-                    ),
-                });
+        let mut image_digests = BTreeMap::new();
+        let mut ateom_init = false;
+        if snapshot.is_none() {
+            for (c, source) in &ctx.containers {
+                match source {
+                    ContainerSource::Image(image) => {
+                        // The same guest images as the qemu backend: the image as an ext4
+                        // root disk with ateom-init inside.
+                        let init = self.opts.guest_init.clone().ok_or_else(|| BackendError::Unavailable {
+                            what: "the guest init (ateom-init)".into(),
+                            detail:
+                                "build it with scripts/build-init.sh and start the worker with --guest-init"
+                                    .into(),
+                        })?;
+                        let (cache, c2, image) = (ctx.cache_dir.clone(), c.clone(), image.clone());
+                        let (disk, name, digest) = tokio::task::spawn_blocking(move || {
+                            ateom_microvm::guest::disk_for(&cache, &c2, &image, &init)
+                        })
+                        .await
+                        .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
+                        info!(disk = %disk.path.display(), cache_hit = disk.cache_hit, "root disk");
+                        cfg.rootfs_image = Some(disk.path);
+                        image_digests.insert(name, digest);
+                        ateom_init = true;
+                    }
+                    ContainerSource::Bundle(_) => {
+                        return Err(BackendError::InvalidConfig {
+                            field: "spec.containers".into(),
+                            reason: format!(
+                                "container {:?}: the firecracker backend boots images, not node-agent bundles",
+                                c.name
+                            ),
+                        });
+                    }
+                    ContainerSource::Nothing { .. } => {}
+                }
             }
+        } else if let Some(s) = snapshot {
+            ateom_init =
+                s.manifest.provenance.get("firecracker.guest_init").is_some_and(|v| v == "ateom-init");
+            image_digests = s.manifest.image_digests.clone();
         }
         // A guest that is probed over HTTP needs a network even if none was configured.
         if cfg.network.is_none() && ctx.containers.iter().any(|(c, _)| c.readyz.is_some()) {
@@ -351,6 +385,19 @@ impl FirecrackerBackend {
         // A restore gets the network identity the snapshot was taken with.
         if let Some(s) = snapshot {
             cfg.network = ateom_microvm::network_from_provenance(&s.manifest.provenance)?;
+        }
+        if ateom_init && snapshot.is_none() {
+            let net = cfg.network.get_or_insert_with(ateom_microvm::default_network).clone();
+            let mut cmdline = format!(
+                "console=ttyS0 reboot=k panic=-1 pci=off root=/dev/vda rw rootfstype=ext4 init={} {}",
+                ateom_microvm::guest_image::INIT_PATH,
+                ateom_microvm::guest::boot_args(&net, ctx.actor.actor_id.as_str())
+            );
+            if let Some(extra) = &cfg.kernel_cmdline {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+            cfg.kernel_cmdline = Some(cmdline);
         }
         let (ns, dialer) = self.network(cfg.network.as_ref()).await?;
         let id = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
@@ -381,6 +428,8 @@ impl FirecrackerBackend {
             version: self.info.runtime_version.clone(),
             snapshot_version: self.snapshot_version.clone(),
             accelerator: self.kvm.name().into(),
+            ateom_init,
+            image_digests,
         };
         let result = match snapshot {
             None => self.boot(&ctx, &cfg, &mut vm).await,
@@ -442,7 +491,8 @@ impl FirecrackerBackend {
         })
         .await
         .map_err(|e| BackendError::failed("loading the snapshot", self.pvm_hint(e.to_string())))?;
-        Ok(())
+        // Before the workload sees traffic: the host's clock and fresh entropy.
+        vm.sync_guest(Duration::from_secs(10)).await
     }
 }
 
@@ -459,9 +509,30 @@ pub struct FcSandbox {
     version: String,
     snapshot_version: String,
     accelerator: String,
+    /// The guest runs ateom-init: sync its clock and entropy after boot and restore.
+    ateom_init: bool,
+    image_digests: BTreeMap<String, String>,
 }
 
 impl FcSandbox {
+    /// Clock and entropy from the host through ateom-init's control channel.
+    async fn sync_guest(&self, timeout: Duration) -> Result<(), BackendError> {
+        if !self.ateom_init {
+            return Ok(());
+        }
+        let dialer = self
+            .dialer
+            .clone()
+            .ok_or_else(|| BackendError::failed("syncing the guest", "it has no network"))?;
+        let vmm = self.vmm.as_ref().expect("spawned");
+        tokio::select! {
+            r = ateom_microvm::guest::sync_clock_and_entropy(dialer.as_ref(), timeout) => r,
+            why = async { loop { if let Some(w) = vmm.exited() { return w; } tokio::time::sleep(Duration::from_millis(5)).await; } } => {
+                Err(BackendError::failed("booting the microVM", why))
+            }
+        }
+    }
+
     async fn teardown(mut self: Box<Self>) {
         if let Some(mut vmm) = self.vmm.take() {
             vmm.kill().await;
@@ -484,6 +555,9 @@ impl FcSandbox {
             extra.insert("firecracker.boot_args".into(), args.clone());
         }
         extra.insert("accelerator".into(), self.accelerator.clone());
+        if self.ateom_init {
+            extra.insert("firecracker.guest_init".into(), "ateom-init".into());
+        }
         if let Some(n) = &self.network {
             ateom_microvm::network_to_provenance(n, &mut extra);
         }
@@ -537,7 +611,7 @@ impl Sandbox for FcSandbox {
             std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
                 .map_err(|e| BackendError::io("moving the disk into the snapshot", e))?;
         }
-        Ok(CheckpointOutput { provenance: self.provenance(), image_digests: BTreeMap::new() })
+        Ok(CheckpointOutput { provenance: self.provenance(), image_digests: self.image_digests.clone() })
     }
 
     async fn is_alive(&self) -> bool {

@@ -1,12 +1,13 @@
-//! The host side of ateom's guest contract: the workload configuration written into the root
-//! disk for `ateom-init`, the network identity kept in provenance, and the control channel
-//! that corrects the clock and reseeds the RNG after a restore.
+//! The host side of ateom's guest contract with `ateom-init`, shared by the microVM backends:
+//! the root disk built from a container image (with the workload configuration inside), the
+//! kernel command-line words for the guest network, and the control channel that corrects
+//! the clock and reseeds the RNG after a boot and after every restore.
 
 use std::path::Path;
 use std::time::Duration;
 
+use crate::guest_image::{BuiltDisk, GuestImageBuilder};
 use ateom_core::{BackendError, ContainerSpec, Dialer, ImageRef};
-use ateom_microvm::guest_image::{BuiltDisk, GuestImageBuilder};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 

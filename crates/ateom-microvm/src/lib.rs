@@ -10,6 +10,7 @@
 //! * [`guest_image`]: OCI image -> cached ext4 root disk with ateom's guest init inside.
 
 pub mod console;
+pub mod guest;
 pub mod guest_image;
 
 use std::collections::HashMap;

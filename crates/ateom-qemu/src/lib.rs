@@ -28,7 +28,6 @@
 //!   traffic, ateom's control channel sets the guest clock from the host and reseeds the guest
 //!   RNG with fresh host entropy (so clones never share randomness).
 
-pub mod guest;
 pub mod qmp;
 
 use std::collections::BTreeMap;
@@ -43,7 +42,7 @@ use ateom_core::{
     Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
     Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
 };
-use ateom_microvm::{Console, Kvm};
+use ateom_microvm::{Console, Kvm, guest};
 use ateom_net::{Netns, NetnsDialer, TapPlan};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;

@@ -47,6 +47,7 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                 state_dir: state_dir.to_owned(),
                 instance: instance_id(state_dir),
                 defaults: microvm_defaults(args),
+                guest_init: args.guest_init.clone().or_else(crate::images::default_guest_init),
                 ready_timeout: args.ready_timeout,
             };
             let b = ateom_firecracker::FirecrackerBackend::new(opts)
