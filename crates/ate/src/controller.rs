@@ -617,7 +617,7 @@ impl Controller {
     pub async fn suspend(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
         let gate = self.gate(actor);
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "suspend").await?;
-        self.suspend_locked(actor, &gate).instrument(info_span!("actor", actor = %actor)).await?;
+        self.suspend_locked(actor, &gate, true).instrument(info_span!("actor", actor = %actor)).await?;
         Ok(self.actor(actor).await?.value)
     }
 
@@ -976,7 +976,34 @@ impl Controller {
         Err(CtlError::Worker(e))
     }
 
-    async fn suspend_locked(&self, actor: &str, gate: &Arc<Gate>) -> Result<(), CtlError> {
+    /// `make_room`: a PAUSED actor's node is busy — evict an idle actor there (bounded
+    /// wait) rather than give up (explicit suspends; the idle policy just tries later).
+    async fn suspend_locked(
+        self: &Arc<Self>,
+        actor: &str,
+        gate: &Arc<Gate>,
+        make_room: bool,
+    ) -> Result<(), CtlError> {
+        let deadline = Instant::now() + self.cfg.resume_timeout;
+        loop {
+            match self.suspend_once(actor, gate).await {
+                Err(CtlError::Unavailable(m)) if make_room && m.contains("holding the snapshot is busy") => {
+                    if Instant::now() > deadline {
+                        return Err(CtlError::Unavailable(m));
+                    }
+                    let a = self.actor(actor).await?;
+                    let home: Vec<String> = a.value.local.iter().map(|l| l.worker.clone()).collect();
+                    if !self.evict_one(&home, actor).await {
+                        let notified = self.lease_freed.notified();
+                        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn suspend_once(&self, actor: &str, gate: &Arc<Gate>) -> Result<(), CtlError> {
         let a = self.actor(actor).await?;
         match a.value.state {
             ActorState::Running => {
@@ -1040,11 +1067,12 @@ impl Controller {
             let socket = self.worker_socket(&worker).await?;
             let name = running_name(&t.value, actor);
             let caps = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?;
-            if caps.running == name {
-                if let Err(e) = self
+            if caps.running == name
+                && let Err(e) = self
                     .workers
                     .checkpoint(&worker, &socket, &t.value, actor, None, self.cfg.rpc_timeout)
                     .await
+            {
                 {
                     let again = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?;
                     if again.running == name {
@@ -1538,7 +1566,7 @@ impl Controller {
                     let r = if pause {
                         ctl.pause_locked(&name, &gate).await
                     } else {
-                        ctl.suspend_locked(&name, &gate).await
+                        ctl.suspend_locked(&name, &gate, false).await
                     };
                     if let Err(e) = r {
                         debug!(error = %e, "idle policy skipped");

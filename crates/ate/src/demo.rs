@@ -186,7 +186,8 @@ async fn traffic_round(
         use rand::seq::SliceRandom;
         order.shuffle(&mut rand::rng());
     }
-    let results: Vec<(String, Result<(u16, String)>, f64)> = futures::stream::iter(order)
+    type Answer = (String, Result<(u16, String)>, f64);
+    let results: Vec<Answer> = futures::stream::iter(order)
         .map(|n| async move {
             let t = Instant::now();
             let r = get(router, &n, SUFFIX).await;

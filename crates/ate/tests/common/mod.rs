@@ -1,0 +1,234 @@
+//! Test support: real `ateom serve` workers (gVisor), a real `ate serve` process (so it can
+//! be SIGKILLed), a real `redis-server` when the store is Redis. Everything started here is
+//! stopped by PID when dropped, also when a test fails.
+//!
+//! The `ateom` binary: `$ATEOM_BIN`, or `target/<profile>/ateom` next to this test's `ate`
+//! binary, built with `cargo build -p ateom` once if it is missing.
+#![allow(dead_code)]
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ate::api::ApiClient;
+use ate::cluster::WorkerProc;
+use ate_store::testing::RedisServer;
+
+/// gVisor scenarios run one at a time (2 cores).
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the end-to-end tests cannot run here, or None.
+pub fn unavailable(redis: bool) -> Option<String> {
+    if let Some(w) = ate::cluster::gvisor_unavailable() {
+        return Some(w);
+    }
+    if redis {
+        return ate_store::testing::redis_unavailable();
+    }
+    None
+}
+
+pub fn ateom_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ATEOM_BIN") {
+            return PathBuf::from(p);
+        }
+        let ate = PathBuf::from(env!("CARGO_BIN_EXE_ate"));
+        let candidate = ate.with_file_name("ateom");
+        if !candidate.is_file() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-p", "ateom"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build -p ateom");
+            assert!(st.success(), "cargo build -p ateom failed");
+        }
+        assert!(candidate.is_file(), "no ateom at {}", candidate.display());
+        candidate
+    })
+    .clone()
+}
+
+/// Which store a scenario runs on.
+pub enum StoreKind {
+    Sqlite,
+    Redis,
+}
+
+/// A real `ate serve` child.
+pub struct Serve {
+    pub child: Child,
+    pub router: SocketAddr,
+    pub api: ApiClient,
+    pub api_addr: String,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(args: &[String], log: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ate"))
+            .arg("serve")
+            .args(args)
+            .env("ATE_LOG", "info,ate=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+            .spawn()
+            .expect("spawning ate serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("ate serve did not start: {line:?}\n{}", std::fs::read_to_string(log).unwrap_or_default())
+        });
+        let api_addr = v["api"].as_str().unwrap().to_owned();
+        Serve {
+            child,
+            router: v["router"].as_str().unwrap().parse().unwrap(),
+            api: ApiClient::new(&api_addr),
+            api_addr,
+            args: args.to_vec(),
+            log: log.to_owned(),
+        }
+    }
+
+    /// SIGKILL: a crash at an arbitrary point.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same `ate serve` again (new ports).
+    pub fn restart(&mut self) {
+        self.kill();
+        let fresh = Serve::start(&self.args, &self.log);
+        *self = fresh;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `ate` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ate"))
+            .args(["--api", &self.api_addr])
+            .args(args)
+            .output()
+            .expect("running ate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Workers, image, bucket, store, and the control plane.
+pub struct Lab {
+    pub workers: Vec<WorkerProc>,
+    pub serve: Serve,
+    pub image: String,
+    pub bucket: PathBuf,
+    pub location: String,
+    pub redis: Option<RedisServer>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn start(store: StoreKind, n_workers: usize) -> Lab {
+        let dir = tempfile::Builder::new().prefix("ate-test-").tempdir().unwrap();
+        let ateom = ateom_bin();
+        let image = ate::cluster::pack_counter(&ateom, &dir.path().join("counter-image")).unwrap();
+        let workers: Vec<WorkerProc> = (1..=n_workers)
+            .map(|i| {
+                WorkerProc::start(
+                    &ateom,
+                    &dir.path().join(format!("w{i}")),
+                    &format!("w{i}"),
+                    &format!("node-{i}"),
+                )
+                .unwrap()
+            })
+            .collect();
+        let bucket = dir.path().join("bucket");
+        let location = format!("file://{}/counter", bucket.display());
+        let (redis, store_args) = match store {
+            StoreKind::Sqlite => {
+                (None, vec!["--db".to_owned(), dir.path().join("ate.db").display().to_string()])
+            }
+            StoreKind::Redis => {
+                let r = RedisServer::start().expect("redis-server");
+                let args = vec!["--redis".to_owned(), r.url.clone()];
+                (Some(r), args)
+            }
+        };
+        let mut args = store_args;
+        args.extend(
+            ["--router", "127.0.0.1:0", "--replica-id", "test", "--resume-timeout", "60s"].map(str::to_owned),
+        );
+        args.extend(["--api".to_owned(), "127.0.0.1:0".to_owned()]);
+        let serve = Serve::start(&args, &dir.path().join("ate.log"));
+        Lab { workers, serve, image, bucket, location, redis, dir }
+    }
+
+    pub fn worker(&self, name: &str) -> &WorkerProc {
+        self.workers.iter().find(|w| w.name == name).unwrap()
+    }
+
+    /// Applies the pool (these workers) and the counter template.
+    pub fn apply_counter(&self, idle: Option<(f64, f64)>) {
+        let refs: Vec<&WorkerProc> = self.workers.iter().collect();
+        let yaml =
+            ate::cluster::counter_resources("gvisor", &refs, "counter", &self.image, &self.location, idle);
+        let path = self.dir.path().join("resources.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let (ok, out, err) = self.serve.cli(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(ok, "ate apply failed: {out}\n{err}");
+        assert!(out.contains("actortemplate/counter "), "{out}");
+    }
+
+    /// Creates actors a00.. through `ate apply` (Actor documents).
+    pub fn create_actors(&self, n: usize) -> Vec<String> {
+        let names: Vec<String> = (0..n).map(|i| format!("a{i:02}")).collect();
+        let docs: Vec<String> = names
+            .iter()
+            .map(|n| format!("kind: Actor\nmetadata: {{ name: {n} }}\nspec: {{ template: counter }}\n"))
+            .collect();
+        let path = self.dir.path().join("actors.yaml");
+        std::fs::write(&path, docs.join("---\n")).unwrap();
+        let (ok, out, err) = self.serve.cli(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(ok, "creating actors failed: {out}\n{err}\n{}", self.serve.log_text());
+        names
+    }
+}
+
+/// GET / through the router for `actor`.
+pub async fn get(router: SocketAddr, actor: &str) -> anyhow::Result<(u16, String)> {
+    ate::demo::get(router, actor, ate::demo::SUFFIX).await
+}
+
+pub fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}

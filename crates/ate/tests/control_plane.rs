@@ -1,0 +1,451 @@
+//! The control plane end to end: real `ateom` gVisor workers, a real `ate serve` process,
+//! traffic through the router only, on SQLite and on a real Redis — the same scenarios.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ate::api::ActorView;
+use ate::demo::parse_count;
+use ate::worker::Workers;
+use ate_core::ActorState;
+use common::*;
+
+/// One request per actor (bounded concurrency); every counter must continue by exactly one.
+async fn traffic(
+    router: SocketAddr,
+    names: &[String],
+    expected: &mut HashMap<String, u64>,
+    concurrency: usize,
+) {
+    use futures::StreamExt;
+    let results: Vec<(String, anyhow::Result<(u16, String)>)> = futures::stream::iter(names.to_vec())
+        .map(|n| async move {
+            let r = get(router, &n).await;
+            (n, r)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for (n, r) in results {
+        let (status, body) = r.unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(status, 200, "{n}: {body}");
+        let c = parse_count(&body).unwrap();
+        let want = expected.get(&n).copied().unwrap_or(0) + 1;
+        assert_eq!((c.memory, c.file), (want, want), "{n}: the counter must continue (memory and file)");
+        expected.insert(n, want);
+    }
+}
+
+async fn actor(lab: &Lab, name: &str) -> ActorView {
+    lab.serve.api.actor(name).await.unwrap()
+}
+
+/// Waits until no actor is in an intermediate state.
+async fn settled(lab: &Lab, secs: u64) -> Vec<ActorView> {
+    let until = deadline(secs);
+    loop {
+        let actors = lab.serve.api.actors().await.unwrap();
+        if actors.iter().all(|a| !a.actor.state.is_intermediate()) {
+            return actors;
+        }
+        assert!(
+            Instant::now() < until,
+            "actors still in intermediate states: {:?}",
+            actors
+                .iter()
+                .filter(|a| a.actor.state.is_intermediate())
+                .map(|a| (&a.actor.name, a.actor.state))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Exclusive assignment: every worker runs exactly the actor the store says is RUNNING on
+/// it (asked directly over gRPC), at most one actor occupies a worker, and its lease names it.
+async fn assert_consistent(lab: &Lab, secs: u64) {
+    let until = deadline(secs);
+    let clients = Workers::default();
+    loop {
+        let actors = lab.serve.api.actors().await.unwrap();
+        let workers = lab.serve.api.workers().await.unwrap();
+        let mut problems = Vec::new();
+        for w in &lab.workers {
+            let caps =
+                clients.caps(&w.name, &w.socket.display().to_string(), Duration::from_secs(5)).await.unwrap();
+            let on: Vec<&ActorView> =
+                actors.iter().filter(|a| a.actor.worker.as_deref() == Some(&w.name)).collect();
+            if on.len() > 1 {
+                problems.push(format!("worker {} assigned to {} actors", w.name, on.len()));
+            }
+            let holder = workers.iter().find(|x| x.name == w.name).and_then(|x| x.holder.clone());
+            match on.first() {
+                Some(a) => {
+                    if a.actor.state != ActorState::Running {
+                        problems.push(format!("{} is {} on {}", a.actor.name, a.actor.state, w.name));
+                    }
+                    if caps.running != format!("default/counter/{}", a.actor.name) {
+                        problems.push(format!(
+                            "{} runs {:?}, the store says {}",
+                            w.name, caps.running, a.actor.name
+                        ));
+                    }
+                    if holder != Some(format!("actor {}", a.actor.name)) {
+                        problems.push(format!(
+                            "lease of {} is {holder:?}, actor {} holds it",
+                            w.name, a.actor.name
+                        ));
+                    }
+                }
+                None => {
+                    if !caps.running.is_empty() {
+                        problems.push(format!("{} runs {:?} but no actor is assigned", w.name, caps.running));
+                    }
+                    if holder.is_some() {
+                        problems.push(format!("lease of {} held by {holder:?} with no actor on it", w.name));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < until, "inconsistent: {problems:#?}\n{}", lab.serve.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Suspends an actor, retrying while its node is busy.
+async fn suspend(lab: &Lab, name: &str) {
+    let until = deadline(30);
+    loop {
+        match lab.serve.api.action(name, "suspend").await {
+            Ok(a) if a.actor.state == ActorState::Suspended => return,
+            r => assert!(Instant::now() < until, "suspend {name}: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Forges a suspended actor's durable snapshot to require the same host, naming `host_id`.
+async fn forge(lab: &Lab, name: &str, host_id: &str) {
+    let a = lab.serve.api.actor(name).await.unwrap();
+    let d = a.actor.durable.clone().unwrap();
+    let p = index_path(lab, name, &d.snapshot_id);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["meta"]["capabilities"]["restore_requires_same_host"] = true.into();
+    v["meta"]["host"]["host_id"] = host_id.into();
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+/// Snapshot indexes (committed durable snapshots) below a directory.
+fn indexes_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().filter(|e| e.path().join("index.json").is_file()).count()
+}
+
+fn flip_a_byte(path: &std::path::Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    std::fs::write(path, b).unwrap();
+}
+
+/// The index of a durable snapshot in the file:// bucket.
+fn index_path(lab: &Lab, actor: &str, id: &str) -> std::path::PathBuf {
+    lab.bucket.join("counter/actors").join(actor).join(id).join("index.json")
+}
+
+async fn actors_through_cycles(store: StoreKind) {
+    let _serial = serial();
+    let mut lab = Lab::start(store, 3);
+    // The idle policy runs on its own: pause after 1 s idle, suspend after 2 s paused.
+    lab.apply_counter(Some((1.0, 2.0)));
+    let names = lab.create_actors(30);
+    let (ok, out, _) = lab.serve.cli(&["get", "templates"]);
+    assert!(ok && out.contains("READY"), "golden snapshot ready: {out}");
+    let router = lab.serve.router;
+    let mut expected = HashMap::new();
+
+    // Round 1: every actor's first resume is a restore of the golden snapshot.
+    traffic(router, &names, &mut expected, 6).await;
+    // Idle: everything pauses, then suspends, by itself.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    traffic(router, &names, &mut expected, 6).await;
+    // Short idle: paused, not yet suspended.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    traffic(router, &names, &mut expected, 6).await;
+    // Explicit pause and suspend through the CLI, then traffic again.
+    for n in names.iter().take(6) {
+        let (ok, out, err) = lab.serve.cli(&["pause", "actor", n]);
+        assert!(ok, "{out}{err}");
+    }
+    for n in names.iter().skip(6).take(6) {
+        let (ok, out, err) = lab.serve.cli(&["suspend", "actor", n, "-o", "json"]);
+        assert!(ok, "{out}{err}");
+    }
+    traffic(router, &names, &mut expected, 6).await;
+
+    // Many concurrent requests to one paused actor: exactly one resume, all answered, every
+    // count seen once.
+    let target = names[7].clone();
+    traffic(router, std::slice::from_ref(&target), &mut expected, 1).await;
+    lab.serve.api.action(&target, "pause").await.unwrap();
+    let before = actor(&lab, &target).await;
+    assert_eq!(before.actor.state, ActorState::Paused);
+    let hits = futures::future::join_all((0..12).map(|_| get(router, &target))).await;
+    let mut counts: Vec<u64> = hits
+        .into_iter()
+        .map(|r| {
+            let (s, b) = r.unwrap();
+            assert_eq!(s, 200, "{b}");
+            parse_count(&b).unwrap().memory
+        })
+        .collect();
+    counts.sort();
+    let base = expected[&target];
+    assert_eq!(counts, (base + 1..=base + 12).collect::<Vec<_>>(), "each request counted once");
+    expected.insert(target.clone(), base + 12);
+    let after = actor(&lab, &target).await;
+    assert_eq!(after.actor.resumes, before.actor.resumes + 1, "one resume for 12 concurrent requests");
+
+    // Resumes from every tier happened, traffic-triggered.
+    let (_, body) = lab.serve.api.raw(hyper::Method::GET, "/metrics", vec![]).await.unwrap();
+    let m = String::from_utf8_lossy(&body).into_owned();
+    for tier in ["golden", "local", "durable"] {
+        assert!(
+            metric(&m, &format!("ate_resume_seconds_count{{tier=\"{tier}\"}}")) > 0.0,
+            "{tier} resumes: {m}"
+        );
+    }
+    assert!(metric(&m, "ate_suspends_total") > 0.0 && metric(&m, "ate_pauses_total") > 0.0);
+    assert!(m.contains("ate_workers{pool=\"gvisor\",state="), "{m}");
+
+    // A paused actor resumes on its own node.
+    let n = names[3].clone();
+    traffic(router, std::slice::from_ref(&n), &mut expected, 1).await;
+    lab.serve.api.action(&n, "pause").await.unwrap();
+    let paused = actor(&lab, &n).await;
+    assert_eq!(paused.actor.state, ActorState::Paused);
+    let home = paused.actor.local.clone().unwrap().worker;
+    traffic(router, std::slice::from_ref(&n), &mut expected, 1).await;
+    let running = actor(&lab, &n).await;
+    assert_eq!(
+        running.actor.worker.as_deref(),
+        Some(home.as_str()),
+        "resumed on the node holding its snapshot"
+    );
+
+    // Capability-aware placement. A 4th worker with another host id joins the pool.
+    let ateom = ateom_bin();
+    lab.workers
+        .push(ate::cluster::WorkerProc::start(&ateom, &lab.dir.path().join("w4"), "w4", "node-4").unwrap());
+    lab.apply_counter(Some((1.0, 2.0)));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // health loop sees w4
+    let (ok, out, _) = lab.serve.cli(&["get", "workers"]);
+    assert!(ok && out.contains("w4") && out.contains("node-4"), "{out}");
+    // (a) a snapshot that requires the same host, of a host no worker is on: CRASHED, with
+    //     the reason, and no worker was given it (ateom itself ignores host ids, so only the
+    //     control plane stands between it and a wrong resume).
+    let x = names[20].clone();
+    suspend(&lab, &x).await;
+    forge(&lab, &x, "node-elsewhere").await;
+    let (s, body) = get(router, &x).await.unwrap();
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("CRASHED") && body.contains("host.host_id"), "{body}");
+    let (ok, out, _) = lab.serve.cli(&["get", "actor", &x]);
+    assert!(ok && out.contains("CRASHED") && out.contains("host.host_id"), "{out}");
+    // (b) the same, pinned to node-4: only w4 may take it, and it continues there.
+    let y = names[21].clone();
+    suspend(&lab, &y).await;
+    forge(&lab, &y, "node-4").await;
+    traffic(router, std::slice::from_ref(&y), &mut expected, 1).await;
+    assert_eq!(actor(&lab, &y).await.actor.worker.as_deref(), Some("w4"), "only the pinned host fits");
+
+    // A corrupted snapshot: the worker refuses it (DATA_LOSS), the actor is CRASHED with the
+    // reason, in `ate get actor` and in the router's answer.
+    let z = names[22].clone();
+    suspend(&lab, &z).await;
+    let za = actor(&lab, &z).await;
+    let d = za.actor.durable.clone().unwrap();
+    let local = za.actor.local.clone().unwrap();
+    // Corrupt both copies: the node's local copy and every chunk in the bucket.
+    let snap_dir = lab
+        .worker(&local.worker)
+        .state_dir
+        .join(format!("actors/default:counter:{z}/snapshots/{}", d.snapshot_id));
+    flip_a_byte(&snap_dir.join("checkpoint.img"));
+    for c in std::fs::read_dir(lab.bucket.join("counter/actors").join(&z).join(&d.snapshot_id).join("chunks"))
+        .unwrap()
+    {
+        flip_a_byte(&c.unwrap().path());
+    }
+    let (s, body) = get(router, &z).await.unwrap();
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("CRASHED") && body.contains("DataLoss"), "router answer: {body}");
+    let (ok, out, _) = lab.serve.cli(&["get", "actor", &z, "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["state"], "CRASHED");
+    assert!(v[0]["reason"].as_str().unwrap().contains("DataLoss"), "{v}");
+    // A crashed actor stays crashed for traffic (no retry storm) ...
+    let (s, _) = get(router, &z).await.unwrap();
+    assert_eq!(s, 503);
+    // ... and an unknown actor is a 404.
+    let (s, body) = get(router, "nobody").await.unwrap();
+    assert_eq!(s, 404, "{body}");
+
+    // Delete: the record and the actor's durable snapshots are gone.
+    let del = names[29].clone();
+    suspend(&lab, &del).await;
+    let dir = lab.bucket.join("counter/actors").join(&del);
+    assert!(indexes_under(&dir) > 0);
+    let (ok, out, err) = lab.serve.cli(&["delete", "actor", &del]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(indexes_under(&dir), 0, "the actor's durable snapshots are removed");
+    let (ok, _, err) = lab.serve.cli(&["get", "actor", &del]);
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // Everything still continues, and assignment is exclusive and true.
+    let alive: Vec<String> = names.iter().filter(|n| ![&x, &z, &del].contains(n)).cloned().collect();
+    traffic(router, &alive, &mut expected, 6).await;
+    settled(&lab, 30).await;
+    assert_consistent(&lab, 20).await;
+    let (ok, out, _) = lab.serve.cli(&["get", "actors"]);
+    assert!(ok && out.contains("NAME") && out.contains("STATE"), "{out}");
+    // Every log line of an actor operation carries the actor id.
+    let log = lab.serve.log_text();
+    assert!(log.lines().filter(|l| l.contains("resuming")).all(|l| l.contains("actor")), "actor ids in logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_actors_continue_through_pause_suspend_cycles() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED sqlite_actors_continue_through_pause_suspend_cycles: {why}");
+        return;
+    }
+    actors_through_cycles(StoreKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_actors_continue_through_pause_suspend_cycles() {
+    if let Some(why) = unavailable(true) {
+        eprintln!("SKIPPED redis_actors_continue_through_pause_suspend_cycles: {why}");
+        return;
+    }
+    actors_through_cycles(StoreKind::Redis).await;
+}
+
+/// SIGKILL `ate serve` at random points while traffic and explicit pauses/suspends run,
+/// restart it, and check: no actor lost, every actor settles, no worker double-assigned,
+/// workers run exactly what the store says, counters never go back.
+async fn killed_at_random_points(store: StoreKind, iterations: usize) {
+    use rand::{Rng, SeedableRng};
+    let _serial = serial();
+    let mut lab = Lab::start(store, 3);
+    lab.apply_counter(None);
+    let names = lab.create_actors(12);
+    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut kills_during = HashMap::<&str, usize>::new();
+    for i in 0..iterations {
+        let router = lab.serve.router;
+        let api = lab.serve.api.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let (names, seen, stop, api) = (names.clone(), seen.clone(), stop.clone(), api.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64((i * 10 + t) as u64);
+                // Each driver owns a quarter of the actors, so its answers arrive in order.
+                let mine: Vec<String> = names.iter().skip(t).step_by(4).cloned().collect();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = mine[rng.random_range(0..mine.len())].clone();
+                    match rng.random_range(0..5) {
+                        0 => {
+                            let _ = api.action(&n, "pause").await;
+                        }
+                        1 => {
+                            let _ = api.action(&n, "suspend").await;
+                        }
+                        _ => {
+                            if let Ok((200, b)) = get(router, &n).await
+                                && let Ok(c) = parse_count(&b)
+                            {
+                                let mut s = seen.lock().unwrap();
+                                let last = s.entry(n.clone()).or_default();
+                                assert!(
+                                    c.memory > *last,
+                                    "{n}: counter went back from {last} to {}",
+                                    c.memory
+                                );
+                                assert_eq!(c.memory, c.file, "{n}: memory and file state diverged");
+                                *last = c.memory;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        let delay = rand::rng().random_range(50..900);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // What was in flight when the control plane died.
+        if let Ok(actors) = lab.serve.api.actors().await {
+            for a in actors.iter().filter(|a| a.actor.state.is_intermediate()) {
+                *kills_during.entry(a.actor.state.as_str()).or_default() += 1;
+            }
+        }
+        lab.serve.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let r = t.await;
+            assert!(r.is_ok() || r.as_ref().err().is_some_and(|e| !e.is_panic()), "driver: {r:?}");
+        }
+        lab.serve.restart();
+        let actors = settled(&lab, 60).await;
+        assert_eq!(actors.len(), names.len(), "no actor lost (iteration {i})");
+        assert_consistent(&lab, 30).await;
+    }
+    eprintln!("killed during: {kills_during:?}");
+    // Afterwards every actor still answers and continues from where it was.
+    let actors = lab.serve.api.actors().await.unwrap();
+    let crashed: Vec<_> = actors
+        .iter()
+        .filter(|a| a.actor.state == ActorState::Crashed)
+        .map(|a| (a.actor.name.clone(), a.actor.reason.clone()))
+        .collect();
+    assert!(crashed.is_empty(), "crashed: {crashed:?}\n{}", lab.serve.log_text());
+    for n in &names {
+        let (s, b) = get(lab.serve.router, n).await.unwrap();
+        assert_eq!(s, 200, "{n}: {b}");
+        let c = parse_count(&b).unwrap();
+        let last = seen.lock().unwrap().get(n).copied().unwrap_or(0);
+        assert!(c.memory > last, "{n}: counter went back from {last} to {}", c.memory);
+    }
+    assert_consistent(&lab, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_control_plane_killed_at_random_points() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED sqlite_control_plane_killed_at_random_points: {why}");
+        return;
+    }
+    killed_at_random_points(StoreKind::Sqlite, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_control_plane_killed_at_random_points() {
+    if let Some(why) = unavailable(true) {
+        eprintln!("SKIPPED redis_control_plane_killed_at_random_points: {why}");
+        return;
+    }
+    killed_at_random_points(StoreKind::Redis, 12).await;
+}
