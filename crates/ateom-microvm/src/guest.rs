@@ -79,24 +79,29 @@ pub const CONTROL_PORT: u16 = ateom_init::cmdline::DEFAULT_CTL_PORT;
 pub async fn sync_clock_and_entropy(dialer: &dyn Dialer, timeout: Duration) -> Result<(), BackendError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    // Short connect timeouts first: a SYN sent while the guest is still resuming is lost,
+    // and the kernel would retransmit it only after a second.
+    let mut connect = Duration::from_millis(10);
     while tokio::time::Instant::now() < deadline {
-        match sync_once(dialer).await {
+        let attempt = sync_once(dialer, connect).await;
+        connect = (connect * 2).min(Duration::from_millis(500));
+        match attempt {
             Ok(delta_ns) => {
                 info!(clock_delta_ms = delta_ns / 1_000_000, "guest clock set and RNG reseeded");
                 return Ok(());
             }
             Err(e) => last = e,
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Err(BackendError::failed("syncing the guest (clock, entropy) through ateom-init", last))
 }
 
-async fn sync_once(dialer: &dyn Dialer) -> Result<i64, String> {
+async fn sync_once(dialer: &dyn Dialer, connect_timeout: Duration) -> Result<i64, String> {
     use ateom_init::protocol::{self, Request, Response};
     let request = Request::sync_now().map_err(|e| format!("host entropy: {e}"))?;
     let frame = protocol::encode_request(&request).map_err(|e| e.to_string())?;
-    let mut stream = tokio::time::timeout(Duration::from_millis(200), dialer.dial(CONTROL_PORT))
+    let mut stream = tokio::time::timeout(connect_timeout, dialer.dial(CONTROL_PORT))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;

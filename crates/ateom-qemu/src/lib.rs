@@ -222,61 +222,6 @@ impl QemuBackend {
         }
     }
 
-    fn qemu_args(&self, cfg: &MicroVmConfig, kernel: &Path, cmdline: &str, disk: bool) -> Vec<String> {
-        let mem = cfg.memory_mib.unwrap_or(256);
-        let mut a: Vec<String> = vec![
-            "-M".into(),
-            MACHINE.into(),
-            "-accel".into(),
-            self.accel.into(),
-            "-cpu".into(),
-            self.opts.cpu.clone(),
-            "-m".into(),
-            format!("{mem}M"),
-            "-smp".into(),
-            cfg.vcpus.unwrap_or(1).to_string(),
-            "-object".into(),
-            format!("memory-backend-file,id=mem,size={mem}M,mem-path={MEMORY},share=on"),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-no-reboot".into(),
-            "-display".into(),
-            "none".into(),
-            "-serial".into(),
-            "stdio".into(),
-            "-qmp".into(),
-            "unix:qmp.sock,server=on,wait=off".into(),
-            "-kernel".into(),
-            kernel.display().to_string(),
-            "-append".into(),
-            cmdline.into(),
-        ];
-        // Device order fixes the virtio-mmio slots: identical for boot and restore.
-        if disk {
-            a.extend([
-                "-drive".into(),
-                format!("id=root,file={DISK},format=raw,if=none"),
-                "-device".into(),
-                "virtio-blk-device,drive=root".into(),
-            ]);
-        }
-        if let Some(n) = &cfg.network {
-            a.extend([
-                "-netdev".into(),
-                format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap_name),
-                "-device".into(),
-                format!("virtio-net-device,netdev=net0,mac={}", n.guest_mac),
-            ]);
-        }
-        a.extend([
-            "-object".into(),
-            "rng-random,id=rng0,filename=/dev/urandom".into(),
-            "-device".into(),
-            "virtio-rng-device,rng=rng0".into(),
-        ]);
-        a
-    }
-
     /// The kernel command line. `ateom_init`: the disk was built from an image with ateom's
     /// guest init inside (otherwise the operator's `kernel_cmdline` says what to run).
     fn cmdline(&self, cfg: &MicroVmConfig, hostname: &str, disk: bool, ateom_init: bool) -> String {
@@ -390,11 +335,12 @@ impl QemuBackend {
 
         let net = cfg.network.clone().expect("qemu guests always get a network");
         let (ns, dialer) = self.network(&net).await?;
-        let mut args = self.qemu_args(&cfg, &kernel, &cmdline, base.is_some());
+        let mut args = qemu_args(self.accel, &self.opts.cpu, &cfg, &kernel, &cmdline, base.is_some());
         if snapshot.is_some() {
             args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
         }
         let binary = cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone());
+        let spawn_start = std::time::Instant::now();
         let proc =
             match QemuProcess::spawn(&binary, &args, &ctx.work_dir, &ns, ctx.actor.actor_id.as_str()).await {
                 Ok(p) => p,
@@ -404,6 +350,7 @@ impl QemuBackend {
                     return Err(e);
                 }
             };
+        debug!(spawn_ms = spawn_start.elapsed().as_millis() as u64, "qemu up (QMP answers)");
         let mut vm = QemuSandbox {
             proc: Some(proc),
             ns: Some(ns),
@@ -512,18 +459,84 @@ impl QemuBackend {
             .map_err(fail("restoring (incoming migration)"))?;
         qmp.wait_migration(Duration::from_secs(60)).await.map_err(fail("restoring (device state)"))?;
         qmp.execute("cont", None).await.map_err(fail("resuming the restored microVM"))?;
+        let resumed = std::time::Instant::now();
         // Before the workload sees traffic: the host's clock and fresh entropy (guests that
         // run ateom's init; others are on their own).
         if ateom_init {
             let dialer = vm.dialer.clone().expect("network");
             guest::sync_clock_and_entropy(dialer.as_ref(), Duration::from_secs(10)).await?;
+            debug!(sync_ms = resumed.elapsed().as_millis() as u64, "guest synced after resume");
         }
         Ok(())
     }
 }
 
+/// The QEMU command line of a microVM (relative paths: QEMU runs in the work directory).
+/// Public so benchmarks drive QEMU directly with exactly ateom's machine.
+pub fn qemu_args(
+    accel: &str,
+    cpu: &str,
+    cfg: &MicroVmConfig,
+    kernel: &Path,
+    cmdline: &str,
+    disk: bool,
+) -> Vec<String> {
+    let mem = cfg.memory_mib.unwrap_or(256);
+    let mut a: Vec<String> = vec![
+        "-M".into(),
+        MACHINE.into(),
+        "-accel".into(),
+        accel.into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-m".into(),
+        format!("{mem}M"),
+        "-smp".into(),
+        cfg.vcpus.unwrap_or(1).to_string(),
+        "-object".into(),
+        format!("memory-backend-file,id=mem,size={mem}M,mem-path={MEMORY},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-no-reboot".into(),
+        "-display".into(),
+        "none".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-qmp".into(),
+        "unix:qmp.sock,server=on,wait=off".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+    ];
+    // Device order fixes the virtio-mmio slots: identical for boot and restore.
+    if disk {
+        a.extend([
+            "-drive".into(),
+            format!("id=root,file={DISK},format=raw,if=none"),
+            "-device".into(),
+            "virtio-blk-device,drive=root".into(),
+        ]);
+    }
+    if let Some(n) = &cfg.network {
+        a.extend([
+            "-netdev".into(),
+            format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap_name),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={}", n.guest_mac),
+        ]);
+    }
+    a.extend([
+        "-object".into(),
+        "rng-random,id=rng0,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-device,rng=rng0".into(),
+    ]);
+    a
+}
+
 /// Single-quotes a path for QEMU's `exec:` migration URIs (run by /bin/sh).
-fn shell_quote(p: &Path) -> String {
+pub fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 

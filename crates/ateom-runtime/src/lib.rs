@@ -504,6 +504,7 @@ impl Runtime {
         let (snap, pulled) = self.find_snapshot(&req).await?;
         let verified = pulled.is_some();
         self.check_restorable(&snap)?;
+        let verify_start = Instant::now();
         if !verified {
             let verify_snap = snap.clone();
             tokio::task::spawn_blocking(move || verify_snap.verify()).await.map_err(|e| {
@@ -513,11 +514,13 @@ impl Runtime {
                 }
             })??;
         }
+        debug!(verify_ms = verify_start.elapsed().as_millis() as u64, "snapshot verified");
         let spec =
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
         let work_dir = ctx.work_dir.clone();
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
+        let backend_start = Instant::now();
         let input = SnapshotInput { dir: &snap.dir, manifest: &snap.manifest };
         let sandbox = match self.backend.restore(ctx, input).await {
             Ok(s) => s,
@@ -526,6 +529,7 @@ impl Runtime {
                 return Err(e.into());
             }
         };
+        debug!(backend_ms = backend_start.elapsed().as_millis() as u64, "backend restore done");
         let id = snap.manifest.snapshot_id.clone();
         let mut started = self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await?;
         started.pulled = pulled;

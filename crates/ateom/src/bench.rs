@@ -49,12 +49,9 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn gvisor(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Result<Value> {
-    let iterations = iterations.max(1);
-    // Warm-up (fills the image cache, faults in binaries) and the bundle for the baseline.
-    run_counter(h, "bench-warmup").await?;
-    checkpoint_counter(h, "bench-warmup", None).await?;
-
+/// run -> ready, one request, checkpoint, restore -> first answer, checkpoint: through
+/// ateom's gRPC service, `iterations` times. Returns the samples and the snapshot bytes.
+async fn ateom_cycles(h: &mut Harness, iterations: u32) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, u64)> {
     let (mut run_s, mut ck_s, mut rs_s, mut bytes) = (vec![], vec![], vec![], 0u64);
     for i in 0..iterations {
         let actor = format!("bench-{i}");
@@ -69,6 +66,17 @@ pub async fn gvisor(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Re
         rs_s.push(ms(t));
         checkpoint_counter(h, &actor, None).await?;
     }
+
+    Ok((run_s, ck_s, rs_s, bytes))
+}
+
+pub async fn gvisor(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Result<Value> {
+    let iterations = iterations.max(1);
+    // Warm-up (fills the image cache, faults in binaries) and the bundle for the baseline.
+    run_counter(h, "bench-warmup").await?;
+    checkpoint_counter(h, "bench-warmup", None).await?;
+
+    let (run_s, ck_s, rs_s, bytes) = ateom_cycles(h, iterations).await?;
 
     let base = Baseline::prepare(h, worker).await?;
     let (mut brun, mut bck, mut brs, mut bbytes) = (vec![], vec![], vec![], 0u64);
@@ -442,4 +450,203 @@ pub async fn snapshot_store(h: &mut Harness, worker: &WorkerArgs, iterations: u3
     r.insert("samples_ms".into(), json!({"durable_fresh_node": durable, "local": local}));
     out.insert("restore".into(), Value::Object(r));
     Ok(Value::Object(out))
+}
+
+/// `ateom bench --backend qemu`: ateom's Run/Checkpoint/Restore against the same QEMU
+/// operations driven directly over QMP (same machine, kernel, disk and command line), and
+/// per-workload disk preparation (sparse copy) against a full copy of the base image.
+pub async fn qemu(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Result<Value> {
+    let iterations = iterations.max(1);
+    run_counter(h, "bench-warmup").await?;
+    let (warm, _) = checkpoint_counter(h, "bench-warmup", None).await?;
+    let manifest = warm.manifest.ok_or_else(|| anyhow::anyhow!("no manifest"))?;
+    let (run_s, ck_s, rs_s, bytes) = ateom_cycles(h, iterations).await?;
+    // One DURABLE checkpoint: what the snapshot costs in the store.
+    let bucket = tempfile::Builder::new().prefix("ateom-bench-qemu-bucket-").tempdir()?;
+    run_counter(h, "bench-durable").await?;
+    let (durable, _) =
+        checkpoint_counter(h, "bench-durable", Some(&format!("file://{}", bucket.path().display()))).await?;
+
+    // The baseline runs exactly ateom's machine: same disk from the cache, same kernel and
+    // command line (from the snapshot's provenance).
+    let base_disk = std::fs::read_dir(h.state_dir.join("cache/guest/ext4"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "ext4"))
+        .ok_or_else(|| anyhow::anyhow!("no cached root disk"))?;
+    let kernel = worker
+        .kernel
+        .clone()
+        .or_else(crate::images::default_guest_kernel)
+        .ok_or_else(|| anyhow::anyhow!("no kernel"))?;
+    let p = &manifest.provenance;
+    let accel = p["qemu.accelerator"].clone();
+    let cpu = p["qemu.cpu"].clone();
+    let cmdline = p["qemu.cmdline"].clone();
+    let cfg = ateom_core::MicroVmConfig {
+        memory_mib: p["qemu.memory_mib"].parse().ok(),
+        vcpus: p["qemu.vcpus"].parse().ok(),
+        network: Some(ateom_microvm::default_network()),
+        ..Default::default()
+    };
+    let args = ateom_qemu::qemu_args(&accel, &cpu, &cfg, &kernel, &cmdline, true);
+    let binary =
+        crate::backends::find_on_path("qemu-system-x86_64").ok_or_else(|| anyhow::anyhow!("no qemu"))?;
+    let direct = DirectQemu { binary, args, prefix: format!("ateom-bq{}-", std::process::id()) };
+    let work = tempfile::Builder::new().prefix("ateom-bench-qemu-direct-").tempdir()?;
+    let mut base = vec![];
+    let result = async {
+        for i in 0..=iterations {
+            let r = direct.cycle(&base_disk, &work.path().join(format!("c{i}"))).await?;
+            if i > 0 {
+                base.push(r);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    for n in Netns::list_with_prefix(&direct.prefix).unwrap_or_default() {
+        let _ = Netns::delete_by_name(&n);
+    }
+    result?;
+
+    // Per-workload disk preparation: ateom's sparse copy vs a full copy.
+    let (mut sparse, mut full) = (vec![], vec![]);
+    for i in 0..iterations {
+        let a = work.path().join(format!("sparse-{i}.ext4"));
+        let t = Instant::now();
+        ateom_microvm::copy_sparse(&base_disk, &a)?;
+        sparse.push(ms(t.elapsed()));
+        let b = work.path().join(format!("full-{i}.ext4"));
+        full.push(sh(&format!("cp --sparse=never '{}' '{}'", base_disk.display(), b.display()))?);
+    }
+
+    let col = |k: usize| median(base.iter().map(|c: &[f64; 4]| c[k]).collect());
+    let mut out = serde_json::Map::new();
+    out.insert("benchmark".into(), json!("run-checkpoint-restore"));
+    out.insert("backend".into(), json!("qemu"));
+    out.insert("accelerator".into(), json!(accel));
+    out.insert("runtime_version".into(), json!(manifest.runtime_version));
+    out.insert("iterations".into(), json!(iterations));
+    out.insert("statistic".into(), json!("median"));
+    figure(&mut out, "run_to_ready_ms", median(run_s.clone()), col(0));
+    figure(&mut out, "checkpoint_ms", median(ck_s.clone()), col(1));
+    figure(&mut out, "restore_to_first_answer_ms", median(rs_s.clone()), col(2));
+    figure(&mut out, "snapshot_bytes", bytes as f64, col(3));
+    out.insert("durable_stored_bytes".into(), json!(durable.stored_bytes));
+    figure(&mut out, "disk_prepare_ms", median(sparse.clone()), median(full.clone()));
+    out.insert("base_disk_bytes".into(), json!(std::fs::metadata(&base_disk)?.len()));
+    out.insert(
+        "samples_ms".into(),
+        json!({"run_to_ready": run_s, "checkpoint": ck_s, "restore_to_first_answer": rs_s,
+               "baseline": base.iter().map(|c| json!({"boot": c[0], "checkpoint": c[1], "restore": c[2]})).collect::<Vec<_>>(),
+               "disk_prepare": sparse, "baseline_disk_full_copy": full}),
+    );
+    Ok(Value::Object(out))
+}
+
+/// QEMU driven directly: spawn in a namespace with the tap, readiness by HTTP, QMP for the
+/// snapshot. No manifest, no digests, no clock sync: the floor ateom's orchestration adds to.
+struct DirectQemu {
+    binary: PathBuf,
+    args: Vec<String>,
+    prefix: String,
+}
+
+impl DirectQemu {
+    async fn spawn(&self, dir: &Path, ns: &Netns, incoming: bool) -> Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args(&self.args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if incoming {
+            cmd.args(["-incoming", "defer", "-S"]);
+        }
+        ateom_net::join_netns_before_exec(&mut cmd, ns, false)?;
+        let child = cmd.spawn()?;
+        let sock = dir.join("qmp.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                bail!("baseline qemu did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(child)
+    }
+
+    async fn net(&self) -> Result<(Netns, Arc<dyn Dialer>)> {
+        let net = ateom_microvm::default_network();
+        let ns = Netns::create(&format!("{}vm", self.prefix))?;
+        ateom_net::setup_tap(
+            &ns,
+            &ateom_net::TapPlan {
+                name: net.tap_name,
+                host_ip: net.host_ip,
+                prefix_len: net.prefix_len,
+                vnet_hdr: true,
+            },
+        )
+        .await?;
+        let d: Arc<dyn Dialer> = Arc::new(NetnsDialer::new(&ns, IpAddr::V4(net.guest_ip))?);
+        Ok((ns, d))
+    }
+
+    /// boot -> ready, checkpoint, restore -> first answer; (ms, ms, ms, snapshot bytes).
+    async fn cycle(&self, base_disk: &Path, dir: &Path) -> Result<[f64; 4]> {
+        use ateom_qemu::qmp::Qmp;
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        let caps = json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]});
+        let snap = dir.join("snap");
+        std::fs::create_dir_all(&snap)?;
+        let run_dir = dir.join("run");
+        std::fs::create_dir_all(&run_dir)?;
+
+        let t = Instant::now();
+        ateom_microvm::copy_sparse(base_disk, &run_dir.join("rootfs.ext4"))?;
+        let (ns, dialer) = self.net().await?;
+        let mut child = self.spawn(&run_dir, &ns, false).await?;
+        ateom_runtime::probe::wait_ready(dialer.as_ref(), &probe, Duration::from_secs(60), &|| None).await?;
+        let boot = ms(t.elapsed());
+
+        let t = Instant::now();
+        let mut qmp = Qmp::connect(&run_dir.join("qmp.sock")).await?;
+        qmp.execute("stop", None).await?;
+        qmp.execute("migrate-set-capabilities", Some(caps.clone())).await?;
+        let uri = format!("exec:cat > {}", ateom_qemu::shell_quote(&snap.join("vmstate")));
+        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        qmp.wait_migration(Duration::from_secs(120)).await?;
+        let _ = qmp.execute("quit", None).await;
+        child.wait().await?;
+        std::fs::rename(run_dir.join("memory"), snap.join("memory"))?;
+        std::fs::rename(run_dir.join("rootfs.ext4"), snap.join("rootfs.ext4"))?;
+        drop(dialer);
+        let _ = ns.delete();
+        let ck = ms(t.elapsed());
+        let bytes = dir_bytes(&snap)?;
+
+        let t = Instant::now();
+        let rs_dir = dir.join("restore");
+        std::fs::create_dir_all(&rs_dir)?;
+        ateom_microvm::copy_sparse(&snap.join("memory"), &rs_dir.join("memory"))?;
+        ateom_microvm::copy_sparse(&snap.join("rootfs.ext4"), &rs_dir.join("rootfs.ext4"))?;
+        let (ns, dialer) = self.net().await?;
+        let mut child = self.spawn(&rs_dir, &ns, true).await?;
+        let mut qmp = Qmp::connect(&rs_dir.join("qmp.sock")).await?;
+        qmp.execute("migrate-set-capabilities", Some(caps)).await?;
+        let uri = format!("exec:cat {}", ateom_qemu::shell_quote(&snap.join("vmstate")));
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        qmp.wait_migration(Duration::from_secs(60)).await?;
+        qmp.execute("cont", None).await?;
+        ateom_runtime::probe::wait_ready(dialer.as_ref(), &probe, Duration::from_secs(60), &|| None).await?;
+        let rs = ms(t.elapsed());
+        let _ = qmp.execute("quit", None).await;
+        let _ = child.wait().await;
+        drop(dialer);
+        let _ = ns.delete();
+        Ok([boot, ck, rs, bytes as f64])
+    }
 }

@@ -291,7 +291,13 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     let mut h = Harness::start(&a.worker, a.state_dir.clone(), source).await?;
     let mut fresh: Option<Harness> = None;
     let result = async {
-        say(format!("worker: {} backend, state in {}", a.worker.backend.name(), h.state_dir.display()));
+        let caps = h.client.get_capabilities(pb::GetCapabilitiesRequest {}).await?.into_inner();
+        let accelerator = caps.capabilities.map(|c| c.accelerator).unwrap_or_default();
+        say(format!(
+            "worker: {} backend ({accelerator}), state in {}",
+            a.worker.backend.name(),
+            h.state_dir.display()
+        ));
         say(format!("image:  {}", h.image));
         let (run, run_ms) = run_counter(&mut h, "demo-1").await?;
         let endpoint: SocketAddr = run.host_endpoint.parse()?;
@@ -359,6 +365,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         ));
         let mut out = json!({
             "backend": a.worker.backend.name(),
+            "accelerator": accelerator,
             "destination": if durable { "durable" } else { "local" },
             "image": h.image,
             "memory_count_before_checkpoint": before.memory,
@@ -413,6 +420,9 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
     }
     let mut h = Harness::start(&a.worker, None, ImageSource::PackCounter(a.counter_bin.clone())).await?;
     let result = match a.kind {
+        BenchKind::Runtime if a.worker.backend == crate::BackendKind::Qemu => {
+            crate::bench::qemu(&mut h, &a.worker, a.iterations).await
+        }
         BenchKind::Runtime => crate::bench::gvisor(&mut h, &a.worker, a.iterations).await,
         BenchKind::SnapshotStore => crate::bench::snapshot_store(&mut h, &a.worker, a.iterations).await,
     };
