@@ -444,6 +444,7 @@ async fn run_bench(lab: &mut Lab, a: &BenchArgs) -> Result<Value> {
     // 4. Baseline: the same snapshots restored directly through ateom (restore → first answer).
     let paused = paused_on(lab).await?;
     let t = lab.ctl().template("counter").await?.value;
+    let store = lab.ctl().store_backend();
     if let Some(r) = lab.running.take() {
         r.stop();
     }
@@ -477,6 +478,6 @@ async fn run_bench(lab: &mut Lab, a: &BenchArgs) -> Result<Value> {
         },
         "samples": local.len(),
         "baseline_samples": base.len(),
-        "store": "sqlite",
+        "store": store,
     }))
 }

@@ -165,7 +165,7 @@ fn index_path(lab: &Lab, actor: &str, id: &str) -> std::path::PathBuf {
 }
 
 async fn actors_through_cycles(store: StoreKind) {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut lab = Lab::start(store, 3);
     // The idle policy runs on its own: pause after 1 s idle, suspend after 2 s paused.
     lab.apply_counter(Some((1.0, 2.0)));
@@ -349,7 +349,7 @@ async fn redis_actors_continue_through_pause_suspend_cycles() {
 /// workers run exactly what the store says, counters never go back.
 async fn killed_at_random_points(store: StoreKind, iterations: usize) {
     use rand::{Rng, SeedableRng};
-    let _serial = serial();
+    let _serial = serial().await;
     let mut lab = Lab::start(store, 3);
     lab.apply_counter(None);
     let names = lab.create_actors(12);
