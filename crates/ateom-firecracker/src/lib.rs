@@ -643,32 +643,14 @@ impl Backend for FirecrackerBackend {
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
-        let mut done = Vec::new();
-        // Our VMMs carry `--id ateom-<instance>-...`: those are ours to kill.
+        // Our VMMs carry `--id ateom-<instance>-...`.
         let prefix = format!("ateom-{}-", self.opts.instance);
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        ateom_microvm::remove_stale(&prefix, |proc_dir| {
+            std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                let ours = args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()));
-                if ours
-                    && nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                    .is_ok()
-                {
-                    done.push(format!("firecracker process {pid}"));
-                }
-            }
-        }
-        let names = Netns::list_with_prefix(&prefix).map_err(|e| BackendError::Network(e.to_string()))?;
-        for name in names {
-            Netns::delete_by_name(&name).map_err(|e| BackendError::Network(e.to_string()))?;
-            done.push(format!("network namespace {name}"));
-        }
-        Ok(done)
+                args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()))
+            })
+        })
     }
 }
 

@@ -110,6 +110,34 @@ pub fn kvm() -> Kvm {
     Kvm::Hardware
 }
 
+/// What a restarted worker removes before serving: processes `ours` recognises (from their
+/// `/proc/<pid>` directory; they were started for this worker's state directory, so they are
+/// its to kill) and network namespaces named `<prefix>*`. Returns what it removed.
+pub fn remove_stale(
+    prefix: &str,
+    ours: impl Fn(&Path) -> bool,
+) -> Result<Vec<String>, ateom_core::BackendError> {
+    let mut done = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if pid as u32 != std::process::id()
+                && ours(&e.path())
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+                    .is_ok()
+            {
+                done.push(format!("process {pid}"));
+            }
+        }
+    }
+    let net = |e: ateom_net::NetError| ateom_core::BackendError::Network(e.to_string());
+    for name in ateom_net::Netns::list_with_prefix(prefix).map_err(net)? {
+        ateom_net::Netns::delete_by_name(&name).map_err(net)?;
+        done.push(format!("network namespace {name}"));
+    }
+    Ok(done)
+}
+
 /// Errors of the helpers here.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {source}")]

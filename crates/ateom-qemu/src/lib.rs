@@ -800,33 +800,12 @@ impl Backend for QemuBackend {
     }
 
     async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
-        let mut done = Vec::new();
-        // Our QEMUs run with their cwd in <state>/actors/*/work: those are ours to kill.
+        // Our QEMUs run with their working directory in <state>/actors/*/work.
         let actors = self.opts.state_dir.join("actors");
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-                let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
-                let is_qemu = std::fs::read_to_string(e.path().join("comm"))
-                    .is_ok_and(|c| c.starts_with("qemu-system"));
-                if is_qemu
-                    && cwd.starts_with(&actors)
-                    && nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                    .is_ok()
-                {
-                    done.push(format!("qemu process {pid}"));
-                }
-            }
-        }
-        let prefix = format!("ateom-{}-", self.opts.instance);
-        for name in Netns::list_with_prefix(&prefix).map_err(|e| BackendError::Network(e.to_string()))? {
-            Netns::delete_by_name(&name).map_err(|e| BackendError::Network(e.to_string()))?;
-            done.push(format!("network namespace {name}"));
-        }
-        Ok(done)
+        ateom_microvm::remove_stale(&format!("ateom-{}-", self.opts.instance), |proc_dir| {
+            std::fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.starts_with("qemu-system"))
+                && std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&actors))
+        })
     }
 }
 

@@ -194,22 +194,74 @@ fn actor_req(actor: &str) -> (String, String, String) {
     ("demo".into(), "counter".into(), actor.into())
 }
 
-pub async fn run_counter(h: &mut Harness, actor: &str) -> Result<(pb::RunWorkloadResponse, Duration)> {
-    let (ns, tpl, id) = actor_req(actor);
-    let t = Instant::now();
-    let r = h
-        .client
-        .run_workload(pb::RunWorkloadRequest {
+fn status(what: &'static str) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    move |s| anyhow!("{what}: {:?}: {}", s.code(), s.message())
+}
+
+impl Harness {
+    /// RunWorkload for `actor` (namespace `demo`, template `counter`), timed.
+    pub async fn run(
+        &mut self,
+        actor: &str,
+        spec: pb::WorkloadSpec,
+    ) -> Result<(pb::RunWorkloadResponse, Duration)> {
+        let (ns, tpl, id) = actor_req(actor);
+        let t = Instant::now();
+        let req = pb::RunWorkloadRequest {
             actor_template_namespace: ns,
             actor_template_name: tpl,
             actor_id: id,
-            spec: Some(h.spec()),
+            spec: Some(spec),
             ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("RunWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    Ok((r, t.elapsed()))
+        };
+        let r = self.client.run_workload(req).await.map_err(status("RunWorkload"))?.into_inner();
+        Ok((r, t.elapsed()))
+    }
+
+    /// CheckpointWorkload (DURABLE to `store` when given), timed.
+    pub async fn checkpoint(
+        &mut self,
+        actor: &str,
+        store: Option<&str>,
+    ) -> Result<(pb::CheckpointWorkloadResponse, Duration)> {
+        let (ns, tpl, id) = actor_req(actor);
+        let t = Instant::now();
+        let req = pb::CheckpointWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            snapshot_uri_prefix: store.unwrap_or_default().to_owned(),
+            ..Default::default()
+        };
+        let r =
+            self.client.checkpoint_workload(req).await.map_err(status("CheckpointWorkload"))?.into_inner();
+        Ok((r, t.elapsed()))
+    }
+
+    /// RestoreWorkload of the newest snapshot (under `store` when given); the start instant
+    /// is returned so callers can time up to their first answer.
+    pub async fn restore(
+        &mut self,
+        actor: &str,
+        store: Option<&str>,
+    ) -> Result<(pb::RestoreWorkloadResponse, Instant)> {
+        let (ns, tpl, id) = actor_req(actor);
+        let t = Instant::now();
+        let req = pb::RestoreWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            snapshot_uri_prefix: store.unwrap_or_default().to_owned(),
+            ..Default::default()
+        };
+        let r = self.client.restore_workload(req).await.map_err(status("RestoreWorkload"))?.into_inner();
+        Ok((r, t))
+    }
+}
+
+pub async fn run_counter(h: &mut Harness, actor: &str) -> Result<(pb::RunWorkloadResponse, Duration)> {
+    let spec = h.spec();
+    h.run(actor, spec).await
 }
 
 pub async fn checkpoint_counter(
@@ -217,21 +269,7 @@ pub async fn checkpoint_counter(
     actor: &str,
     store: Option<&str>,
 ) -> Result<(pb::CheckpointWorkloadResponse, Duration)> {
-    let (ns, tpl, id) = actor_req(actor);
-    let t = Instant::now();
-    let r = h
-        .client
-        .checkpoint_workload(pb::CheckpointWorkloadRequest {
-            actor_template_namespace: ns,
-            actor_template_name: tpl,
-            actor_id: id,
-            snapshot_uri_prefix: store.unwrap_or_default().to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("CheckpointWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    Ok((r, t.elapsed()))
+    h.checkpoint(actor, store).await
 }
 
 /// Restores and makes the first request; returns the response, the first answer and the
@@ -241,20 +279,7 @@ pub async fn restore_counter(
     actor: &str,
     store: Option<&str>,
 ) -> Result<(pb::RestoreWorkloadResponse, Count, Duration)> {
-    let (ns, tpl, id) = actor_req(actor);
-    let t = Instant::now();
-    let r = h
-        .client
-        .restore_workload(pb::RestoreWorkloadRequest {
-            actor_template_namespace: ns,
-            actor_template_name: tpl,
-            actor_id: id,
-            snapshot_uri_prefix: store.unwrap_or_default().to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("RestoreWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let (r, t) = h.restore(actor, store).await?;
     let endpoint: SocketAddr = r.host_endpoint.parse()?;
     let first = hit(endpoint).await?;
     Ok((r, first, t.elapsed()))

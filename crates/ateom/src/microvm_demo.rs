@@ -72,26 +72,8 @@ fn guest_spec() -> pb::WorkloadSpec {
     pb::WorkloadSpec { containers: vec![pb::Container { name: "guest".into(), ..Default::default() }] }
 }
 
-fn actor(id: &str) -> (String, String, String) {
-    ("demo".into(), "guest".into(), id.into())
-}
-
 async fn run(h: &mut Harness, id: &str) -> Result<(pb::RunWorkloadResponse, Duration)> {
-    let (a, b, c) = actor(id);
-    let t = Instant::now();
-    let r = h
-        .client
-        .run_workload(pb::RunWorkloadRequest {
-            actor_template_namespace: a,
-            actor_template_name: b,
-            actor_id: c,
-            spec: Some(guest_spec()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("RunWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    Ok((r, t.elapsed()))
+    h.run(id, guest_spec()).await
 }
 
 async fn checkpoint(
@@ -99,38 +81,12 @@ async fn checkpoint(
     id: &str,
     store: Option<&str>,
 ) -> Result<(pb::CheckpointWorkloadResponse, Duration)> {
-    let (a, b, c) = actor(id);
-    let t = Instant::now();
-    let r = h
-        .client
-        .checkpoint_workload(pb::CheckpointWorkloadRequest {
-            actor_template_namespace: a,
-            actor_template_name: b,
-            actor_id: c,
-            snapshot_uri_prefix: store.unwrap_or_default().into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("CheckpointWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    Ok((r, t.elapsed()))
+    h.checkpoint(id, store).await
 }
 
 /// Restore, then one console round trip: the time to the first answer.
 async fn restore(h: &mut Harness, id: &str) -> Result<(u64, Duration)> {
-    let (a, b, c) = actor(id);
-    let t = Instant::now();
-    let r = h
-        .client
-        .restore_workload(pb::RestoreWorkloadRequest {
-            actor_template_namespace: a,
-            actor_template_name: b,
-            actor_id: c,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("RestoreWorkload: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let (r, t) = h.restore(id, None).await?;
     let mut console = ConsoleCounter::connect(&r.console).await?;
     let n = console.next().await?;
     Ok((n, t.elapsed()))

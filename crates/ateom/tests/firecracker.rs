@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
 
 /// `$ATEOM_FIRECRACKER_BIN`, or `firecracker` on PATH; None (and a loud skip) otherwise.
@@ -86,25 +85,6 @@ fn run_guest(id: &str) -> ateom_proto::RunWorkloadRequest {
     let mut r = run_req(id, "");
     r.spec = Some(guest_spec());
     r
-}
-
-/// Sends one byte per count to the console and returns the counters the guest answers.
-async fn drive(console: &str, n: usize) -> Vec<u64> {
-    let addr = console.strip_prefix("tcp://").expect("tcp console");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    let mut out = vec![];
-    for _ in 0..n {
-        w.write_all(b"x").await.unwrap();
-        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the guest answers")
-            .unwrap()
-            .unwrap();
-        out.push(line.trim().parse().unwrap());
-    }
-    out
 }
 
 fn firecracker_processes(w: &Worker) -> usize {

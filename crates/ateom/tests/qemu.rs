@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The guest kernel, built (or taken from the cache) by the project's script.
 fn guest_kernel() -> Option<PathBuf> {
@@ -64,23 +63,6 @@ fn console_counter_disk(dir: &Path) -> PathBuf {
     disk
 }
 
-async fn drive(console: &str, n: usize) -> Vec<u64> {
-    let stream = tokio::net::TcpStream::connect(console.strip_prefix("tcp://").unwrap()).await.unwrap();
-    let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    let mut out = vec![];
-    for _ in 0..n {
-        w.write_all(b"x").await.unwrap();
-        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the guest answers")
-            .unwrap()
-            .unwrap();
-        out.push(line.trim().parse().unwrap());
-    }
-    out
-}
-
 fn qemu_processes(w: &Worker) -> usize {
     let actors = w.state_dir.join("actors").canonicalize().unwrap_or_else(|_| w.state_dir.join("actors"));
     std::fs::read_dir("/proc")
@@ -113,7 +95,7 @@ async fn linux_guest_state_survives_checkpoint_and_restore_and_moves_nodes() {
             "--rootfs",
             &disk.display().to_string(),
             "--kernel-cmdline",
-            "init=/init",
+            "init=/init loglevel=1",
             "--ready-console-line",
             "READY",
             "--memory-mib",
@@ -215,7 +197,7 @@ async fn get_text(endpoint: &str, path: &str) -> String {
 async fn skew_guest_clock(w: &Worker, skew: std::time::Duration) {
     use ateom_core::Dialer;
     use ateom_init::protocol::{Entropy, Request, Response, decode_response, encode_request};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ns = ateom_net::Netns::open(&format!("ateom-{}-vm", instance_id(&w.state_dir))).unwrap();
     let dialer = ateom_net::NetnsDialer::new(&ns, "169.254.0.2".parse().unwrap()).unwrap();
     let mut s = dialer.dial(ateom_init::cmdline::DEFAULT_CTL_PORT).await.unwrap();

@@ -256,3 +256,24 @@ pub async fn hit(endpoint: &str) -> Count {
         sha: v["file_sha256"].as_str().unwrap().to_owned(),
     }
 }
+
+/// Sends one byte per count to a serial console (`tcp://...`) and returns the counters the
+/// guest answers, one line each.
+pub async fn drive(console: &str, n: usize) -> Vec<u64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream =
+        tokio::net::TcpStream::connect(console.strip_prefix("tcp://").expect("tcp console")).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let mut out = vec![];
+    for _ in 0..n {
+        w.write_all(b"x").await.unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the guest answers")
+            .unwrap()
+            .unwrap();
+        out.push(line.trim().parse().unwrap_or_else(|_| panic!("not a counter: {line:?}")));
+    }
+    out
+}
