@@ -372,3 +372,44 @@ pub async fn bench(worker: &WorkerArgs, iterations: u32) -> Result<Value> {
     h.stop().await;
     result
 }
+
+/// A real Firecracker snapshot of the freestanding guest in `dir` (for the snapshot-store
+/// benchmark): boot, one console byte, pause, Full snapshot. Returns its artifact names, or
+/// why there is none here.
+pub async fn firecracker_snapshot(worker: &WorkerArgs, dir: &std::path::Path) -> Result<Vec<String>, String> {
+    use ateom_firecracker::api::*;
+    let bin = worker
+        .firecracker
+        .clone()
+        .or_else(|| crate::backends::find_on_path("firecracker"))
+        .ok_or("no firecracker binary (ATEOM_FIRECRACKER_BIN or PATH)")?;
+    let guest = test_guest(worker).map_err(|e| e.to_string())?;
+    let run = async {
+        std::fs::create_dir_all(dir)?;
+        let mut vm = Direct::spawn(&bin, dir).await?;
+        vm.api
+            .boot_source(&BootSource { kernel_image_path: guest.display().to_string(), boot_args: None })
+            .await?;
+        vm.api
+            .machine_config(&MachineConfig {
+                vcpu_count: 1,
+                mem_size_mib: worker.memory_mib,
+                cpu_template: None,
+            })
+            .await?;
+        vm.api.start().await?;
+        while !vm.line().await?.contains("READY") {}
+        vm.next().await?;
+        vm.api.pause().await?;
+        let create = SnapshotCreate {
+            snapshot_type: "Full",
+            snapshot_path: dir.join("vmstate").display().to_string(),
+            mem_file_path: dir.join("memory").display().to_string(),
+        };
+        vm.api.create_snapshot(&create, worker.memory_mib).await?;
+        vm.child.kill().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    run.await.map_err(|e| e.to_string())?;
+    Ok(vec!["memory".into(), "vmstate".into()])
+}
