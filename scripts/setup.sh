@@ -38,8 +38,8 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-log "building ateom (release)"
-cargo build --release --locked -p ateom >&2
+log "building ateom and ate (release)"
+cargo build --release --locked -p ateom -p ate >&2
 log "building the static counter demo"
 counter="$(scripts/build-counter.sh)"
 log "counter: $counter"

@@ -106,6 +106,7 @@ impl pb::Ateom for AteomService {
             running_actor: info.running.map(|a| a.to_string()).unwrap_or_default(),
             host_endpoint: endpoint_str(info.host_endpoint),
             console: info.console.unwrap_or_default(),
+            state: info.state.into(),
         }))
     }
 }

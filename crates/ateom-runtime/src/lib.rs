@@ -122,6 +122,8 @@ pub struct WorkerInfo {
     pub host_endpoint: SocketAddr,
     /// The running workload's serial console, if its backend has one.
     pub console: Option<String>,
+    /// `idle`, `starting`, `restoring`, `running` or `checkpointing`.
+    pub state: &'static str,
 }
 
 struct Active {
@@ -214,10 +216,10 @@ impl Runtime {
 
     pub fn info(&self) -> WorkerInfo {
         let info = self.backend.info();
-        let (running, console) = match &*self.slot.lock().expect("slot lock") {
-            Slot::Idle => (None, None),
-            Slot::Busy { actor, .. } => (Some(actor.clone()), None),
-            Slot::Running(a) => (Some(a.actor.clone()), a.sandbox.console()),
+        let (running, console, state) = match &*self.slot.lock().expect("slot lock") {
+            Slot::Idle => (None, None, "idle"),
+            Slot::Busy { actor, state } => (Some(actor.clone()), None, *state),
+            Slot::Running(a) => (Some(a.actor.clone()), a.sandbox.console(), "running"),
         };
         WorkerInfo {
             backend: info.name.clone(),
@@ -227,6 +229,7 @@ impl Runtime {
             running,
             host_endpoint: self.forwarder.local_addr(),
             console,
+            state,
         }
     }
 

@@ -280,6 +280,7 @@ pub fn caps_json(r: &pb::GetCapabilitiesResponse) -> Value {
         "running_actor": r.running_actor,
         "host_endpoint": r.host_endpoint,
         "console": r.console,
+        "state": r.state,
     })
 }
 

@@ -49,10 +49,13 @@ async fn counter_continues_after_checkpoint_and_restore() {
     assert!(w.runsc_processes().is_empty(), "runsc processes left: {:?}", w.runsc_processes());
     let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
     assert_eq!(caps.running_actor, "");
+    assert_eq!(caps.state, "idle");
 
     let restored = c.restore_workload(restore_req("a1")).await.expect("restore").into_inner();
     assert_eq!(restored.snapshot_id, m.snapshot_id);
     let after = hit(&restored.host_endpoint).await;
+    let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!((caps.state.as_str(), caps.running_actor.as_str()), ("running", "test/counter/a1"));
     assert_eq!(after.memory, 4, "in-memory state continued");
     assert_eq!(after.file, 4, "file system state continued");
     assert_eq!(after.sha, before.sha, "the random file is the same file");
