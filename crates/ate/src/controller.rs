@@ -965,6 +965,12 @@ impl Controller {
             let n = cur.value.adopt_running(&endpoint, now_ms())?;
             gate.set_endpoint(Some(endpoint));
             n
+        } else if e.lost_in_transit() {
+            // We never heard the worker's verdict: ask it (and the store) what happened,
+            // exactly as after a control-plane restart.
+            warn!(error = %e, "lost contact during the checkpoint; reconciling from the worker's state");
+            self.reconcile_one(&cur.value.name, gate).await?;
+            return Ok(());
         } else if cur.value.state == ActorState::Suspending && e.message.contains("kept on this node") {
             warn!(error = %e, "suspend committed locally but did not ship; PAUSED on the node");
             cur.value.suspend_kept_local(None, now_ms())?

@@ -29,6 +29,18 @@ impl WorkerError {
     pub fn snapshot_refused(&self) -> bool {
         matches!(self.code, tonic::Code::FailedPrecondition | tonic::Code::DataLoss | tonic::Code::NotFound)
     }
+
+    /// The call failed on the way (connection reset, HTTP/2 error, cancelled), not with the
+    /// worker's verdict: the operation may well have completed there.
+    pub fn lost_in_transit(&self) -> bool {
+        let m = self.message.to_ascii_lowercase();
+        matches!(self.code, tonic::Code::Unknown | tonic::Code::Cancelled)
+            || m.contains("h2 protocol error")
+            || m.contains("transport error")
+            || m.contains("connection reset")
+            || m.contains("broken pipe")
+            || m.contains("connection closed")
+    }
 }
 
 /// Connects to a worker's socket (the same connector as `ateom_grpc::connect_unix`, without
@@ -264,5 +276,27 @@ impl Workers {
             .into_inner();
         let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
         Ok(Checkpointed { snapshot_id, location: r.location })
+    }
+}
+
+#[cfg(test)]
+mod transit_tests {
+    use super::WorkerError;
+
+    fn err(code: tonic::Code, message: &str) -> WorkerError {
+        WorkerError { worker: "w1".into(), op: "CheckpointWorkload", code, message: message.into() }
+    }
+
+    #[test]
+    fn transport_failures_are_not_verdicts() {
+        assert!(err(tonic::Code::Internal, "h2 protocol error: http2 error").lost_in_transit());
+        assert!(err(tonic::Code::Unknown, "transport error").lost_in_transit());
+        assert!(err(tonic::Code::Cancelled, "operation was canceled").lost_in_transit());
+        assert!(!err(tonic::Code::Internal, "runsc checkpoint failed: exit status 128").lost_in_transit());
+        assert!(!err(tonic::Code::DataLoss, "artifact memory is corrupt").lost_in_transit());
+        assert!(
+            !err(tonic::Code::Unavailable, "snapshot x is kept on this node at /d, but shipping it failed")
+                .lost_in_transit()
+        );
     }
 }
