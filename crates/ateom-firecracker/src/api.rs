@@ -112,12 +112,16 @@ pub enum ApiError {
 #[derive(Clone, Debug)]
 pub struct Client {
     socket: PathBuf,
+    /// The socket's path as connect(2) takes it (deep paths through the directory's fd).
+    connect_path: std::sync::Arc<Option<ateom_microvm::SocketPath>>,
     timeout: Duration,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), timeout: Duration::from_secs(5) }
+        let socket = socket.into();
+        let connect_path = std::sync::Arc::new(ateom_microvm::SocketPath::new(&socket).ok());
+        Self { socket, connect_path, timeout: Duration::from_secs(5) }
     }
 
     pub fn socket(&self) -> &Path {
@@ -132,7 +136,8 @@ impl Client {
         timeout: Duration,
     ) -> Result<Bytes, ApiError> {
         let work = async {
-            let stream = UnixStream::connect(&self.socket)
+            let path = self.connect_path.as_ref().as_ref().map_or(self.socket.as_path(), |p| p.path());
+            let stream = UnixStream::connect(path)
                 .await
                 .map_err(|source| ApiError::Connect { path: self.socket.clone(), source })?;
             let proto =

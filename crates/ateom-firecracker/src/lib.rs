@@ -67,6 +67,9 @@ pub struct FirecrackerOptions {
     pub defaults: MicroVmConfig,
     /// The static guest init (`ateom-init`) put into root disks built from container images.
     pub guest_init: Option<PathBuf>,
+    /// Run every VMM under Firecracker's jailer (a request's `jailer_path` asks for it too,
+    /// with this uid/gid and cgroups).
+    pub jailer: Option<vmm::Jailer>,
     /// How long a console readiness line may take.
     pub ready_timeout: Duration,
 }
@@ -174,12 +177,6 @@ impl FirecrackerBackend {
             }
         };
         let d = &self.opts.defaults;
-        if req.jailer_path.is_some() {
-            return Err(BackendError::InvalidConfig {
-                field: "microvm.jailer_path".into(),
-                reason: "running firecracker under the jailer is not supported by this worker yet".into(),
-            });
-        }
         Ok(MicroVmConfig {
             vmm_path: req.vmm_path.or_else(|| d.vmm_path.clone()),
             kernel_image: req.kernel_image.or_else(|| d.kernel_image.clone()),
@@ -189,9 +186,22 @@ impl FirecrackerBackend {
             memory_mib: req.memory_mib.or(d.memory_mib),
             cpu_template: req.cpu_template.or_else(|| d.cpu_template.clone()),
             network: req.network.or_else(|| d.network.clone()),
-            jailer_path: None,
+            jailer_path: req.jailer_path.or_else(|| self.opts.jailer.as_ref().map(|j| j.binary.clone())),
             ready_console_line: req.ready_console_line.or_else(|| d.ready_console_line.clone()),
         })
+    }
+
+    /// The jailer a VMM runs under, if any: the worker's settings, with the request's binary.
+    fn jailer(&self, cfg: &MicroVmConfig) -> Option<vmm::Jailer> {
+        let binary = cfg.jailer_path.clone()?;
+        let base = self.opts.jailer.clone().unwrap_or(vmm::Jailer {
+            binary: binary.clone(),
+            uid: vmm::DEFAULT_JAIL_UID,
+            gid: vmm::DEFAULT_JAIL_UID,
+            cgroup_version: None,
+            cgroups: vec![],
+        });
+        Some(vmm::Jailer { binary, ..base })
     }
 
     fn binary(&self, cfg: &MicroVmConfig) -> PathBuf {
@@ -202,6 +212,7 @@ impl FirecrackerBackend {
     async fn network(
         &self,
         net: Option<&TapNetwork>,
+        tap_owner: Option<u32>,
     ) -> Result<(Netns, Option<Arc<dyn Dialer>>), BackendError> {
         let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());
         let name = self.netns_name();
@@ -213,6 +224,7 @@ impl FirecrackerBackend {
             host_ip: net.host_ip,
             prefix_len: net.prefix_len,
             vnet_hdr: true,
+            owner: tap_owner,
         };
         if let Err(e) = ateom_net::setup_tap(&ns, &plan).await {
             let _ = ns.delete();
@@ -237,12 +249,7 @@ impl FirecrackerBackend {
         }
     }
 
-    async fn boot(
-        &self,
-        ctx: &LaunchContext,
-        cfg: &MicroVmConfig,
-        vm: &mut FcSandbox,
-    ) -> Result<(), BackendError> {
+    async fn boot(&self, cfg: &MicroVmConfig, vm: &mut FcSandbox) -> Result<(), BackendError> {
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: give one in the request or start the worker with --kernel".into(),
@@ -259,21 +266,21 @@ impl FirecrackerBackend {
                 })?
         };
         vm.kernel_id = kernel_id;
+        let vmm = vm.vmm.as_ref().expect("spawned");
         if let Some(base) = &cfg.rootfs_image {
-            let (src, dst) = (base.clone(), ctx.work_dir.join(DISK));
-            tokio::task::spawn_blocking(move || ateom_microvm::copy_sparse(&src, &dst))
-                .await
-                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?
-                .map_err(|e| BackendError::InvalidConfig {
-                    field: "microvm.rootfs_image".into(),
-                    reason: e.to_string(),
-                })?;
+            // The workload's own copy (sparse), where the VMM finds it by a relative name.
+            vmm.place(base, DISK, true)?;
             vm.disk = true;
         }
-        let api = &vm.vmm.as_ref().expect("spawned").api;
+        // Inside a jail the kernel must be inside the chroot too.
+        let kernel_path = match vmm.owner {
+            Some(_) => vmm.place(&kernel, "vmlinux", false)?,
+            None => kernel.display().to_string(),
+        };
+        let api = &vmm.api;
         let fault = |e: api::ApiError| BackendError::failed("configuring firecracker", e.to_string());
         api.boot_source(&api::BootSource {
-            kernel_image_path: kernel.display().to_string(),
+            kernel_image_path: kernel_path,
             boot_args: cfg.kernel_cmdline.clone(),
         })
         .await
@@ -399,13 +406,15 @@ impl FirecrackerBackend {
             }
             cfg.kernel_cmdline = Some(cmdline);
         }
-        let (ns, dialer) = self.network(cfg.network.as_ref()).await?;
+        let jailer = self.jailer(&cfg);
+        let (ns, dialer) = self.network(cfg.network.as_ref(), jailer.as_ref().map(|j| j.uid)).await?;
         let id = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
         let vmm = match Vmm::spawn(SpawnOptions {
             binary: &self.binary(&cfg),
             work_dir: &ctx.work_dir,
             netns: Some(&ns),
             id: &id,
+            jailer: jailer.as_ref(),
         })
         .await
         {
@@ -421,7 +430,6 @@ impl FirecrackerBackend {
             ns: Some(ns),
             dialer,
             network: cfg.network.clone(),
-            work_dir: ctx.work_dir.clone(),
             disk: false,
             kernel_id: String::new(),
             cfg: cfg.clone(),
@@ -432,8 +440,8 @@ impl FirecrackerBackend {
             image_digests,
         };
         let result = match snapshot {
-            None => self.boot(&ctx, &cfg, &mut vm).await,
-            Some(s) => self.load(&ctx, s, &mut vm).await,
+            None => self.boot(&cfg, &mut vm).await,
+            Some(s) => self.load(s, &mut vm).await,
         };
         match result {
             Ok(()) => {
@@ -447,12 +455,7 @@ impl FirecrackerBackend {
         }
     }
 
-    async fn load(
-        &self,
-        ctx: &LaunchContext,
-        s: SnapshotInput<'_>,
-        vm: &mut FcSandbox,
-    ) -> Result<(), BackendError> {
+    async fn load(&self, s: SnapshotInput<'_>, vm: &mut FcSandbox) -> Result<(), BackendError> {
         for needed in [VMSTATE, MEMORY] {
             if s.manifest.artifact(needed).is_none() {
                 return Err(BackendError::Snapshot(format!(
@@ -461,14 +464,21 @@ impl FirecrackerBackend {
             }
         }
         vm.kernel_id = s.manifest.kernel_id.clone();
+        let vmm = vm.vmm.as_ref().expect("spawned");
         if s.manifest.artifact(DISK).is_some() {
-            let (src, dst) = (s.dir.join(DISK), ctx.work_dir.join(DISK));
-            tokio::task::spawn_blocking(move || ateom_microvm::copy_sparse(&src, &dst))
-                .await
-                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?
-                .map_err(|e| BackendError::failed("copying the disk", e.to_string()))?;
+            // A copy: the restored VM writes to it, the snapshot stays as it was.
+            vmm.place(&s.dir.join(DISK), DISK, true)?;
             vm.disk = true;
         }
+        // vmstate and memory are only read (firecracker maps the memory privately): outside a
+        // jail straight from the snapshot, inside one linked into the chroot.
+        let (vmstate, memory) = match vmm.owner {
+            Some(_) => (
+                vmm.place(&s.dir.join(VMSTATE), VMSTATE, false)?,
+                vmm.place(&s.dir.join(MEMORY), MEMORY, false)?,
+            ),
+            None => (s.dir.join(VMSTATE).display().to_string(), s.dir.join(MEMORY).display().to_string()),
+        };
         for key in ["firecracker.vcpus", "firecracker.memory_mib"] {
             if let Some(v) = s.manifest.provenance.get(key) {
                 match key {
@@ -482,11 +492,8 @@ impl FirecrackerBackend {
             .then(|| s.manifest.cpu_template.clone());
         let api = &vm.vmm.as_ref().expect("spawned").api;
         api.load_snapshot(&api::SnapshotLoad {
-            snapshot_path: s.dir.join(VMSTATE).display().to_string(),
-            mem_backend: api::MemBackend {
-                backend_type: "File",
-                backend_path: s.dir.join(MEMORY).display().to_string(),
-            },
+            snapshot_path: vmstate,
+            mem_backend: api::MemBackend { backend_type: "File", backend_path: memory },
             resume_vm: true,
         })
         .await
@@ -502,7 +509,6 @@ pub struct FcSandbox {
     ns: Option<Netns>,
     dialer: Option<Arc<dyn Dialer>>,
     network: Option<TapNetwork>,
-    work_dir: PathBuf,
     disk: bool,
     kernel_id: String,
     cfg: MicroVmConfig,
@@ -593,8 +599,8 @@ impl Sandbox for FcSandbox {
             .create_snapshot(
                 &api::SnapshotCreate {
                     snapshot_type: "Full",
-                    snapshot_path: dir.join(VMSTATE).display().to_string(),
-                    mem_file_path: dir.join(MEMORY).display().to_string(),
+                    snapshot_path: VMSTATE.into(),
+                    mem_file_path: MEMORY.into(),
                 },
                 mem,
             )
@@ -605,11 +611,16 @@ impl Sandbox for FcSandbox {
             }
             return Err(BackendError::failed("creating the snapshot", e.to_string()));
         }
-        // The snapshot is complete: the VMM goes, its disk joins the snapshot.
+        // The snapshot is complete: the VMM goes; what it wrote in its root (and its disk)
+        // moves into the snapshot (same file system: renames).
         vmm.kill().await;
+        let mut files = vec![VMSTATE, MEMORY];
         if self.disk {
-            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
-                .map_err(|e| BackendError::io("moving the disk into the snapshot", e))?;
+            files.push(DISK);
+        }
+        for f in files {
+            std::fs::rename(vmm.root.join(f), dir.join(f))
+                .map_err(|e| BackendError::io(format!("moving {f} into the snapshot"), e))?;
         }
         Ok(CheckpointOutput { provenance: self.provenance(), image_digests: self.image_digests.clone() })
     }

@@ -24,16 +24,47 @@ const LOG_TAIL: usize = 40;
 pub struct SpawnOptions<'a> {
     pub binary: &'a Path,
     /// The VMM's working directory: relative paths in API calls (and snapshots) resolve here.
+    /// Under the jailer the chroot is made inside it and becomes [`Vmm::root`].
     pub work_dir: &'a Path,
     pub netns: Option<&'a Netns>,
     /// Firecracker's `--id` (shows in its log lines).
     pub id: &'a str,
+    /// Run firecracker under Firecracker's jailer (the production shape).
+    pub jailer: Option<&'a Jailer>,
+}
+
+/// The uid/gid jailed VMMs run as unless configured otherwise (an unprivileged id no
+/// account on the host uses).
+pub const DEFAULT_JAIL_UID: u32 = 64_900;
+
+/// Firecracker's jailer: chroot, device nodes, privilege drop, network namespace, cgroups.
+#[derive(Clone, Debug)]
+pub struct Jailer {
+    pub binary: PathBuf,
+    /// The unprivileged uid/gid firecracker runs as.
+    pub uid: u32,
+    pub gid: u32,
+    /// `--cgroup-version` (1 or 2), when cgroups are set.
+    pub cgroup_version: Option<u8>,
+    /// `--cgroup <file>=<value>` settings, e.g. `cpu.shares=512`.
+    pub cgroups: Vec<String>,
+}
+
+/// The jail root the jailer chroots into: `<base>/<exec file name>/<id>/root`.
+pub fn jail_root(work_dir: &Path, binary: &Path, id: &str) -> PathBuf {
+    let exec_name =
+        binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "firecracker".into());
+    work_dir.join("jail").join(exec_name).join(id).join("root")
 }
 
 /// A running (or exited) firecracker process.
 pub struct Vmm {
     pub api: Client,
     pub console: Console,
+    /// Where firecracker's relative paths resolve (its working directory, or its chroot).
+    pub root: PathBuf,
+    /// The uid/gid files it must write belong to (the jailer's, or root's).
+    pub owner: Option<(u32, u32)>,
     pid: Option<u32>,
     exited: Arc<Mutex<Option<String>>>,
     waiter: Option<JoinHandle<()>>,
@@ -96,10 +127,17 @@ where
     })
 }
 
-fn make_fifo(path: &Path) -> Result<tokio::net::unix::pipe::Receiver, BackendError> {
+fn make_fifo(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<tokio::net::unix::pipe::Receiver, BackendError> {
     let _ = std::fs::remove_file(path);
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| failed(format!("creating fifo {}: {e}", path.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| failed(format!("chown fifo {}: {e}", path.display())))?;
+    }
     // Opened for reading before firecracker opens it for writing (which would block otherwise).
     tokio::net::unix::pipe::OpenOptions::new()
         .open_receiver(path)
@@ -107,30 +145,86 @@ fn make_fifo(path: &Path) -> Result<tokio::net::unix::pipe::Receiver, BackendErr
 }
 
 impl Vmm {
+    /// Puts `src` at `name` inside the VMM's root (a hard link, else a copy), owned by the
+    /// VMM's user when `writable`; returns the path the VMM uses for it.
+    pub fn place(&self, src: &Path, name: &str, writable: bool) -> Result<String, BackendError> {
+        let dst = self.root.join(name);
+        let _ = std::fs::remove_file(&dst);
+        if writable {
+            ateom_microvm::copy_sparse(src, &dst).map_err(|e| failed(e.to_string()))?;
+        } else if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst)
+                .map_err(|e| failed(format!("copying {} into the jail: {e}", src.display())))?;
+        }
+        if let (true, Some((uid, gid))) = (writable, self.owner) {
+            std::os::unix::fs::chown(&dst, Some(uid), Some(gid))
+                .map_err(|e| failed(format!("chown {name}: {e}")))?;
+        }
+        Ok(name.to_owned())
+    }
+
     /// Starts firecracker and waits until its API answers.
     pub async fn spawn(opts: SpawnOptions<'_>) -> Result<Vmm, BackendError> {
-        let sock = opts.work_dir.join("firecracker.sock");
+        let root = match opts.jailer {
+            None => opts.work_dir.to_owned(),
+            Some(_) => jail_root(opts.work_dir, opts.binary, opts.id),
+        };
+        std::fs::create_dir_all(&root).map_err(|e| failed(format!("creating {}: {e}", root.display())))?;
+        let owner = opts.jailer.map(|j| (j.uid, j.gid));
+        let sock = root.join("firecracker.sock");
         let _ = std::fs::remove_file(&sock);
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let log_fifo = make_fifo(&opts.work_dir.join("firecracker.log"))?;
-        let metrics_fifo = make_fifo(&opts.work_dir.join("firecracker.metrics"))?;
-        let mut cmd = Command::new(opts.binary);
-        cmd.arg("--api-sock")
-            .arg("firecracker.sock")
-            .args(["--id", opts.id])
-            .args(["--log-path", "firecracker.log", "--level", "Info", "--show-level"])
-            .args(["--metrics-path", "firecracker.metrics"])
-            .current_dir(opts.work_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        if let Some(ns) = opts.netns {
-            ateom_net::join_netns_before_exec(&mut cmd, ns, false)
-                .map_err(|e| BackendError::Network(e.to_string()))?;
-        }
+        let log_fifo = make_fifo(&root.join("firecracker.log"), owner)?;
+        let metrics_fifo = make_fifo(&root.join("firecracker.metrics"), owner)?;
+        let fc_args = [
+            "--api-sock",
+            "firecracker.sock",
+            "--log-path",
+            "firecracker.log",
+            "--level",
+            "Info",
+            "--show-level",
+            "--metrics-path",
+            "firecracker.metrics",
+        ];
+        let mut cmd = match opts.jailer {
+            None => {
+                let mut cmd = Command::new(opts.binary);
+                cmd.args(["--id", opts.id]).args(fc_args).current_dir(&root);
+                if let Some(ns) = opts.netns {
+                    ateom_net::join_netns_before_exec(&mut cmd, ns, false)
+                        .map_err(|e| BackendError::Network(e.to_string()))?;
+                }
+                cmd
+            }
+            Some(j) => {
+                // The jailer adds `--id` itself, joins the namespace, chroots and drops to uid/gid.
+                let mut cmd = Command::new(&j.binary);
+                cmd.args(["--id", opts.id])
+                    .arg("--exec-file")
+                    .arg(opts.binary)
+                    .args(["--uid", &j.uid.to_string(), "--gid", &j.gid.to_string()])
+                    .arg("--chroot-base-dir")
+                    .arg(opts.work_dir.join("jail"));
+                if let Some(ns) = opts.netns {
+                    cmd.arg("--netns").arg(ns.path());
+                }
+                if let Some(v) = j.cgroup_version {
+                    cmd.args(["--cgroup-version", &v.to_string()]);
+                }
+                for c in &j.cgroups {
+                    cmd.args(["--cgroup", c]);
+                }
+                cmd.arg("--").args(fc_args).current_dir(opts.work_dir);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| BackendError::Unavailable {
-            what: format!("firecracker at {}", opts.binary.display()),
+            what: format!(
+                "firecracker at {}",
+                opts.jailer.map_or(opts.binary, |j| j.binary.as_path()).display()
+            ),
             detail: e.to_string(),
         })?;
         let pid = child.id();
@@ -153,8 +247,10 @@ impl Vmm {
             let status = child.wait().await;
             // Let the log routers catch the last lines before summarising.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let last: Vec<String> =
-                tail2.lock().expect("log tail").iter().rev().take(5).rev().cloned().collect();
+            let all: Vec<String> = tail2.lock().expect("log tail").iter().cloned().collect();
+            // The last lines, and any KVM failure further up (it explains the rest).
+            let mut last: Vec<String> = all.iter().filter(|l| l.contains("KVM")).cloned().collect();
+            last.extend(all.iter().rev().take(5).rev().cloned());
             let reason = match status {
                 Ok(s) => format!("firecracker exited ({s}); last log lines: {}", last.join(" | ")),
                 Err(e) => format!("waiting for firecracker: {e}"),
@@ -165,6 +261,8 @@ impl Vmm {
         let mut vmm = Vmm {
             api: Client::new(&sock),
             console,
+            root,
+            owner,
             pid,
             exited,
             waiter: Some(waiter),

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -136,6 +137,39 @@ pub fn remove_stale(
         done.push(format!("network namespace {name}"));
     }
     Ok(done)
+}
+
+/// A unix socket path that fits `sockaddr_un` (108 bytes): sockets in deep work
+/// directories (or inside a jail) are reached through `/proc/self/fd/<dir fd>/<name>`, with
+/// the directory held open for as long as the returned handle lives.
+#[derive(Debug)]
+pub struct SocketPath {
+    path: PathBuf,
+    _dir: Option<std::os::fd::OwnedFd>,
+}
+
+impl SocketPath {
+    pub fn new(path: &Path) -> std::io::Result<SocketPath> {
+        const MAX: usize = 100;
+        if path.as_os_str().len() <= MAX {
+            return Ok(SocketPath { path: path.to_owned(), _dir: None });
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(SocketPath { path: path.to_owned(), _dir: None });
+        };
+        let fd: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?
+            .into();
+        let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        Ok(SocketPath { path: short, _dir: Some(fd) })
+    }
+
+    /// The path to connect to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Errors of the helpers here.
@@ -263,6 +297,22 @@ mod tests {
         assert_eq!(network_from_provenance(&std::collections::BTreeMap::new()).unwrap(), None);
         p.insert("network.guest_ip".into(), "nope".into());
         assert!(network_from_provenance(&p).is_err());
+    }
+
+    #[test]
+    fn long_socket_paths_are_reached_through_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = deep.join("api.sock");
+        assert!(std::os::unix::net::UnixListener::bind(&sock).is_err(), "too long to bind directly");
+        // Bind through the short form too, then connect through it.
+        let short = SocketPath::new(&sock).unwrap();
+        assert!(short.path().as_os_str().len() < 100);
+        let _l = std::os::unix::net::UnixListener::bind(short.path()).unwrap();
+        std::os::unix::net::UnixStream::connect(SocketPath::new(&sock).unwrap().path()).unwrap();
+        let near = tmp.path().join("s.sock");
+        assert_eq!(SocketPath::new(&near).unwrap().path(), near);
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct TapPlan {
     pub prefix_len: u8,
     /// Create the tap with `IFF_VNET_HDR` (Firecracker and QEMU's vhost/virtio-net use it).
     pub vnet_hdr: bool,
+    /// The uid allowed to attach to the tap (a VMM that dropped privileges, e.g. under
+    /// Firecracker's jailer); root when `None`.
+    pub owner: Option<u32>,
 }
 
 impl TapPlan {
@@ -116,7 +119,7 @@ impl TapPlan {
     /// `/30`, with `IFF_VNET_HDR`.
     pub fn for_index(index: u16) -> Result<TapPlan, NetError> {
         let (host_ip, _guest_ip) = link_local_pair(index)?;
-        Ok(TapPlan { name: "tap0".into(), host_ip, prefix_len: 30, vnet_hdr: true })
+        Ok(TapPlan { name: "tap0".into(), host_ip, prefix_len: 30, vnet_hdr: true, owner: None })
     }
 }
 
@@ -210,7 +213,7 @@ pub async fn setup_tap(ns: &Netns, plan: &TapPlan) -> Result<(), NetError> {
         flags |= libc::IFF_VNET_HDR;
     }
     // The device is created in the namespace of the thread that opens /dev/net/tun.
-    ns.run_in(|| create_persistent_tap(&plan.name, flags))??;
+    ns.run_in(|| create_persistent_tap(&plan.name, flags, plan.owner.unwrap_or(0)))??;
 
     let configure = async {
         nl.add_ipv4(&plan.name, plan.host_ip, plan.prefix_len).await?;
@@ -291,7 +294,7 @@ fn validate_pair(gateway_ip: Ipv4Addr, sandbox_ip: Ipv4Addr, prefix_len: u8) -> 
 }
 
 /// Creates the tap on the calling thread's namespace and makes it persistent.
-fn create_persistent_tap(name: &str, flags: libc::c_int) -> Result<(), NetError> {
+fn create_persistent_tap(name: &str, flags: libc::c_int, owner: u32) -> Result<(), NetError> {
     let tun = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -312,7 +315,7 @@ fn create_persistent_tap(name: &str, flags: libc::c_int) -> Result<(), NetError>
         Ok(())
     };
     ioctl("TUNSETIFF", libc::TUNSETIFF, &mut request as *mut libc::ifreq as libc::c_ulong)?;
-    ioctl("TUNSETOWNER", libc::TUNSETOWNER, 0)?;
+    ioctl("TUNSETOWNER", libc::TUNSETOWNER, libc::c_ulong::from(owner))?;
     ioctl("TUNSETPERSIST", libc::TUNSETPERSIST, 1)?;
     Ok(())
 }

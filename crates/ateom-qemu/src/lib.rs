@@ -256,6 +256,7 @@ impl QemuBackend {
             host_ip: net.host_ip,
             prefix_len: net.prefix_len,
             vnet_hdr: true,
+            owner: None,
         };
         let dialer = async {
             ateom_net::setup_tap(&ns, &plan).await?;

@@ -39,9 +39,10 @@ pub struct Qmp {
 impl Qmp {
     /// Connects and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
+        let err = |source| QmpError::Connect { path: path.to_owned(), source };
+        // Deep work directories exceed sockaddr_un: connect through the directory's fd.
+        let short = ateom_microvm::SocketPath::new(path).map_err(err)?;
+        let stream = UnixStream::connect(short.path()).await.map_err(err)?;
         let (r, w) = stream.into_split();
         let mut qmp = Qmp { lines: BufReader::new(r).lines(), w };
         let greeting = qmp.read_value("greeting", Duration::from_secs(10)).await?;

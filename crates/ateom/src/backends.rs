@@ -48,6 +48,13 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                 instance: instance_id(state_dir),
                 defaults: microvm_defaults(args),
                 guest_init: args.guest_init.clone().or_else(crate::images::default_guest_init),
+                jailer: args.jailer.clone().map(|binary| ateom_firecracker::vmm::Jailer {
+                    binary,
+                    uid: args.jailer_uid,
+                    gid: args.jailer_gid,
+                    cgroup_version: args.jailer_cgroup_version,
+                    cgroups: args.jailer_cgroups.clone(),
+                }),
                 ready_timeout: args.ready_timeout,
             };
             let b = ateom_firecracker::FirecrackerBackend::new(opts)

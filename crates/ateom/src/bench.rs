@@ -592,6 +592,7 @@ impl DirectQemu {
                 host_ip: net.host_ip,
                 prefix_len: net.prefix_len,
                 vnet_hdr: true,
+                owner: None,
             },
         )
         .await?;

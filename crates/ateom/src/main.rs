@@ -142,6 +142,22 @@ pub struct WorkerArgs {
     /// Guests without a network are ready when this appears on their serial console.
     #[arg(long, help_heading = "microVM backends")]
     pub ready_console_line: Option<String>,
+    /// Run firecracker VMMs under this jailer binary (chroot, privilege drop, namespace,
+    /// cgroups; needs a statically linked firecracker).
+    #[arg(long, env = "ATEOM_JAILER_BIN", help_heading = "microVM backends")]
+    pub jailer: Option<PathBuf>,
+    /// uid the jailed VMM runs as.
+    #[arg(long, default_value_t = ateom_firecracker::vmm::DEFAULT_JAIL_UID, help_heading = "microVM backends")]
+    pub jailer_uid: u32,
+    /// gid the jailed VMM runs as.
+    #[arg(long, default_value_t = ateom_firecracker::vmm::DEFAULT_JAIL_UID, help_heading = "microVM backends")]
+    pub jailer_gid: u32,
+    /// cgroup version for the jailer's --cgroup settings (1 or 2).
+    #[arg(long, help_heading = "microVM backends")]
+    pub jailer_cgroup_version: Option<u8>,
+    /// A cgroup setting for jailed VMMs, FILE=VALUE (repeatable), e.g. cpu.shares=512.
+    #[arg(long = "jailer-cgroup", help_heading = "microVM backends")]
+    pub jailer_cgroups: Vec<String>,
     /// The QEMU binary (qemu backend).
     #[arg(
         long,

@@ -308,3 +308,86 @@ async fn linux_guest_over_the_network() {
     assert_eq!((after.memory, after.file, after.sha), (4, 4, before.unwrap().sha));
     c.checkpoint_workload(checkpoint_req("lx")).await.unwrap();
 }
+
+/// The production shape: firecracker under its jailer (chroot, unprivileged uid, the
+/// workload's namespace, a cgroup setting). Needs a jailer next to a statically linked
+/// firecracker (`$ATEOM_JAILER_BIN`, or `jailer` beside the firecracker binary).
+#[tokio::test(flavor = "multi_thread")]
+async fn jailed_vmm_runs_unprivileged_and_survives_checkpoint_and_restore() {
+    let bin = require_firecracker!();
+    let jailer = std::env::var_os("ATEOM_JAILER_BIN")
+        .map(PathBuf::from)
+        .or_else(|| Some(bin.parent()?.join("jailer")).filter(|p| p.is_file()));
+    let Some(jailer) = jailer else {
+        eprintln!(
+            "SKIPPED jailed_vmm_runs_unprivileged_and_survives_checkpoint_and_restore: no jailer binary (ATEOM_JAILER_BIN)"
+        );
+        return;
+    };
+    let readelf = Command::new("readelf").arg("-l").arg(&bin).output().unwrap();
+    if String::from_utf8_lossy(&readelf.stdout).contains("INTERP") {
+        eprintln!(
+            "SKIPPED jailed_vmm_runs_unprivileged_and_survives_checkpoint_and_restore: {} is dynamically linked; the jailer chroot has no libraries",
+            bin.display()
+        );
+        return;
+    }
+    let guest = test_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let j = jailer.display().to_string();
+    let w = fc_worker(
+        &tmp.path().join("state"),
+        &bin,
+        &guest,
+        &[
+            "--jailer",
+            &j,
+            "--jailer-uid",
+            "64901",
+            "--jailer-gid",
+            "64901",
+            "--jailer-cgroup",
+            "cpu.shares=512",
+        ],
+    );
+    let mut c = w.client().await;
+    let run = c.run_workload(run_guest("jail1")).await.expect("run under the jailer").into_inner();
+    assert_eq!(drive(&run.console, 2).await, vec![1, 2]);
+    // The VMM is ours, unprivileged and chrooted.
+    let prefix = format!("ateom-{}-", instance_id(&w.state_dir));
+    let vmm = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.windows(2).any(|p| p[0] == b"--id" && p[1].starts_with(prefix.as_bytes()))
+            })
+        })
+        .expect("the jailed firecracker");
+    let status = std::fs::read_to_string(vmm.path().join("status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("64901")), "{status}");
+    // pivot_root in its own mount namespace: its "/" holds only what the jail put there.
+    assert_ne!(
+        std::fs::read_link(vmm.path().join("ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "a mount namespace of its own"
+    );
+    let mut seen: Vec<String> = std::fs::read_dir(vmm.path().join("root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    assert!(
+        seen.contains(&"firecracker.sock".to_string()) && seen.contains(&"vmlinux".to_string()),
+        "{seen:?}"
+    );
+    assert!(!seen.contains(&"etc".to_string()) && !seen.contains(&"usr".to_string()), "chrooted: {seen:?}");
+
+    c.checkpoint_workload(checkpoint_req("jail1")).await.expect("checkpoint");
+    assert_eq!(firecracker_processes(&w), 0);
+    let r = c.restore_workload(restore_req("jail1")).await.expect("restore under the jailer").into_inner();
+    assert_eq!(drive(&r.console, 1).await, vec![3]);
+    c.checkpoint_workload(checkpoint_req("jail1")).await.unwrap();
+}
