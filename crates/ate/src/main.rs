@@ -158,15 +158,9 @@ struct ServeArgs {
     no_evict: bool,
 }
 
+/// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 2m, 1h: {e}"))
 }
 
 fn init_logging(filter: &str, format: LogFormat) {

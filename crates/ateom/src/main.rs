@@ -195,15 +195,9 @@ struct ServeArgs {
     worker: WorkerArgs,
 }
 
+/// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 2m, 1h: {e}"))
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -255,4 +249,21 @@ fn main() -> Result<()> {
             Command::Bench(a) => demo::bench(a).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed_and_its_defaults_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        // Defaults are parsed when the flag is absent: a bad default only shows up here.
+        Cli::try_parse_from(["ateom", "snapshots", "gc", "--store", "file:///x"]).unwrap();
+        Cli::try_parse_from(["ateom", "serve", "--socket", "/s", "--state-dir", "/d"]).unwrap();
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+    }
 }
