@@ -155,12 +155,22 @@ pub async fn serve_unix(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(sock_err(e)),
     }
-    // Bind with a restrictive umask so the socket is never reachable by others, even briefly.
+    // Bind and listen under a temporary name, restrict the mode, then rename into place: the
+    // socket file appears only once it accepts connections (a client that sees the file never
+    // gets ECONNREFUSED from the bind→listen gap) and never with a wider mode. The restrictive
+    // umask closes the gap between bind and chmod on the temporary name too.
+    let staging = staging_path(path);
+    let _ = std::fs::remove_file(&staging);
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(&staging);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(sock_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(sock_err(e));
+    }
     info!(socket = %path.display(), "serving ateom.Ateom");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
@@ -169,6 +179,14 @@ pub async fn serve_unix(
         .await?;
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+/// A sibling of `path` to bind before renaming into place (short, so long socket paths stay
+/// within the kernel's limit for as long as `path` itself does).
+fn staging_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let short: String = name.chars().take(8).collect();
+    path.with_file_name(format!(".{short}.{}", std::process::id()))
 }
 
 /// Connects a client to a worker's unix socket.
