@@ -93,6 +93,25 @@ impl pb::Ateom for AteomService {
         }))
     }
 
+    async fn delete_workload(
+        &self,
+        request: Request<pb::DeleteWorkloadRequest>,
+    ) -> Result<Response<pb::DeleteWorkloadResponse>, Status> {
+        let r = request.get_ref();
+        let actor =
+            ateom_core::ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)
+                .map_err(status::invalid)?;
+        let keep = r.keep_snapshots;
+        let span = info_span!("delete", actor = %actor);
+        let rt = self.runtime.clone();
+        let done = detached(async move { rt.delete(&actor, keep).instrument(span).await }).await?;
+        Ok(Response::new(pb::DeleteWorkloadResponse {
+            stopped: done.stopped,
+            deleted_snapshot_ids: done.snapshots.iter().map(ToString::to_string).collect(),
+            freed_bytes: done.freed_bytes,
+        }))
+    }
+
     async fn get_capabilities(
         &self,
         _request: Request<pb::GetCapabilitiesRequest>,

@@ -111,6 +111,17 @@ pub struct Checkpointed {
     pub pushed: Option<(u64, Duration)>,
 }
 
+/// What a delete did on this worker.
+#[derive(Clone, Debug, Default)]
+pub struct Deleted {
+    /// The actor was running here and was stopped.
+    pub stopped: bool,
+    /// Its local snapshots that were deleted, oldest first.
+    pub snapshots: Vec<SnapshotId>,
+    /// Disk space they occupied.
+    pub freed_bytes: u64,
+}
+
 /// What `GetCapabilities` reports.
 #[derive(Clone, Debug)]
 pub struct WorkerInfo {
@@ -593,6 +604,64 @@ impl Runtime {
         } else {
             Err(RuntimeError::Incompatible { snapshot: manifest.snapshot_id.to_string(), mismatches })
         }
+    }
+
+    /// Removes `actor` from this worker: its workload is stopped if it is the one running (its
+    /// state is discarded; nothing is checkpointed) and, unless `keep_snapshots`, its local
+    /// snapshots are deleted. An actor with nothing here is deleted successfully with nothing
+    /// to report. Refused while the actor is being started, restored or checkpointed.
+    ///
+    /// While the worker is idle the slot is held for the actor, so no Run or Restore of it can
+    /// start against snapshots being deleted; while another actor runs, this one cannot start
+    /// anyway.
+    pub async fn delete(&self, actor: &ActorRef, keep_snapshots: bool) -> Result<Deleted, RuntimeError> {
+        let (stopping, guard) = {
+            let mut slot = self.slot.lock().expect("slot lock");
+            match std::mem::replace(&mut *slot, Slot::Idle) {
+                Slot::Running(a) if a.actor == *actor => {
+                    *slot = Slot::Busy { actor: actor.clone(), state: "deleting" };
+                    (Some(a), Some(SlotGuard { slot: &self.slot, armed: true }))
+                }
+                Slot::Idle => {
+                    *slot = Slot::Busy { actor: actor.clone(), state: "deleting" };
+                    (None, Some(SlotGuard { slot: &self.slot, armed: true }))
+                }
+                Slot::Busy { actor: busy, state } if busy == *actor => {
+                    *slot = Slot::Busy { actor: busy.clone(), state };
+                    return Err(RuntimeError::Busy { running: busy, state });
+                }
+                other => {
+                    *slot = other;
+                    (None, None)
+                }
+            }
+        };
+        let stopped = stopping.is_some();
+        if let Some(a) = stopping {
+            self.forwarder.set_target(None);
+            self.forwarder.abort_all().await;
+            info!(actor = %a.actor, "delete: stopping the running workload (state discarded)");
+            a.sandbox.delete().await.map_err(RuntimeError::from)?;
+            let _ = tokio::fs::remove_dir_all(&a.work_dir).await;
+        }
+        let mut deleted = Vec::new();
+        if !keep_snapshots {
+            let snapshots = self.snapshots.clone();
+            let who = actor.clone();
+            deleted =
+                tokio::task::spawn_blocking(move || snapshots.delete_all(&who)).await.map_err(|e| {
+                    RuntimeError::Io {
+                        context: "deleting snapshots".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }
+                })??;
+            // The actor's directory goes too once nothing else (a node agent's bundles) is in it.
+            let _ = std::fs::remove_dir(self.actor_dir(actor));
+        }
+        drop(guard);
+        let freed_bytes = deleted.iter().map(|(_, b)| b).sum();
+        info!(%actor, stopped, snapshots = deleted.len(), freed_bytes, "actor deleted from this worker");
+        Ok(Deleted { stopped, snapshots: deleted.into_iter().map(|(id, _)| id).collect(), freed_bytes })
     }
 
     /// Deletes the running workload, if any (daemon shutdown).

@@ -153,6 +153,25 @@ impl LocalSnapshots {
         }
     }
 
+    /// Deletes every snapshot of `actor` (complete ones and partial leftovers), each manifest
+    /// first, then the emptied snapshot directory. Returns the complete snapshots deleted,
+    /// oldest first, with the disk space each one occupied.
+    pub fn delete_all(&self, actor: &ActorRef) -> Result<Vec<(SnapshotId, u64)>, SnapshotError> {
+        let mut deleted = Vec::new();
+        for id in self.list(actor)? {
+            let used = disk_usage(&self.actor_dir(actor).join(id.as_str()));
+            self.delete(actor, &id)?;
+            deleted.push((id, used));
+        }
+        let base = self.actor_dir(actor);
+        match fs::remove_dir_all(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", base.display()))(e)),
+        }
+        Ok(deleted)
+    }
+
     /// Removes every `.partial-` directory (left by a crash during a checkpoint).
     /// Returns the removed paths.
     pub fn remove_partials(&self) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -414,3 +433,15 @@ fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Bytes of disk a directory tree occupies (allocated blocks, so holes count for nothing).
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = fs::symlink_metadata(path) else { return 0 };
+    let own = md.blocks() * 512;
+    if !md.is_dir() {
+        return own;
+    }
+    let children = fs::read_dir(path).into_iter().flatten().flatten();
+    own + children.map(|e| disk_usage(&e.path())).sum::<u64>()
+}

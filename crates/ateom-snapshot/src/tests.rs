@@ -123,3 +123,24 @@ fn a_damaged_manifest_is_refused() {
     fs::write(snap.dir.join(MANIFEST_FILE), b"{\"format_version\":1,").unwrap();
     assert!(matches!(store.open(&actor(), &id(1)), Err(SnapshotError::BadManifest { .. })));
 }
+
+#[test]
+fn delete_all_removes_every_snapshot_and_partial_of_one_actor_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalSnapshots::new(tmp.path());
+    write_snapshot(&store, 1);
+    write_snapshot(&store, 2);
+    let partial = store.begin(&actor(), id(3)).unwrap();
+    std::mem::forget(partial); // as a crash would leave it
+    let other = ActorRef::parse("ns", "tpl", "someone-else").unwrap();
+    let p = store.begin(&other, id(1)).unwrap();
+    fs::write(p.dir().join("checkpoint.img"), b"other").unwrap();
+    p.commit(|a| SnapshotManifest { actor: other.clone(), ..manifest(&id(1), a) }).unwrap();
+
+    let deleted = store.delete_all(&actor()).unwrap();
+    assert_eq!(deleted.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), vec![id(1), id(2)]);
+    assert!(deleted.iter().all(|(_, bytes)| *bytes > 0), "{deleted:?}");
+    assert!(!store.actor_dir(&actor()).exists(), "partials go too");
+    assert_eq!(store.list(&other).unwrap(), vec![id(1)], "another actor's snapshot stays");
+    assert!(store.delete_all(&actor()).unwrap().is_empty(), "deleting nothing is fine");
+}

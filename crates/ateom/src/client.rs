@@ -1,4 +1,4 @@
-//! `ateom run|checkpoint|restore|caps`: a client of a worker's unix socket.
+//! `ateom run|checkpoint|restore|delete|caps`: a client of a worker's unix socket.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -119,6 +119,15 @@ pub struct RestoreArgs {
     /// Override the workload recorded in the snapshot (normally not needed).
     #[command(flatten)]
     container: ContainerArgs,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Only stop the running workload; keep the actor's local snapshots.
+    #[arg(long)]
+    keep_snapshots: bool,
 }
 
 #[derive(Args)]
@@ -254,6 +263,33 @@ pub async fn restore(a: RestoreArgs) -> Result<()> {
         format!(
             "restored {} and ready in {} ms; reach it at http://{}/",
             r.snapshot_id, r.ready_ms, r.host_endpoint
+        ),
+    );
+    Ok(())
+}
+
+pub async fn delete(a: DeleteArgs) -> Result<()> {
+    let mut c = connect(&a.target.socket).await?;
+    let req = pb::DeleteWorkloadRequest {
+        actor_template_namespace: a.target.namespace.clone(),
+        actor_template_name: a.target.template.clone(),
+        actor_id: a.target.actor.clone(),
+        keep_snapshots: a.keep_snapshots,
+    };
+    let r = c.delete_workload(req).await.map_err(status_error)?.into_inner();
+    let stopped = if r.stopped { "stopped its running workload" } else { "nothing was running" };
+    print(
+        a.target.json,
+        json!({
+            "stopped": r.stopped,
+            "deleted_snapshot_ids": r.deleted_snapshot_ids,
+            "freed_bytes": r.freed_bytes,
+        }),
+        format!(
+            "deleted actor {}: {stopped}; {} local snapshot(s) removed, {} bytes freed",
+            a.target.actor,
+            r.deleted_snapshot_ids.len(),
+            r.freed_bytes
         ),
     );
     Ok(())

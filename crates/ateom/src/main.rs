@@ -60,6 +60,9 @@ enum Command {
     Checkpoint(client::CheckpointArgs),
     /// Restore a workload from a snapshot and wait until it is ready.
     Restore(client::RestoreArgs),
+    /// Remove an actor from a worker: stop it if it runs there (state discarded) and delete
+    /// its local snapshots.
+    Delete(client::DeleteArgs),
     /// Show the worker's backend, capabilities, host fingerprint and running actor.
     Caps(client::CapsArgs),
     /// Attach to the running microVM's serial console.
@@ -241,6 +244,7 @@ fn main() -> Result<()> {
             Command::Run(a) => client::run(a).await,
             Command::Checkpoint(a) => client::checkpoint(a).await,
             Command::Restore(a) => client::restore(a).await,
+            Command::Delete(a) => client::delete(a).await,
             Command::Caps(a) => client::caps(a).await,
             Command::Console(a) => client::console(a).await,
             Command::Image(c) => images::main(c),

@@ -339,3 +339,77 @@ async fn node_agent_bundles_run_checkpoint_and_restore() {
     c.checkpoint_workload(checkpoint_req("b1")).await.unwrap();
     assert!(!bundle.join("rootfs/var/lib/counter/count").exists(), "the agent's rootfs was not written to");
 }
+
+fn delete_req(id: &str, keep_snapshots: bool) -> ateom_proto::DeleteWorkloadRequest {
+    let (ns, tpl, actor) = actor(id);
+    ateom_proto::DeleteWorkloadRequest {
+        actor_template_namespace: ns,
+        actor_template_name: tpl,
+        actor_id: actor,
+        keep_snapshots,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_stops_the_actor_and_removes_its_local_snapshots_only() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let w = Worker::start(&tmp.path().join("state"), &[]);
+    let mut c = w.client().await;
+    let snapshots_of = |id: &str| w.state_dir.join(format!("actors/test:counter:{id}/snapshots"));
+    let caps = |mut c: Client| async move {
+        c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner()
+    };
+
+    let err = c.delete_workload(delete_req("../x", false)).await.expect_err("invalid id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("actor_id"), "{err:?}");
+    let nothing =
+        c.delete_workload(delete_req("never-seen", false)).await.expect("nothing to delete").into_inner();
+    assert!(!nothing.stopped && nothing.deleted_snapshot_ids.is_empty());
+
+    // d1: two local snapshots, then running again from the second.
+    run_counter(&mut c, "d1", &image).await;
+    let first = c.checkpoint_workload(checkpoint_req("d1")).await.unwrap().into_inner();
+    let r = c.restore_workload(restore_req("d1")).await.unwrap().into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 1);
+    let second = c.checkpoint_workload(checkpoint_req("d1")).await.unwrap().into_inner();
+    let r = c.restore_workload(restore_req("d1")).await.unwrap().into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 2);
+
+    // Keeping the snapshots only stops the workload: its newest snapshot still restores.
+    let kept = c.delete_workload(delete_req("d1", true)).await.unwrap().into_inner();
+    assert!(kept.stopped && kept.deleted_snapshot_ids.is_empty());
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
+    assert_eq!(caps(c.clone()).await.state, "idle");
+    let r = c.restore_workload(restore_req("d1")).await.expect("kept snapshot restores").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 2, "the stopped run's state was discarded");
+
+    // A full delete of the running actor: stopped, both snapshots gone, nothing left.
+    let gone = c.delete_workload(delete_req("d1", false)).await.unwrap().into_inner();
+    assert!(gone.stopped);
+    let ids = [first.manifest.unwrap().snapshot_id, second.manifest.unwrap().snapshot_id];
+    assert_eq!(gone.deleted_snapshot_ids, ids);
+    assert!(gone.freed_bytes > 0);
+    assert!(!snapshots_of("d1").exists());
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
+    let err = c.restore_workload(restore_req("d1")).await.expect_err("no snapshot left");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let again =
+        c.delete_workload(delete_req("d1", false)).await.expect("deleting twice is fine").into_inner();
+    assert!(!again.stopped && again.deleted_snapshot_ids.is_empty());
+
+    // Deleting an actor that is not the running one leaves the running one alone.
+    run_counter(&mut c, "d2", &image).await;
+    c.checkpoint_workload(checkpoint_req("d2")).await.unwrap();
+    let r = run_counter(&mut c, "d3", &image).await;
+    hit(&r.host_endpoint).await;
+    let other = c.delete_workload(delete_req("d2", false)).await.unwrap().into_inner();
+    assert!(!other.stopped && other.deleted_snapshot_ids.len() == 1);
+    assert!(!snapshots_of("d2").exists());
+    assert_eq!(caps(c.clone()).await.running_actor, "test/counter/d3");
+    assert_eq!(hit(&r.host_endpoint).await.memory, 2, "d3 kept serving");
+    c.delete_workload(delete_req("d3", false)).await.unwrap();
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
+}
