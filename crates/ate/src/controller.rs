@@ -957,8 +957,8 @@ impl Controller {
         let worker = cur.value.worker.clone().unwrap_or_default();
         let t = self.template(&cur.value.template).await?;
         let socket = self.worker_socket(&worker).await?;
-        let caps = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await;
-        let still = matches!(&caps, Ok(c) if c.running == running_name(&t.value, &cur.value.name));
+        let caps = self.settled_caps(&worker, &socket, &running_name(&t.value, &cur.value.name)).await;
+        let still = matches!(&caps, Ok(c) if c.runs(&running_name(&t.value, &cur.value.name)));
         let next = if still {
             let endpoint = caps.as_ref().map(|c| c.info.host_endpoint.clone()).unwrap_or_default();
             warn!(error = %e, "checkpoint failed; the workload keeps running");
@@ -1067,28 +1067,39 @@ impl Controller {
         }
         let t = self.template(&a.value.template).await?;
         if let Some(worker) = a.value.worker.clone() {
-            // Free the worker: checkpoint the workload away (there is no delete call).
+            // Free the worker: its workload is stopped and its local snapshots deleted.
             gate.drain(self.cfg.drain_timeout).await.ok();
             gate.set_endpoint(None);
             let socket = self.worker_socket(&worker).await?;
-            let name = running_name(&t.value, actor);
-            let caps = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?;
-            if caps.running == name
-                && let Err(e) = self
-                    .workers
-                    .checkpoint(&worker, &socket, &t.value, actor, None, self.cfg.rpc_timeout)
-                    .await
+            if let Err(e) = self.workers.delete(&worker, &socket, &t.value, actor, self.cfg.rpc_timeout).await
             {
-                {
-                    let again = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?;
-                    if again.running == name {
-                        gate.undrain();
-                        return Err(CtlError::Worker(e));
-                    }
-                }
+                gate.undrain();
+                return Err(CtlError::Worker(e));
             }
             let released = a.value.delete_released_worker()?;
             a = self.commit(&a, released).await?;
+        }
+        // Local snapshots (the PAUSED tier) on every worker. The one holding the newest must
+        // answer; others that do not answer now keep garbage that `ateom` on them can list.
+        let holder = a.value.local.as_ref().map(|l| l.worker.clone());
+        let records = self.worker_records().await?;
+        let answers = futures::future::join_all(records.iter().map(|w| {
+            let w = &w.value;
+            let timeout = if holder.as_deref() == Some(w.name.as_str()) {
+                self.cfg.rpc_timeout
+            } else {
+                self.cfg.rpc_timeout.min(Duration::from_secs(10))
+            };
+            self.workers.delete(&w.name, &w.socket, &t.value, actor, timeout)
+        }))
+        .await;
+        for (w, answer) in records.iter().map(|w| &w.value).zip(answers) {
+            match answer {
+                Ok((_, n)) if n > 0 => info!(worker = %w.name, snapshots = n, "local snapshots deleted"),
+                Ok(_) => {}
+                Err(e) if holder.as_deref() == Some(w.name.as_str()) => return Err(CtlError::Worker(e)),
+                Err(e) => warn!(worker = %w.name, error = %e, "could not delete local snapshots there"),
+            }
         }
         // The actor's own durable snapshots (never the template's golden one).
         let prefix = t.value.actor_prefix(actor);
@@ -1105,7 +1116,7 @@ impl Controller {
         let n = actor.to_owned();
         self.db(move |s| s.commit(&[delete(Kind::Actor, &n, Expect::Version(v))])).await?;
         self.gates.lock().unwrap_or_else(|p| p.into_inner()).remove(actor);
-        info!("deleted (durable snapshots removed)");
+        info!("deleted (local and durable snapshots removed)");
         Ok(())
     }
 
@@ -1144,6 +1155,26 @@ impl Controller {
         Ok(done)
     }
 
+    /// The worker's capabilities once it is no longer busy with `me` (a restore or
+    /// checkpoint it is still carrying out), waiting up to the RPC timeout. A worker still
+    /// busy after that is an error: the caller retries later.
+    async fn settled_caps(&self, worker: &str, socket: &str, me: &str) -> Result<Caps, CtlError> {
+        let until = Instant::now() + self.cfg.rpc_timeout;
+        loop {
+            let caps = self.workers.caps(worker, socket, Duration::from_secs(5)).await?;
+            if !caps.busy_with(me) {
+                return Ok(caps);
+            }
+            if Instant::now() >= until {
+                return Err(CtlError::Unavailable(format!(
+                    "worker {worker} is still {} {me}; will look again",
+                    caps.state
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn reconcile_one(&self, actor: &str, gate: &Arc<Gate>) -> Result<bool, CtlError> {
         let a = self.actor(actor).await?;
         if !a.value.state.is_intermediate() {
@@ -1159,14 +1190,16 @@ impl Controller {
         let worker = a.value.worker.clone().expect("an intermediate state holds a worker");
         let socket = self.worker_socket(&worker).await?;
         let me = running_name(&t.value, actor);
-        let caps = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?;
-        let mut here = caps.running == me;
+        // A restore or checkpoint still under way on the worker is waited for: its outcome
+        // decides (adopting a half-restored workload as RUNNING would route traffic nowhere).
+        let caps = self.settled_caps(&worker, &socket, &me).await?;
+        let mut here = caps.runs(&me);
         if here && matches!(a.value.state, ActorState::Pausing | ActorState::Suspending) {
-            // A checkpoint may still be freezing it: give it a moment.
+            // The checkpoint request may still be on its way: give it a moment to start.
             let until = Instant::now() + Duration::from_secs(5);
             while here && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                here = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await?.running == me;
+                here = self.settled_caps(&worker, &socket, &me).await?.runs(&me);
             }
         }
         let now = now_ms();

@@ -86,6 +86,21 @@ pub struct Caps {
     pub info: WorkerInfo,
     /// "namespace/template/actor" or empty.
     pub running: String,
+    /// The worker's slot: `idle`, `starting`, `restoring`, `running`, `checkpointing`,
+    /// `deleting` (empty from workers that predate the field).
+    pub state: String,
+}
+
+impl Caps {
+    /// The actor `name` ("namespace/template/actor") is running there, ready for traffic.
+    pub fn runs(&self, name: &str) -> bool {
+        self.running == name && (self.state == "running" || self.state.is_empty())
+    }
+
+    /// An operation on `name` (a restore, a checkpoint, ...) is still under way there.
+    pub fn busy_with(&self, name: &str) -> bool {
+        self.running == name && !self.runs(name)
+    }
 }
 
 /// The `actor_template_namespace`, `actor_template_name`, `actor_id` triple.
@@ -182,6 +197,7 @@ impl Workers {
                 host_endpoint: r.host_endpoint,
             },
             running: r.running_actor,
+            state: r.state,
         })
     }
 
@@ -276,6 +292,35 @@ impl Workers {
             .into_inner();
         let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
         Ok(Checkpointed { snapshot_id, location: r.location })
+    }
+}
+
+impl Workers {
+    /// DeleteWorkload: stops the actor if it runs on `name` (state discarded) and deletes its
+    /// local snapshots there. Returns whether it was running and how many snapshots went.
+    pub async fn delete(
+        &self,
+        name: &str,
+        socket: &str,
+        t: &TemplateRecord,
+        actor: &str,
+        timeout: Duration,
+    ) -> Result<(bool, usize), WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let mut req = tonic::Request::new(pb::DeleteWorkloadRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            keep_snapshots: false,
+        });
+        req.set_timeout(timeout);
+        let r = self
+            .client(name, socket)
+            .delete_workload(req)
+            .await
+            .map_err(|s| Self::err(name, "DeleteWorkload", s))?
+            .into_inner();
+        Ok((r.stopped, r.deleted_snapshot_ids.len()))
     }
 }
 

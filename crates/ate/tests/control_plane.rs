@@ -303,19 +303,39 @@ async fn actors_through_cycles(store: StoreKind) {
     let (s, body) = get(router, "nobody").await.unwrap();
     assert_eq!(s, 404, "{body}");
 
-    // Delete: the record and the actor's durable snapshots are gone.
+    // Delete: the record and the actor's durable and local snapshots are gone.
     let del = names[29].clone();
     suspend(&lab, &del).await;
     let dir = lab.bucket.join("counter/actors").join(&del);
     assert!(indexes_under(&dir) > 0);
+    let local_dir =
+        |w: &str, a: &str| lab.worker(w).state_dir.join(format!("actors/default:counter:{a}/snapshots"));
+    let holder = actor(&lab, &del).await.actor.local.expect("a suspended actor keeps its local copy").worker;
+    assert!(local_dir(&holder, &del).exists());
     let (ok, out, err) = lab.serve.cli(&["delete", "actor", &del]);
     assert!(ok, "{out}{err}");
     assert_eq!(indexes_under(&dir), 0, "the actor's durable snapshots are removed");
+    assert!(!local_dir(&holder, &del).exists(), "the actor's local snapshots are removed");
     let (ok, _, err) = lab.serve.cli(&["get", "actor", &del]);
     assert!(!ok && err.contains("404"), "{err}");
+    // A RUNNING actor is stopped where it runs (nothing checkpointed) and its worker is free.
+    let running = names[28].clone();
+    traffic(router, std::slice::from_ref(&running), &mut expected, 1).await;
+    let on = actor(&lab, &running).await.actor.worker.expect("running on a worker");
+    let (ok, out, err) = lab.serve.cli(&["delete", "actor", &running]);
+    assert!(ok, "{out}{err}");
+    for w in &lab.workers {
+        assert!(!local_dir(&w.name, &running).exists(), "no snapshot of {running} left on {}", w.name);
+    }
+    let (ok, _, err) = lab.serve.cli(&["get", "actor", &running]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let mut c = ate::worker::connect_lazy(&lab.worker(&on).socket);
+    let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert!(!caps.running_actor.ends_with(&format!("/{running}")), "{caps:?}");
 
     // Everything still continues, and assignment is exclusive and true.
-    let alive: Vec<String> = names.iter().filter(|n| ![&x, &z, &del].contains(n)).cloned().collect();
+    let alive: Vec<String> =
+        names.iter().filter(|n| ![&x, &z, &del, &running].contains(n)).cloned().collect();
     traffic(router, &alive, &mut expected, 6).await;
     settled(&lab, 30).await;
     assert_consistent(&lab, 20).await;
@@ -424,7 +444,16 @@ async fn killed_at_random_points(store: StoreKind, iterations: usize) {
     assert!(crashed.is_empty(), "crashed: {crashed:?}\n{}", lab.serve.log_text());
     for n in &names {
         let (s, b) = get(lab.serve.router, n).await.unwrap();
-        assert_eq!(s, 200, "{n}: {b}");
+        if s != 200 {
+            let view = lab.serve.api.actor(n).await;
+            let tail = |p: &std::path::Path| {
+                let t = std::fs::read_to_string(p).unwrap_or_default();
+                t.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            let workers: String =
+                lab.workers.iter().map(|w| format!("--- worker {}:\n{}\n", w.name, tail(&w.log))).collect();
+            panic!("{n}: {s} {b}\nactor: {view:?}\n--- serve:\n{}\n{workers}", lab.serve.log_text());
+        }
         let c = parse_count(&b).unwrap();
         let last = seen.lock().unwrap().get(n).copied().unwrap_or(0);
         assert!(c.memory > last, "{n}: counter went back from {last} to {}", c.memory);
