@@ -61,11 +61,67 @@ pub struct LaunchContext {
     pub cache_dir: PathBuf,
 }
 
-/// A snapshot a restore starts from: verified files in `dir`, described by `manifest`.
+/// A snapshot a restore starts from: files in a directory, described by `manifest` (read and
+/// checked against this host before the backend is called).
+///
+/// The files may still be being verified against the manifest's digests while the backend
+/// prepares what does not read them (namespaces, processes), so their directory is only
+/// reachable through [`SnapshotInput::verified_dir`], which waits for the verdict: no
+/// backend can read an unverified byte.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotInput<'a> {
-    pub dir: &'a Path,
+    dir: &'a Path,
     pub manifest: &'a SnapshotManifest,
+    verification: &'a Verification,
+}
+
+impl<'a> SnapshotInput<'a> {
+    pub fn new(dir: &'a Path, manifest: &'a SnapshotManifest, verification: &'a Verification) -> Self {
+        Self { dir, manifest, verification }
+    }
+
+    /// The snapshot's directory, once its files are verified. A failed verification is a
+    /// [`BackendError::Unverified`]; the runtime reports the verification's own error.
+    pub async fn verified_dir(&self) -> Result<&'a Path, BackendError> {
+        self.verification.wait().await?;
+        Ok(self.dir)
+    }
+}
+
+/// The verdict on a snapshot's files, delivered once (see [`SnapshotInput`]).
+#[derive(Clone, Debug)]
+pub struct Verification(tokio::sync::watch::Receiver<Option<bool>>);
+
+/// Delivers a [`Verification`]'s verdict. Dropped without a verdict means "not verified".
+#[derive(Debug)]
+pub struct VerificationSender(tokio::sync::watch::Sender<Option<bool>>);
+
+impl Verification {
+    /// Files that were verified already (pulled and checked chunk by chunk, for example).
+    pub fn done() -> Self {
+        Self(tokio::sync::watch::channel(Some(true)).1)
+    }
+
+    /// A verdict still to come from the returned sender.
+    pub fn pending() -> (VerificationSender, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (VerificationSender(tx), Self(rx))
+    }
+
+    /// Waits for the verdict.
+    pub async fn wait(&self) -> Result<(), BackendError> {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await.map(|v| *v) {
+            Ok(Some(true)) => Ok(()),
+            _ => Err(BackendError::Unverified),
+        }
+    }
+}
+
+impl VerificationSender {
+    pub fn send(self, verified: bool) {
+        let _ = self.0.send(Some(verified));
+    }
 }
 
 /// What a backend reports about the snapshot it just wrote.
@@ -154,6 +210,9 @@ pub enum BackendError {
     /// The snapshot does not fit this backend (wrong artifacts, unsupported features).
     #[error("snapshot unusable: {0}")]
     Snapshot(String),
+    /// The snapshot's files did not pass verification, so the backend did not read them.
+    #[error("the snapshot's files did not pass verification")]
+    Unverified,
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -169,5 +228,40 @@ impl BackendError {
 
     pub fn failed(op: &'static str, detail: impl Into<String>) -> Self {
         Self::Failed { op, detail: detail.into() }
+    }
+}
+
+#[cfg(test)]
+mod verification_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_directory_is_reachable_only_after_a_positive_verdict() {
+        let manifest = crate::manifest::tests::sample();
+        let dir = Path::new("/snapshots/s1");
+
+        let done = Verification::done();
+        assert_eq!(SnapshotInput::new(dir, &manifest, &done).verified_dir().await.unwrap(), dir);
+
+        let (tx, pending) = Verification::pending();
+        let input = SnapshotInput::new(dir, &manifest, &pending);
+        let waiter = tokio::spawn({
+            let pending = pending.clone();
+            async move { pending.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no verdict yet");
+        tx.send(true);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(input.verified_dir().await.unwrap(), dir);
+
+        let (tx, failed) = Verification::pending();
+        tx.send(false);
+        let input = SnapshotInput::new(dir, &manifest, &failed);
+        assert!(matches!(input.verified_dir().await, Err(BackendError::Unverified)));
+
+        let (tx, abandoned) = Verification::pending();
+        drop(tx);
+        assert!(matches!(abandoned.wait().await, Err(BackendError::Unverified)), "no verdict is no pass");
     }
 }

@@ -202,7 +202,7 @@ pub fn check_compatibility(m: &SnapshotManifest, target: &RestoreTarget<'_>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{ActorRef, WorkloadSpec};
 

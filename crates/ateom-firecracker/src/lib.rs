@@ -48,7 +48,7 @@ use ateom_core::{
 };
 use ateom_microvm::Kvm;
 use ateom_net::{Netns, NetnsDialer, TapPlan};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::vmm::{SpawnOptions, Vmm};
 
@@ -209,16 +209,23 @@ impl FirecrackerBackend {
     }
 
     /// The namespace (with a tap when the guest has a network) and the dialer into it.
-    async fn network(
-        &self,
-        net: Option<&TapNetwork>,
-        tap_owner: Option<u32>,
-    ) -> Result<(Netns, Option<Arc<dyn Dialer>>), BackendError> {
+    /// The workload's network namespace, fresh (a stale one of the same name is removed).
+    fn namespace(&self) -> Result<Netns, BackendError> {
         let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());
         let name = self.netns_name();
         Netns::delete_by_name(&name).map_err(net_err)?;
-        let ns = Netns::create(&name).map_err(net_err)?;
-        let Some(net) = net else { return Ok((ns, None)) };
+        Netns::create(&name).map_err(net_err)
+    }
+
+    /// The tap inside `ns` and a dialer to the guest behind it (none without a network).
+    /// Independent of the VMM process, so it runs while that starts.
+    async fn attach_network(
+        ns: &Netns,
+        net: Option<&TapNetwork>,
+        tap_owner: Option<u32>,
+    ) -> Result<Option<Arc<dyn Dialer>>, BackendError> {
+        let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());
+        let Some(net) = net else { return Ok(None) };
         let plan = TapPlan {
             name: net.tap_name.clone(),
             host_ip: net.host_ip,
@@ -226,17 +233,9 @@ impl FirecrackerBackend {
             vnet_hdr: true,
             owner: tap_owner,
         };
-        if let Err(e) = ateom_net::setup_tap(&ns, &plan).await {
-            let _ = ns.delete();
-            return Err(net_err(e));
-        }
-        match NetnsDialer::new(&ns, IpAddr::V4(net.guest_ip)) {
-            Ok(d) => Ok((ns, Some(Arc::new(d)))),
-            Err(e) => {
-                let _ = ns.delete();
-                Err(net_err(e))
-            }
-        }
+        ateom_net::setup_tap(ns, &plan).await.map_err(net_err)?;
+        let dialer = NetnsDialer::new(ns, IpAddr::V4(net.guest_ip)).map_err(net_err)?;
+        Ok(Some(Arc::new(dialer)))
     }
 
     fn pvm_hint(&self, detail: String) -> String {
@@ -407,24 +406,35 @@ impl FirecrackerBackend {
             cfg.kernel_cmdline = Some(cmdline);
         }
         let jailer = self.jailer(&cfg);
-        let (ns, dialer) = self.network(cfg.network.as_ref(), jailer.as_ref().map(|j| j.uid)).await?;
+        let phase = std::time::Instant::now();
+        let ns = self.namespace()?;
+        let ns_us = phase.elapsed().as_micros() as u64;
         let id = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
-        let vmm = match Vmm::spawn(SpawnOptions {
-            binary: &self.binary(&cfg),
+        // The VMM process starts (its API socket takes a few ms) while the tap is made: the
+        // device is first needed when the snapshot is loaded or the VM configured.
+        let binary = self.binary(&cfg);
+        let spawn = Vmm::spawn(SpawnOptions {
+            binary: &binary,
             work_dir: &ctx.work_dir,
             netns: Some(&ns),
             id: &id,
             jailer: jailer.as_ref(),
-        })
-        .await
-        {
-            Ok(v) => v,
-            Err(e) => {
+        });
+        let attach = Self::attach_network(&ns, cfg.network.as_ref(), jailer.as_ref().map(|j| j.uid));
+        let (vmm, dialer) = match tokio::join!(spawn, attach) {
+            (Ok(v), Ok(d)) => (v, d),
+            (Ok(mut v), Err(e)) => {
+                v.kill().await;
+                let _ = ns.delete();
+                return Err(e);
+            }
+            (Err(e), dialer) => {
                 drop(dialer);
                 let _ = ns.delete();
                 return Err(e);
             }
         };
+        debug!(netns_us = ns_us, spawn_and_tap_us = phase.elapsed().as_micros() as u64 - ns_us, "VMM up");
         let mut vm = FcSandbox {
             vmm: Some(vmm),
             ns: Some(ns),
@@ -464,20 +474,20 @@ impl FirecrackerBackend {
             }
         }
         vm.kernel_id = s.manifest.kernel_id.clone();
+        let dir = s.verified_dir().await?;
         let vmm = vm.vmm.as_ref().expect("spawned");
         if s.manifest.artifact(DISK).is_some() {
             // A copy: the restored VM writes to it, the snapshot stays as it was.
-            vmm.place(&s.dir.join(DISK), DISK, true)?;
+            vmm.place(&dir.join(DISK), DISK, true)?;
             vm.disk = true;
         }
         // vmstate and memory are only read (firecracker maps the memory privately): outside a
         // jail straight from the snapshot, inside one linked into the chroot.
         let (vmstate, memory) = match vmm.owner {
-            Some(_) => (
-                vmm.place(&s.dir.join(VMSTATE), VMSTATE, false)?,
-                vmm.place(&s.dir.join(MEMORY), MEMORY, false)?,
-            ),
-            None => (s.dir.join(VMSTATE).display().to_string(), s.dir.join(MEMORY).display().to_string()),
+            Some(_) => {
+                (vmm.place(&dir.join(VMSTATE), VMSTATE, false)?, vmm.place(&dir.join(MEMORY), MEMORY, false)?)
+            }
+            None => (dir.join(VMSTATE).display().to_string(), dir.join(MEMORY).display().to_string()),
         };
         for key in ["firecracker.vcpus", "firecracker.memory_mib"] {
             if let Some(v) = s.manifest.provenance.get(key) {
@@ -491,6 +501,7 @@ impl FirecrackerBackend {
         vm.cfg.cpu_template = (!s.manifest.cpu_template.is_empty() && s.manifest.cpu_template != "none")
             .then(|| s.manifest.cpu_template.clone());
         let api = &vm.vmm.as_ref().expect("spawned").api;
+        let phase = std::time::Instant::now();
         api.load_snapshot(&api::SnapshotLoad {
             snapshot_path: vmstate,
             mem_backend: api::MemBackend { backend_type: "File", backend_path: memory },
@@ -498,6 +509,7 @@ impl FirecrackerBackend {
         })
         .await
         .map_err(|e| BackendError::failed("loading the snapshot", self.pvm_hint(e.to_string())))?;
+        debug!(load_us = phase.elapsed().as_micros() as u64, "snapshot loaded and resumed");
         // Before the workload sees traffic: the host's clock and fresh entropy.
         vm.sync_guest(Duration::from_secs(10)).await
     }

@@ -269,7 +269,21 @@ impl Vmm {
             log_tasks,
             log_tail: tail,
         };
-        // Wait for the API socket (a few ms), noticing an early exit.
+        // Wait for the API socket (a few ms), noticing an early exit. The file's appearance is
+        // watched at 100 µs steps on a blocking thread (tokio's timers tick in whole
+        // milliseconds, and this wait is on every run's and restore's critical path); then
+        // the API is asked until it answers.
+        let (watched, gone) = (sock.clone(), vmm.exited.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while !watched.exists() && std::time::Instant::now() < until {
+                if gone.lock().map_or(true, |g| g.is_some()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+        .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(why) = vmm.exited() {
@@ -282,7 +296,7 @@ impl Vmm {
                 vmm.kill().await;
                 return Err(failed(format!("its API socket {} never answered", sock.display())));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Ok(vmm)
     }

@@ -39,6 +39,7 @@ pub fn code_of(e: &RuntimeError) -> Code {
             BackendError::Unavailable { .. } => Code::Unavailable,
             BackendError::Snapshot(_) => Code::FailedPrecondition,
             BackendError::Image { .. } => Code::FailedPrecondition,
+            BackendError::Unverified => Code::DataLoss,
             _ => Code::Internal,
         },
         RuntimeError::Unsupported { .. } => Code::Unimplemented,

@@ -237,7 +237,16 @@ impl GvisorBackend {
         let mut args = self.global_args(&runsc, Some(&ctx.work_dir));
         match snapshot {
             None => args.push("run".into()),
-            Some(s) => args.extend(["restore".into(), format!("--image-path={}", s.dir.display())]),
+            Some(s) => {
+                let dir = match s.verified_dir().await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        net.delete();
+                        return Err(e);
+                    }
+                };
+                args.extend(["restore".into(), format!("--image-path={}", dir.display())]);
+            }
         }
         args.extend([format!("--bundle={}", bundle_dir.display()), cid.clone()]);
         let op = if snapshot.is_some() { "runsc restore" } else { "runsc run" };

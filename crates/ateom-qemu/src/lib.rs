@@ -311,14 +311,18 @@ impl QemuBackend {
                 cfg.vcpus = p.get("qemu.vcpus").and_then(|v| v.parse().ok());
                 cfg.network = ateom_microvm::network_from_provenance(p)?;
                 let cmdline = p.get("qemu.cmdline").cloned().unwrap_or_default();
-                let disk = s.manifest.artifact(DISK).is_some().then(|| s.dir.join(DISK));
+                let dir = s.verified_dir().await?;
+                let disk = s.manifest.artifact(DISK).is_some().then(|| dir.join(DISK));
                 let ateom_init = p.get("qemu.guest_init").is_some_and(|v| v == "ateom-init");
                 (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline, ateom_init)
             }
         };
         // Disk and (for a restore) RAM: the workload's own copies.
         let work = ctx.work_dir.clone();
-        let mem_src = snapshot.map(|s| s.dir.join(MEMORY));
+        let mem_src = match snapshot {
+            Some(s) => Some(s.verified_dir().await?.join(MEMORY)),
+            None => None,
+        };
         let disk_src = base.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
             if let Some(src) = disk_src {
@@ -454,7 +458,7 @@ impl QemuBackend {
         )
         .await
         .map_err(fail("restoring (migration capabilities)"))?;
-        let uri = format!("exec:cat {}", shell_quote(&s.dir.join(VMSTATE)));
+        let uri = format!("exec:cat {}", shell_quote(&s.verified_dir().await?.join(VMSTATE)));
         qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
             .await
             .map_err(fail("restoring (incoming migration)"))?;

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ateom_core::{
     ActorRef, Artifact, Backend, BackendError, Capabilities, CheckpointRequest, ContainerSource, Destination,
     HostFingerprint, LaunchContext, MANIFEST_FORMAT_VERSION, Mismatch, RestoreRequest, RestoreTarget,
-    RunRequest, Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, WorkloadSpec, check_compatibility,
+    RunRequest, Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, Verification, WorkloadSpec,
+    check_compatibility,
 };
 use ateom_net::Forwarder;
 use ateom_snapshot::{LocalSnapshot, LocalSnapshots, SnapshotError};
@@ -516,27 +517,53 @@ impl Runtime {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "restoring")?;
         let (snap, pulled) = self.find_snapshot(&req).await?;
-        let verified = pulled.is_some();
         self.check_restorable(&snap)?;
-        let verify_start = Instant::now();
-        if !verified {
+        // A pulled snapshot was verified chunk by chunk on arrival. A local one is verified
+        // while the backend prepares (namespaces, processes); the backend reads no file of it
+        // before the verdict (`SnapshotInput::verified_dir`).
+        let (verification, verifying) = if pulled.is_some() {
+            (Verification::done(), None)
+        } else {
+            let (tx, verification) = Verification::pending();
             let verify_snap = snap.clone();
-            tokio::task::spawn_blocking(move || verify_snap.verify()).await.map_err(|e| {
-                RuntimeError::Io {
-                    context: "verifying snapshot".into(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })??;
-        }
-        debug!(verify_ms = verify_start.elapsed().as_millis() as u64, "snapshot verified");
+            let verify_start = Instant::now();
+            let task = tokio::task::spawn_blocking(move || {
+                let r = verify_snap.verify();
+                tx.send(r.is_ok());
+                debug!(
+                    verify_ms = verify_start.elapsed().as_millis() as u64,
+                    ok = r.is_ok(),
+                    "snapshot verified"
+                );
+                r
+            });
+            (verification, Some(task))
+        };
         let spec =
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
         let work_dir = ctx.work_dir.clone();
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
         let backend_start = Instant::now();
-        let input = SnapshotInput { dir: &snap.dir, manifest: &snap.manifest };
-        let sandbox = match self.backend.restore(ctx, input).await {
+        let input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
+        let restored = self.backend.restore(ctx, input).await;
+        // The verification's own verdict comes first: a damaged snapshot is reported as
+        // such, whatever the backend made of it.
+        if let Some(task) = verifying {
+            let verdict = task.await.map_err(|e| RuntimeError::Io {
+                context: "verifying snapshot".into(),
+                source: std::io::Error::other(e.to_string()),
+            });
+            if let Err(e) = verdict.and_then(|r| r.map_err(RuntimeError::from)) {
+                if let Ok(sandbox) = restored {
+                    warn!(actor = %req.actor, "verification failed after the backend restored; tearing it down");
+                    let _ = sandbox.delete().await;
+                }
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Err(e);
+            }
+        }
+        let sandbox = match restored {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work_dir);

@@ -315,10 +315,16 @@ pub async fn bench(worker: &WorkerArgs, iterations: u32) -> Result<Value> {
     let bucket = tempfile::Builder::new().prefix("ateom-bench-fc-bucket-").tempdir()?;
     let store = format!("file://{}", bucket.path().display());
     let result = async {
-        // Warm-up, then the measured iterations.
+        // Warm-up of both, then the measured iterations: each one an ateom cycle followed by
+        // a direct cycle, so that drift of this shared machine (page cache, other load)
+        // affects both sides alike.
+        let work = tempfile::Builder::new().prefix("ateom-bench-fc-direct-").tempdir()?;
+        let mem = w.memory_mib;
         run(&mut h, "bench-warmup").await?;
         checkpoint(&mut h, "bench-warmup", None).await?;
+        direct_cycle(&bin, &guest, mem, &work.path().join("warmup")).await?;
         let (mut runs, mut cks, mut rss, mut bytes) = (vec![], vec![], vec![], 0u64);
+        let mut base: Vec<[f64; 6]> = vec![];
         for i in 0..iterations {
             let id = format!("bench-{i}");
             let (r, t) = run(&mut h, &id).await?;
@@ -330,18 +336,11 @@ pub async fn bench(worker: &WorkerArgs, iterations: u32) -> Result<Value> {
             let (_, t) = restore(&mut h, &id).await?;
             rss.push(ms(t));
             checkpoint(&mut h, &id, None).await?;
+            base.push(direct_cycle(&bin, &guest, mem, &work.path().join(format!("c{i}"))).await?);
         }
         // One DURABLE checkpoint: what the mostly-zero memory file costs in the store.
         run(&mut h, "bench-durable").await?;
         let (durable, _) = checkpoint(&mut h, "bench-durable", Some(&store)).await?;
-
-        let work = tempfile::Builder::new().prefix("ateom-bench-fc-direct-").tempdir()?;
-        let mem = w.memory_mib;
-        direct_cycle(&bin, &guest, mem, &work.path().join("warmup")).await?;
-        let mut base: Vec<[f64; 6]> = vec![];
-        for i in 0..iterations {
-            base.push(direct_cycle(&bin, &guest, mem, &work.path().join(format!("c{i}"))).await?);
-        }
         let col = |k: usize| median(base.iter().map(|c| c[k]).collect());
         let mut out = serde_json::Map::new();
         out.insert("benchmark".into(), json!("run-checkpoint-restore"));
