@@ -19,7 +19,7 @@ fi
 
 packages=(runsc busybox-static e2fsprogs iproute2 zstd qemu-system-x86 qemu-utils redis-server
           linux-source-6.1 build-essential binutils bc bison flex libelf-dev libssl-dev cpio
-          xz-utils python3 curl)
+          xz-utils python3 curl openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +31,14 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 else
     log "Debian packages present"
+fi
+
+# npm installs Azurite, the Azure Blob emulator the az:// tests start (any node/npm will do).
+if ! command -v npm >/dev/null; then
+    log "installing npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends npm >&2
 fi
 
 if ! command -v cargo >/dev/null; then

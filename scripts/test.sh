@@ -10,6 +10,8 @@ cd "$root"
 export ATEOM_COUNTER_BIN="$(scripts/build-counter.sh 2>/dev/null | tail -n1)"
 # The real S3-compatible server the durable-snapshot tests start (cached under ~/.cache).
 scripts/s3-server.sh install >/dev/null
+# Azurite, the Azure Blob emulator the az:// tests start (npm, cached under ~/.cache).
+scripts/azurite.sh install >/dev/null
 
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 
