@@ -86,6 +86,15 @@ pub async fn push(
     let mut opts = PushOptions { progress, ..PushOptions::default() };
     // The local commit hashed every artifact; the store does not need to again.
     opts.known_digests = snap.manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())).collect();
+    // ... and, right after a commit, every chunk too.
+    opts.known_chunk_digests = snap
+        .chunk_digests
+        .iter()
+        .map(|(name, digests)| {
+            let digests = digests.iter().map(|d| ateom_store::Digest(*d)).collect();
+            (name.clone(), ateom_store::KnownChunks { chunk_size: ateom_core::DIGEST_CHUNK_SIZE, digests })
+        })
+        .collect();
     let report = store.push_dir_with(&snap.dir, &names, &id, meta, &opts).await?;
     let location = format!("{}/{id}", store.uri());
     info!(

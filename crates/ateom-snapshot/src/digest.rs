@@ -90,6 +90,8 @@ pub struct FileDigests {
     pub size: u64,
     pub sha256: String,
     pub chunk_digest: ChunkDigest,
+    /// The sha256 of every chunk (what `chunk_digest.root` is made of), in order.
+    pub chunks: Vec<[u8; 32]>,
 }
 
 /// One sequential pass over the file: chunk digests, and holes punched into zero runs
@@ -120,24 +122,24 @@ pub fn digest_and_sparsify(path: &Path) -> io::Result<FileDigests> {
         }
         hex::encode(h.finalize())
     });
-    let mut roots = Sha256::new();
+    let mut chunks: Vec<[u8; 32]> = Vec::with_capacity(size.div_ceil(cs) as usize);
     let mut off = 0u64;
     let result = (|| -> io::Result<()> {
         while off < size {
             let len = (size - off).min(cs) as usize;
             if next_data(&f, off, size) >= off + len as u64 {
                 // Already a hole.
-                roots.update(zero_digest(len));
+                chunks.push(zero_digest(len));
                 let _ = tx.send(Msg::Zeros(len));
             } else {
                 let mut chunk = vec![0u8; len];
                 read_full(&f, &mut chunk, off)?;
                 if is_zero(&chunk) {
-                    roots.update(zero_digest(len));
+                    chunks.push(zero_digest(len));
                     punch_hole(&f, off, len as u64);
                     let _ = tx.send(Msg::Zeros(len));
                 } else {
-                    roots.update(Sha256::digest(&chunk));
+                    chunks.push(Sha256::digest(&chunk).into());
                     for (i, g) in chunk.chunks(PUNCH_GRANULE).enumerate() {
                         if g.len() == PUNCH_GRANULE && is_zero(g) {
                             punch_hole(&f, off + (i * PUNCH_GRANULE) as u64, g.len() as u64);
@@ -156,13 +158,19 @@ pub fn digest_and_sparsify(path: &Path) -> io::Result<FileDigests> {
     Ok(FileDigests {
         size,
         sha256,
-        chunk_digest: ChunkDigest { chunk_size: cs, root: hex::encode(roots.finalize()) },
+        chunk_digest: ChunkDigest { chunk_size: cs, root: root_of(chunks.iter().copied()) },
+        chunks,
     })
 }
 
 /// Recomputes an artifact's chunked digest root: chunks spread over the cores, holes never
 /// read, zero chunks never hashed.
 pub fn chunk_root(path: &Path, chunk_size: u64) -> io::Result<String> {
+    Ok(root_of(chunk_digests(path, chunk_size)?))
+}
+
+/// The sha256 of every `chunk_size` chunk of a file, computed as [`chunk_root`] does.
+pub fn chunk_digests(path: &Path, chunk_size: u64) -> io::Result<Vec<[u8; 32]>> {
     let f = File::open(path)?;
     let size = f.metadata()?.len();
     let n = size.div_ceil(chunk_size) as usize;
@@ -200,11 +208,7 @@ pub fn chunk_root(path: &Path, chunk_size: u64) -> io::Result<String> {
         }
         Ok(())
     })?;
-    let mut root = Sha256::new();
-    for d in &digests {
-        root.update(d);
-    }
-    Ok(hex::encode(root.finalize()))
+    Ok(digests)
 }
 
 /// The root a list of chunk digests (e.g. a snapshot store's chunk table) adds up to.

@@ -16,6 +16,7 @@
 //! never returned as a snapshot, so a crash at any point leaves either nothing or a complete
 //! snapshot. [`LocalSnapshot::verify`] re-hashes every artifact before a restore uses it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -223,10 +224,14 @@ impl PendingSnapshot {
         let mut names = Vec::new();
         collect_files(&self.dir, &self.dir, &mut names)?;
         names.sort();
-        let artifacts = digest_files_parallel(&self.dir, &names)?;
-        let manifest = finish(artifacts);
+        let digested = digest_files_parallel(&self.dir, &names)?;
+        let chunk_digests: BTreeMap<String, Vec<[u8; 32]>> =
+            digested.iter().map(|(a, chunks)| (a.name.clone(), chunks.clone())).collect();
+        let manifest = finish(digested.into_iter().map(|(a, _)| a).collect());
         debug_assert_eq!(manifest.snapshot_id, self.id);
-        self.finish(manifest)
+        let mut snap = self.finish(manifest)?;
+        snap.chunk_digests = chunk_digests;
+        Ok(snap)
     }
 
     /// Commits files whose digests were already verified against `manifest` by whoever
@@ -280,7 +285,7 @@ impl PendingSnapshot {
             sync_dir(parent)?;
         }
         self.committed = true;
-        Ok(LocalSnapshot { dir: self.final_dir.clone(), manifest })
+        Ok(LocalSnapshot { dir: self.final_dir.clone(), manifest, chunk_digests: BTreeMap::new() })
     }
 }
 
@@ -297,6 +302,10 @@ impl Drop for PendingSnapshot {
 pub struct LocalSnapshot {
     pub dir: PathBuf,
     pub manifest: SnapshotManifest,
+    /// Right after [`PendingSnapshot::commit`]: each artifact's chunk digests
+    /// (`DIGEST_CHUNK_SIZE` chunks, the ones its `chunk_digest` root is made of), so that a
+    /// push that follows need not hash the same bytes again. Empty when opened from disk.
+    pub chunk_digests: BTreeMap<String, Vec<[u8; 32]>>,
 }
 
 impl LocalSnapshot {
@@ -306,7 +315,7 @@ impl LocalSnapshot {
         let bytes = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
         let manifest = SnapshotManifest::from_json(&bytes)
             .map_err(|source| SnapshotError::BadManifest { id: id_for_errors.to_owned(), source })?;
-        Ok(Self { dir: dir.to_owned(), manifest })
+        Ok(Self { dir: dir.to_owned(), manifest, chunk_digests: BTreeMap::new() })
     }
 
     /// Absolute paths of the artifacts and then the manifest.
@@ -394,9 +403,11 @@ pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
 
 /// Digests (and sparsifies) the named files under `dir`, one thread per file (bounded by
 /// the core count).
-fn digest_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, SnapshotError> {
+type Digested = (Artifact, Vec<[u8; 32]>);
+
+fn digest_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Digested>, SnapshotError> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
-    let mut results: Vec<Option<Result<Artifact, SnapshotError>>> = (0..names.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<Digested, SnapshotError>>> = (0..names.len()).map(|_| None).collect();
     for (chunk_names, chunk_results) in names.chunks(workers).zip(results.chunks_mut(workers)) {
         std::thread::scope(|s| {
             let handles: Vec<_> = chunk_names
@@ -405,11 +416,14 @@ fn digest_files_parallel(dir: &Path, names: &[String]) -> Result<Vec<Artifact>, 
                     s.spawn(move || {
                         let path = dir.join(name);
                         digest::digest_and_sparsify(&path)
-                            .map(|d| Artifact {
-                                name: name.clone(),
-                                size: d.size,
-                                sha256: d.sha256,
-                                chunk_digest: Some(d.chunk_digest),
+                            .map(|d| {
+                                let artifact = Artifact {
+                                    name: name.clone(),
+                                    size: d.size,
+                                    sha256: d.sha256,
+                                    chunk_digest: Some(d.chunk_digest),
+                                };
+                                (artifact, d.chunks)
                             })
                             .map_err(io_err(format!("hashing {}", path.display())))
                     })

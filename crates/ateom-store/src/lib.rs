@@ -139,6 +139,6 @@ pub use error::{ChunkFault, RemoteError, StoreError};
 pub use index::{ArtifactEntry, ChunkEntry, Digest, IndexError, SnapshotIndex};
 pub use retry::RetryPolicy;
 pub use store::{
-    DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_LEVEL, Progress, PullOptions, PullReport, PushOptions,
-    PushReport, Store, StoreConfig,
+    DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_LEVEL, KnownChunks, Progress, PullOptions, PullReport,
+    PushOptions, PushReport, Store, StoreConfig,
 };

@@ -6,7 +6,7 @@
 //! reader thread ──(chunk bytes, in order)──> hasher thread      (whole-file sha256)
 //!      │
 //!      └──(non-zero chunks)──> buffer_unordered(concurrency):
-//!                                sha256 ─> skip if present ─> zstd ─> PUT chunks/<sha256>
+//!                                sha256 (unless known) ─> skip if present ─> zstd ─> PUT chunks/<sha256>
 //!                                (hash / compress on the blocking pool, at most cpu_workers at once)
 //! then: PUT index.json, PUT LATEST, DELETE chunks of a replaced index that are no longer used
 //! ```
@@ -80,6 +80,8 @@ struct Ctx {
     claimed: Mutex<HashSet<Digest>>,
     cpu: Semaphore,
     zeros: ZeroDigests,
+    /// Per artifact: chunk digests the caller vouches for (see `PushOptions`).
+    known_chunks: Vec<Option<Vec<Digest>>>,
 }
 
 impl Store {
@@ -146,6 +148,19 @@ impl Store {
             }
         }
 
+        let known_chunks = artifacts
+            .iter()
+            .zip(&sizes)
+            .map(|(name, size)| {
+                opts.known_chunk_digests
+                    .get(name)
+                    .filter(|k| {
+                        k.chunk_size == cfg.chunk_size
+                            && k.digests.len() as u64 == size.div_ceil(cfg.chunk_size)
+                    })
+                    .map(|k| k.digests.clone())
+            })
+            .collect();
         let ctx = Arc::new(Ctx {
             inner: inner.clone(),
             id: snapshot_id.to_string(),
@@ -154,6 +169,7 @@ impl Store {
             claimed: Mutex::new(HashSet::new()),
             cpu: Semaphore::new(cfg.cpu_workers),
             zeros: ZeroDigests::default(),
+            known_chunks,
         });
 
         let mut known: Vec<Option<Digest>> = Vec::with_capacity(artifacts.len());
@@ -444,12 +460,16 @@ async fn process(ctx: &Ctx, piece: Piece) -> Result<Done, StoreError> {
     let Some(data) = data else {
         return Ok(done(ctx.zeros.get(len), Outcome::Zero));
     };
-    let digest = {
-        let _permit = ctx.cpu.acquire().await.ok();
-        let d = data.clone();
-        tokio::task::spawn_blocking(move || Digest::of(&d))
-            .await
-            .map_err(|source| StoreError::Task { what: "hash", source })?
+    let known = ctx.known_chunks.get(artifact).and_then(Option::as_ref).and_then(|k| k.get(chunk));
+    let digest = match known {
+        Some(d) => *d,
+        None => {
+            let _permit = ctx.cpu.acquire().await.ok();
+            let d = data.clone();
+            tokio::task::spawn_blocking(move || Digest::of(&d))
+                .await
+                .map_err(|source| StoreError::Task { what: "hash", source })?
+        }
     };
     if !ctx.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest) {
         return Ok(done(digest, Outcome::Duplicate));

@@ -104,11 +104,29 @@ pub struct PushOptions {
     /// are not hashed again, so a push costs work proportional to the data, not to the file
     /// size (zeros are never read twice). Every chunk still carries its own sha256.
     pub known_digests: HashMap<String, String>,
+    /// The sha256 of every chunk of artifacts the caller has just hashed, for chunks of
+    /// `chunk_size` bytes (ateom: the digests its commit computed moments before). Where the
+    /// size matches the store's chunk size and the count the artifact's, those chunks are not
+    /// hashed again. A wrong digest is never trusted blindly: every pull verifies each chunk
+    /// against it, so a mismatch fails the restore loudly.
+    pub known_chunk_digests: HashMap<String, KnownChunks>,
+}
+
+/// Chunk digests known for one artifact (see [`PushOptions::known_chunk_digests`]).
+#[derive(Clone, Debug)]
+pub struct KnownChunks {
+    pub chunk_size: u64,
+    pub digests: Vec<crate::index::Digest>,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { progress: None, update_latest: true, known_digests: HashMap::new() }
+        PushOptions {
+            progress: None,
+            update_latest: true,
+            known_digests: HashMap::new(),
+            known_chunk_digests: HashMap::new(),
+        }
     }
 }
 

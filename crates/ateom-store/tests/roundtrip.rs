@@ -250,3 +250,46 @@ async fn known_digests_are_used_and_still_checked_on_pull() {
     let err = store.push_dir_with(&src, &names, "bad", serde_json::json!({}), &opts).await.unwrap_err();
     assert!(matches!(err, ateom_store::StoreError::InvalidConfig(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_chunk_digests_are_used_and_still_checked_on_pull() {
+    use ateom_store::{Digest, KnownChunks, StoreError};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, bucket, dst) = (tmp.path().join("src"), tmp.path().join("bucket"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    write_runs(&src.join("memory"), &[Run::Data(CS, 3), Run::Zero(2 * CS), Run::Data(CS + 99, 4)]);
+    let store = small_chunks(&Store::open(&file_uri(&bucket)).unwrap(), CS);
+    let names = vec!["memory".to_string()];
+    let bytes = std::fs::read(src.join("memory")).unwrap();
+    let right: Vec<Digest> = bytes.chunks(CS as usize).map(Digest::of).collect();
+    let known = |digests: Vec<Digest>, chunk_size| {
+        let mut opts = PushOptions::default();
+        opts.known_chunk_digests.insert("memory".into(), KnownChunks { chunk_size, digests });
+        opts
+    };
+
+    // Right digests: the same index as a push that hashes everything.
+    store.push_dir(&src, &names, "hashed", serde_json::json!({})).await.unwrap();
+    store
+        .push_dir_with(&src, &names, "known", serde_json::json!({}), &known(right.clone(), CS))
+        .await
+        .unwrap();
+    let (a, b) = (store.read_index("hashed").await.unwrap(), store.read_index("known").await.unwrap());
+    assert_eq!(a.artifacts, b.artifacts);
+    store.pull(Some("known"), &dst.join("known")).await.unwrap();
+    assert_eq!(std::fs::read(dst.join("known/memory")).unwrap(), bytes);
+
+    // Digests for another chunk size (or count) are ignored: the chunks are hashed.
+    let mut wrong = right.clone();
+    wrong[0] = Digest([7; 32]);
+    store
+        .push_dir_with(&src, &names, "other-size", serde_json::json!({}), &known(wrong.clone(), 2 * CS))
+        .await
+        .unwrap();
+    assert_eq!(store.read_index("other-size").await.unwrap().artifacts, a.artifacts);
+
+    // A wrong digest that is used is caught by the pull, naming the chunk.
+    store.push_dir_with(&src, &names, "lying", serde_json::json!({}), &known(wrong, CS)).await.unwrap();
+    let err = store.pull(Some("lying"), &dst.join("lying")).await.unwrap_err();
+    assert!(matches!(err, StoreError::CorruptChunk { chunk: 0, .. }), "{err}");
+}

@@ -322,15 +322,22 @@ async fn store_round(
     let logical: u64 =
         names.iter().map(|n| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0)).sum();
 
-    // As ateom ships a committed snapshot: digests known from the local manifest.
-    let mut known = std::collections::HashMap::new();
+    // As ateom ships a snapshot it has just committed: the whole-file digests are in the
+    // manifest and the chunk digests were computed by the commit (outside this timing, as
+    // they are outside a checkpoint's push time).
+    let mut opts = PushOptions::default();
     for n in names {
-        known.insert(n.clone(), ateom_snapshot::sha256_file(&dir.join(n))?.1);
+        let path = dir.join(n);
+        opts.known_digests.insert(n.clone(), ateom_snapshot::sha256_file(&path)?.1);
+        let cs = ateom_core::DIGEST_CHUNK_SIZE;
+        let digests = ateom_snapshot::digest::chunk_digests(&path, cs)?;
+        let digests = digests.into_iter().map(ateom_store::Digest).collect();
+        opts.known_chunk_digests.insert(n.clone(), ateom_store::KnownChunks { chunk_size: cs, digests });
     }
-    let opts = PushOptions { known_digests: known, ..PushOptions::default() };
     let (pushed, push_ms) =
         timed(async { Ok(store.push_dir_with(dir, names, "bench", json!({}), &opts).await?) }).await?;
-    // The same push hashing every byte itself (a snapshot not committed by ateom first).
+    // The same push hashing every byte itself (a local snapshot pushed later, or files not
+    // committed by ateom).
     let (_, push_hashing_ms) =
         timed(async { Ok(store.push_dir(dir, names, "bench-hashing", json!({})).await?) }).await?;
     // As a restore pulls when the manifest's chunk digests bind the chunk table: every
