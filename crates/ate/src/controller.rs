@@ -54,6 +54,11 @@ pub struct Config {
     pub stale_op: Duration,
     /// Pause the least recently used idle actor when a resume finds no free worker.
     pub evict: bool,
+    /// Other replicas share the store (Redis): an actor this replica saw RUNNING may have
+    /// been paused or moved by another since, so every request checks the record before it
+    /// is forwarded (one store read). With a store of its own (SQLite) every transition
+    /// goes through this process and its view is always current.
+    pub shared_store: bool,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             idle_interval: Duration::from_millis(200),
             stale_op: Duration::from_secs(300),
             evict: true,
+            shared_store: false,
         }
     }
 }
@@ -572,19 +578,19 @@ impl Controller {
     /// ask) and registers a request in flight.
     pub async fn acquire(self: &Arc<Self>, actor: &str) -> Result<Inflight, CtlError> {
         let gate = self.gate(actor);
-        if let Some(i) = gate.try_enter() {
+        if let Some(i) = self.enter_current(actor, &gate).await {
             return Ok(i);
         }
         let deadline = Instant::now() + self.cfg.resume_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let lock = self.op_lock(&gate, left, "waiting for it to resume").await?;
-            if let Some(i) = gate.try_enter() {
+            if let Some(i) = self.enter_current(actor, &gate).await {
                 return Ok(i);
             }
             let span = info_span!("actor", actor = %actor);
             self.resume_locked(actor, &gate, false, deadline).instrument(span).await?;
-            if let Some(i) = gate.try_enter() {
+            if let Some(i) = self.enter_current(actor, &gate).await {
                 drop(lock);
                 return Ok(i);
             }
@@ -593,6 +599,50 @@ impl Controller {
                 return Err(CtlError::Unavailable(format!("actor {actor} did not stay running")));
             }
         }
+    }
+
+    /// Enters the gate if the actor is RUNNING at the endpoint this replica knows; with a
+    /// shared store the record is read first and a stale endpoint (another replica paused or
+    /// moved the actor) is dropped instead of used: the worker behind it may run another
+    /// actor by now.
+    async fn enter_current(&self, actor: &str, gate: &Arc<Gate>) -> Option<Inflight> {
+        let inflight = gate.try_enter()?;
+        if !self.cfg.shared_store {
+            return Some(inflight);
+        }
+        let endpoint = inflight.endpoint.clone();
+        match self.actor(actor).await {
+            Ok(a)
+                if a.value.state == ActorState::Running && a.value.endpoint.as_deref() == Some(&endpoint) =>
+            {
+                Some(inflight)
+            }
+            _ => {
+                drop(inflight);
+                self.revalidate(actor, &endpoint).await;
+                None
+            }
+        }
+    }
+
+    /// After a request to `endpoint` failed: if the store no longer says the actor RUNS
+    /// there (another replica paused, suspended or moved it), forget the endpoint, so that the
+    /// next request waits for that operation or resumes the actor instead of retrying a
+    /// workload that is gone. Returns whether the endpoint was dropped.
+    pub async fn revalidate(&self, actor: &str, endpoint: &str) -> bool {
+        let Ok(a) = self.actor(actor).await else { return false };
+        let still = a.value.state == ActorState::Running && a.value.endpoint.as_deref() == Some(endpoint);
+        if still {
+            return false;
+        }
+        let gate = self.gate(actor);
+        let mut st = gate.lock();
+        if st.endpoint.as_deref() == Some(endpoint) {
+            st.endpoint = None;
+            debug!(actor, endpoint, state = %a.value.state, "endpoint no longer current; dropped");
+            return true;
+        }
+        false
     }
 
     // ---------------------------------------------------------------- explicit operations

@@ -156,6 +156,11 @@ struct ServeArgs {
     /// Do not pause idle actors to make room for a resume.
     #[arg(long)]
     no_evict: bool,
+    /// An operation another replica began this long ago and did not finish is taken as
+    /// abandoned (that replica died) and is finished or rolled back here. It must exceed the
+    /// longest checkpoint or restore.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    stale_op: Duration,
 }
 
 /// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
@@ -255,6 +260,7 @@ fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
 }
 
 async fn serve(api: &str, a: ServeArgs) -> Result<()> {
+    let shared_store = a.redis.is_some();
     let store = match a.redis {
         Some(url) => StoreConfig::Redis { url, prefix: a.redis_prefix },
         None => StoreConfig::Sqlite(a.db),
@@ -271,6 +277,8 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
             resume_timeout: a.resume_timeout,
             local_wait: a.local_wait,
             evict: !a.no_evict,
+            stale_op: a.stale_op,
+            shared_store,
             ..Config::default()
         },
         resources,

@@ -139,7 +139,9 @@ async fn route(
             Err(e) => {
                 debug!(actor, attempt, error = %e, "upstream attempt failed");
                 last = e;
+                let endpoint = inflight.endpoint.clone();
                 drop(inflight);
+                ctl.revalidate(actor, &endpoint).await;
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
             }
         }

@@ -478,3 +478,127 @@ async fn redis_control_plane_killed_at_random_points() {
     }
     killed_at_random_points(StoreKind::Redis, 12).await;
 }
+
+/// Two `ate serve` replicas on one Redis: requests and pauses/suspends go through both at
+/// random, then one replica is SIGKILLed and the other takes over its abandoned intents.
+/// Checks: counters never go back, every actor settles and answers through either router,
+/// workers run exactly what the store says, no worker is double-assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_two_replicas_share_the_actors() {
+    use rand::{Rng, SeedableRng};
+    if let Some(why) = unavailable(true) {
+        eprintln!("SKIPPED redis_two_replicas_share_the_actors: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let lab = Lab::start(StoreKind::Redis, 3);
+    lab.apply_counter(None);
+    let names = lab.create_actors(8);
+    let redis = lab.redis.as_ref().unwrap().url.clone();
+    let args: Vec<String> = [
+        "--redis",
+        &redis,
+        "--router",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--replica-id",
+        "test-b",
+        "--resume-timeout",
+        "60s",
+        "--stale-op",
+        "10s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut b = Serve::start(&args, &lab.dir.path().join("ate-b.log"));
+    let routers = [lab.serve.router, b.router];
+    let apis = [lab.serve.api.clone(), b.api.clone()];
+
+    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let (names, seen, apis, answered, failed) =
+            (names.clone(), seen.clone(), apis.clone(), answered.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64 + 100);
+            // Each driver owns a quarter of the actors, so its answers arrive in order.
+            let mine: Vec<String> = names.iter().skip(t).step_by(4).cloned().collect();
+            for _ in 0..30 {
+                let n = mine[rng.random_range(0..mine.len())].clone();
+                let via = rng.random_range(0..2usize);
+                match rng.random_range(0..6) {
+                    0 => {
+                        let _ = apis[via].action(&n, "pause").await;
+                    }
+                    1 => {
+                        let _ = apis[via].action(&n, "suspend").await;
+                    }
+                    _ => match get(routers[via], &n).await {
+                        Ok((200, body)) => {
+                            let c = parse_count(&body).unwrap();
+                            let mut s = seen.lock().unwrap();
+                            let last = s.entry(n.clone()).or_default();
+                            assert!(c.memory > *last, "{n}: counter went back from {last} to {}", c.memory);
+                            assert_eq!(c.memory, c.file, "{n}: memory and file state diverged");
+                            *last = c.memory;
+                            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        other => failed.lock().unwrap().push(format!("{n} via {via}: {other:?}")),
+                    },
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("driver");
+    }
+    let failed = failed.lock().unwrap().clone();
+    eprintln!(
+        "two replicas: {} answers, {} failed requests {failed:?}",
+        answered.load(std::sync::atomic::Ordering::Relaxed),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed while both replicas ran: {failed:?}");
+    settled(&lab, 60).await;
+    assert_consistent(&lab, 30).await;
+    // Every actor answers through both routers and continues.
+    for n in &names {
+        for router in routers {
+            let (s, body) = get(router, n).await.unwrap();
+            assert_eq!(s, 200, "{n}: {body}");
+            let c = parse_count(&body).unwrap();
+            let mut s = seen.lock().unwrap();
+            let last = s.entry(n.clone()).or_default();
+            assert!(c.memory > *last, "{n}: counter went back from {last} to {}", c.memory);
+            *last = c.memory;
+        }
+    }
+
+    // Replica B dies in the middle of its own pauses; A finishes or rolls back B's intents
+    // once they are stale, and serves every actor alone.
+    let pausing: Vec<_> = names
+        .iter()
+        .take(3)
+        .map(|n| {
+            let (api, n) = (b.api.clone(), n.clone());
+            tokio::spawn(async move { api.action(&n, "pause").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.kill();
+    for p in pausing {
+        let _ = p.await;
+    }
+    settled(&lab, 60).await;
+    assert_consistent(&lab, 30).await;
+    for n in &names {
+        let (s, body) = get(lab.serve.router, n).await.unwrap();
+        assert_eq!(s, 200, "{n}: {body}\n{}", lab.serve.log_text());
+        let c = parse_count(&body).unwrap();
+        let last = seen.lock().unwrap().get(n).copied().unwrap_or(0);
+        assert!(c.memory > last, "{n}: counter went back from {last} to {}", c.memory);
+    }
+}
