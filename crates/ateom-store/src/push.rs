@@ -3,7 +3,9 @@
 //! Pipeline (memory stays bounded by `2 * concurrency` chunks):
 //!
 //! ```text
-//! reader thread ──(chunk bytes, in order)──> hasher thread      (whole-file sha256)
+//! reader thread ──(chunk bytes, in order)──> hasher thread      (whole-file sha256;
+//!      │                                      several readers, every n-th chunk each,
+//!      │                                      when every whole-file digest is known)
 //!      │
 //!      └──(non-zero chunks)──> buffer_unordered(concurrency):
 //!                                sha256 (unless known) ─> skip if present ─> zstd ─> PUT chunks/<sha256>
@@ -182,11 +184,30 @@ impl Store {
             });
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(cfg.concurrency);
-        let (htx, hrx) = std::sync::mpsc::sync_channel::<HashMsg>(cfg.concurrency);
         let chunk_size = cfg.chunk_size;
-        let reader = tokio::task::spawn_blocking(move || read_all(files, chunk_size, &tx, &htx));
-        let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
-        let hasher = tokio::task::spawn_blocking(move || hash_all(hrx, skip));
+        // With every whole-file digest known nothing needs the bytes in file order: several
+        // readers take every n-th chunk (reading and zero-checking a file that is not sparse
+        // is the bulk of the work then). Otherwise one reader feeds the whole-file hasher.
+        let (readers, hasher) = if known.iter().all(Option::is_some) {
+            let n = cfg.cpu_workers.clamp(1, 4);
+            let files = Arc::new(files);
+            let readers: Vec<_> = (0..n)
+                .map(|r| {
+                    let (files, tx) = (files.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || read_all(&files, chunk_size, (r, n), &tx, None))
+                })
+                .collect();
+            (readers, None)
+        } else {
+            let (htx, hrx) = std::sync::mpsc::sync_channel::<HashMsg>(cfg.concurrency);
+            let files = Arc::new(files);
+            let tx = tx.clone();
+            let reader =
+                tokio::task::spawn_blocking(move || read_all(&files, chunk_size, (0, 1), &tx, Some(&htx)));
+            let skip: Vec<bool> = known.iter().map(Option::is_some).collect();
+            (vec![reader], Some(tokio::task::spawn_blocking(move || hash_all(hrx, skip))))
+        };
+        drop(tx);
 
         let mut tables: Vec<Vec<Option<Done>>> =
             sizes.iter().map(|s| (0..s.div_ceil(chunk_size)).map(|_| None).collect()).collect();
@@ -211,8 +232,13 @@ impl Store {
             }
         }
         drop(results);
-        reader.await.map_err(|source| StoreError::Task { what: "reader", source })??;
-        let digests = hasher.await.map_err(|source| StoreError::Task { what: "hasher", source })?;
+        for reader in readers {
+            reader.await.map_err(|source| StoreError::Task { what: "reader", source })??;
+        }
+        let digests = match hasher {
+            Some(h) => h.await.map_err(|source| StoreError::Task { what: "hasher", source })?,
+            None => Vec::new(),
+        };
 
         // Assemble the index.
         let mut lengths: HashMap<Digest, u64> = HashMap::new();
@@ -334,45 +360,52 @@ pub(crate) fn relative(dir: &object_store::path::Path, location: &object_store::
     }
 }
 
-/// Read every artifact sequentially in chunk-size reads into one reused buffer; send non-zero
-/// chunks (copied out) to the workers and every chunk to the hasher (zero chunks as a length,
+/// Read the chunks `stride.0`, `stride.0 + stride.1`, ... of every artifact (all of them, in
+/// order, for `(0, 1)`) in chunk-size reads into one reused buffer; send non-zero chunks
+/// (copied out) to the workers and, with a hasher, every chunk to it (zero chunks as a length,
 /// so a mostly-zero memory image costs no allocation per chunk). Returns early (quietly) when
 /// the push was dropped.
 fn read_all(
-    files: Vec<(PathBuf, File, u64)>,
+    files: &[(PathBuf, File, u64)],
     chunk_size: u64,
+    stride: (usize, usize),
     tx: &tokio::sync::mpsc::Sender<Piece>,
-    htx: &std::sync::mpsc::SyncSender<HashMsg>,
+    htx: Option<&std::sync::mpsc::SyncSender<HashMsg>>,
 ) -> Result<(), StoreError> {
+    let hash = |msg: HashMsg| htx.is_none_or(|h| h.send(msg).is_ok());
+    let (first, step) = (stride.0, stride.1.max(1));
     let mut scratch = Vec::new();
-    for (artifact, (path, file, size)) in files.into_iter().enumerate() {
+    for (artifact, (path, file, size)) in files.iter().enumerate() {
+        let size = *size;
         let want = size.min(chunk_size) as usize;
         if scratch.len() < want {
-            scratch.try_reserve_exact(want - scratch.len()).map_err(|e| {
-                StoreError::io(&path, std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))
-            })?;
+            scratch
+                .try_reserve_exact(want - scratch.len())
+                .map_err(|e| StoreError::io(path, std::io::Error::new(std::io::ErrorKind::OutOfMemory, e)))?;
             scratch.resize(want, 0);
         }
-        let mut offset = 0u64;
-        let mut chunk = 0usize;
+        let mut chunk = first;
         // Where the next data starts (holes before it need not be read: they are zeros).
-        let mut next_data = next_data_offset(&file, 0, size);
-        while offset < size {
+        let mut next_data = next_data_offset(file, 0, size);
+        loop {
+            let offset = chunk as u64 * chunk_size;
+            if offset >= size {
+                break;
+            }
             let len = (size - offset).min(chunk_size) as usize;
             if next_data < offset {
-                next_data = next_data_offset(&file, offset, size);
+                next_data = next_data_offset(file, offset, size);
             }
             if next_data >= offset + len as u64 {
                 // The whole chunk lies in a hole: an all-zero chunk, nothing to read.
-                if htx.send(HashMsg::Zeros(len)).is_err() {
+                if !hash(HashMsg::Zeros(len)) {
                     return Ok(());
                 }
                 let piece = Piece { artifact, chunk, offset, len: len as u64, data: None };
                 if tx.blocking_send(piece).is_err() {
                     return Ok(());
                 }
-                offset += len as u64;
-                chunk += 1;
+                chunk += step;
                 continue;
             }
             let buf = &mut scratch[..len];
@@ -382,12 +415,12 @@ fn read_all(
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(StoreError::io(&path, e)),
+                    Err(e) => return Err(StoreError::io(path, e)),
                 }
             }
             if filled < len {
                 return Err(StoreError::ArtifactChanged {
-                    path,
+                    path: path.clone(),
                     expected: size,
                     actual: offset + filled as u64,
                 });
@@ -398,17 +431,16 @@ fn read_all(
                 let bytes = Bytes::copy_from_slice(buf);
                 (HashMsg::Data(bytes.clone()), Some(bytes))
             };
-            if htx.send(hash_msg).is_err() {
+            if !hash(hash_msg) {
                 return Ok(());
             }
             let piece = Piece { artifact, chunk, offset, len: len as u64, data };
             if tx.blocking_send(piece).is_err() {
                 return Ok(()); // push dropped or failed
             }
-            offset += len as u64;
-            chunk += 1;
+            chunk += step;
         }
-        if htx.send(HashMsg::EndArtifact).is_err() {
+        if !hash(HashMsg::EndArtifact) {
             return Ok(());
         }
     }

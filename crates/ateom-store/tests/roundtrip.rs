@@ -62,6 +62,15 @@ fn round_trip(
             }
         }
     }
+    // The same files pushed with every whole-file digest known (the parallel readers'
+    // path): the very same chunk table.
+    let mut opts = PushOptions::default();
+    for name in &names {
+        opts.known_digests.insert(name.clone(), sha256_file(&src.join(name)).to_hex());
+    }
+    rt.block_on(store.push_dir_with(&src, &names, "snap-known", meta.clone(), &opts)).unwrap();
+    let known = rt.block_on(store.read_index("snap-known")).unwrap();
+    assert_eq!(known.artifacts, index.artifacts, "parallel readers build the same chunk table");
     let stored = tree(&bucket.join("snap/chunks")).len();
     // One object per distinct non-zero chunk: zero chunks are not stored, duplicates once.
     assert_eq!(stored, nonzero_chunks.len());
