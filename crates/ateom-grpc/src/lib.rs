@@ -157,13 +157,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds `path` (mode 0600, replacing a stale socket file) and serves until `shutdown`
-/// resolves.
-pub async fn serve_unix(
-    path: &Path,
-    runtime: Arc<Runtime>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+/// Listens on the unix socket `path`, mode 0600, replacing a stale socket file. The file
+/// appears only once it accepts connections.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::PermissionsExt;
     let sock_err = |source| ServeError::Socket { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
@@ -190,6 +186,17 @@ pub async fn serve_unix(
         let _ = std::fs::remove_file(&staging);
         return Err(sock_err(e));
     }
+    Ok(listener)
+}
+
+/// Binds `path` (mode 0600, replacing a stale socket file) and serves until `shutdown`
+/// resolves.
+pub async fn serve_unix(
+    path: &Path,
+    runtime: Arc<Runtime>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind_unix(path)?;
     info!(socket = %path.display(), "serving ateom.Ateom");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
@@ -225,4 +232,33 @@ pub async fn connect_unix(
         }))
         .await?;
     Ok(pb::AteomClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn the_socket_appears_listening_private_and_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run/ateom.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"stale").unwrap();
+        for _ in 0..20 {
+            let listener = bind_unix(&path).unwrap();
+            let md = std::fs::metadata(&path).unwrap();
+            assert!(md.file_type().is_socket(), "a stale file is replaced by the socket");
+            assert_eq!(md.permissions().mode() & 0o777, 0o600);
+            // Listening by the time the file exists: a connect cannot be refused.
+            let client = tokio::net::UnixStream::connect(&path).await.expect("connect right away");
+            let (_server_side, _) = listener.accept().await.unwrap();
+            drop(client);
+            let names: Vec<_> =
+                std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, [std::ffi::OsString::from("ateom.sock")], "no staging name left behind");
+        }
+        let err = bind_unix(Path::new("/proc/no-such-dir/ateom.sock")).unwrap_err();
+        assert!(err.to_string().contains("/proc/no-such-dir/ateom.sock"), "{err}");
+    }
 }
