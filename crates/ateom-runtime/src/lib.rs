@@ -162,6 +162,21 @@ pub struct Runtime {
     forwarder: Forwarder,
     stores: durable::Stores,
     slot: Mutex<Slot>,
+    /// Actors whose local snapshots are being deleted: no Run or Restore of them meanwhile
+    /// (other actors are not held up). Locked after `slot`, never before.
+    deleting: Mutex<std::collections::HashSet<ActorRef>>,
+}
+
+/// Takes an actor out of `Runtime::deleting` when its delete ends, however it ends.
+struct DeletingGuard<'a> {
+    set: &'a Mutex<std::collections::HashSet<ActorRef>>,
+    actor: ActorRef,
+}
+
+impl Drop for DeletingGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("deleting lock").remove(&self.actor);
+    }
 }
 
 /// Resets the slot to Idle if an operation ends without handing over a running workload.
@@ -215,6 +230,7 @@ impl Runtime {
             forwarder,
             stores: durable::Stores::default(),
             slot: Mutex::new(Slot::Idle),
+            deleting: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -247,6 +263,9 @@ impl Runtime {
 
     fn claim(&self, actor: &ActorRef, state: &'static str) -> Result<SlotGuard<'_>, RuntimeError> {
         let mut slot = self.slot.lock().expect("slot lock");
+        if self.deleting.lock().expect("deleting lock").contains(actor) {
+            return Err(RuntimeError::Busy { running: actor.clone(), state: "deleting" });
+        }
         match &*slot {
             Slot::Idle => {
                 *slot = Slot::Busy { actor: actor.clone(), state };
@@ -638,20 +657,19 @@ impl Runtime {
     /// snapshots are deleted. An actor with nothing here is deleted successfully with nothing
     /// to report. Refused while the actor is being started, restored or checkpointed.
     ///
-    /// While the worker is idle the slot is held for the actor, so no Run or Restore of it can
-    /// start against snapshots being deleted; while another actor runs, this one cannot start
-    /// anyway.
+    /// No Run or Restore of the actor can start while its snapshots are being deleted (see
+    /// `deleting`); other actors are not held up.
     pub async fn delete(&self, actor: &ActorRef, keep_snapshots: bool) -> Result<Deleted, RuntimeError> {
-        let (stopping, guard) = {
+        let (stopping, guard, _deleting) = {
             let mut slot = self.slot.lock().expect("slot lock");
-            match std::mem::replace(&mut *slot, Slot::Idle) {
+            let mut deleting = self.deleting.lock().expect("deleting lock");
+            if deleting.contains(actor) {
+                return Err(RuntimeError::Busy { running: actor.clone(), state: "deleting" });
+            }
+            let (stopping, guard) = match std::mem::replace(&mut *slot, Slot::Idle) {
                 Slot::Running(a) if a.actor == *actor => {
                     *slot = Slot::Busy { actor: actor.clone(), state: "deleting" };
                     (Some(a), Some(SlotGuard { slot: &self.slot, armed: true }))
-                }
-                Slot::Idle => {
-                    *slot = Slot::Busy { actor: actor.clone(), state: "deleting" };
-                    (None, Some(SlotGuard { slot: &self.slot, armed: true }))
                 }
                 Slot::Busy { actor: busy, state } if busy == *actor => {
                     *slot = Slot::Busy { actor: busy.clone(), state };
@@ -661,7 +679,9 @@ impl Runtime {
                     *slot = other;
                     (None, None)
                 }
-            }
+            };
+            deleting.insert(actor.clone());
+            (stopping, guard, DeletingGuard { set: &self.deleting, actor: actor.clone() })
         };
         let stopped = stopping.is_some();
         if let Some(a) = stopping {
