@@ -20,6 +20,8 @@
 # Environment: AZURITE_BIN (use this binary), AZURITE_VERSION (default 3.35.0),
 # ATEOM_TOOLS_DIR (install root, default ~/.cache/ateom/tools).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${AZURITE_VERSION:-3.35.0}"
 TOOLS="${ATEOM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ateom/tools}"
@@ -66,15 +68,6 @@ create_container() { # endpoint container
         "$endpoint/$ACCOUNT/$container?restype=container")" \
         || die "Create Container $container at $endpoint: request failed"
     [[ "$code" == 201 || "$code" == 409 ]] || die "Create Container $container at $endpoint: HTTP $code"
-}
-
-wait_port() { # host port seconds
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
 }
 
 cmd="${1:-}"

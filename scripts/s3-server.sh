@@ -16,6 +16,8 @@
 # release that builds with Rust 1.95; 0.17 needs 1.96), ATEOM_TOOLS_DIR (install root,
 # default ~/.cache/ateom/tools). It listens only on 127.0.0.1 unless --host says otherwise.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${S3S_FS_VERSION:-0.14.1}"
 TOOLS="${ATEOM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ateom/tools}"
@@ -57,15 +59,6 @@ create_bucket() { # endpoint bucket ak sk
         --aws-sigv4 "aws:amz:us-east-1:s3" --user "$ak:$sk" "$endpoint/$bucket")" \
         || die "CreateBucket $bucket at $endpoint: request failed"
     [[ "$code" == 200 || "$code" == 409 ]] || die "CreateBucket $bucket at $endpoint: HTTP $code"
-}
-
-wait_port() { # host port seconds
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
 }
 
 cmd="${1:-}"

@@ -611,36 +611,30 @@ impl Controller {
             return Some(inflight);
         }
         let endpoint = inflight.endpoint.clone();
-        match self.actor(actor).await {
-            Ok(a)
-                if a.value.state == ActorState::Running && a.value.endpoint.as_deref() == Some(&endpoint) =>
-            {
-                Some(inflight)
-            }
-            _ => {
-                drop(inflight);
-                self.revalidate(actor, &endpoint).await;
-                None
-            }
-        }
+        // Held (counted in flight) while the record is read, so a pause here waits for it.
+        self.forget_unless_current(actor, gate, &endpoint).await.then_some(inflight)
     }
 
     /// After a request to `endpoint` failed: if the store no longer says the actor RUNS
     /// there (another replica paused, suspended or moved it), forget the endpoint, so that the
     /// next request waits for that operation or resumes the actor instead of retrying a
-    /// workload that is gone. Returns whether the endpoint was dropped.
-    pub async fn revalidate(&self, actor: &str, endpoint: &str) -> bool {
+    /// workload that is gone.
+    pub async fn revalidate(&self, actor: &str, endpoint: &str) {
+        self.forget_unless_current(actor, &self.gate(actor), endpoint).await;
+    }
+
+    /// Whether the store says the actor RUNS at `endpoint`; if it does not, the gate's
+    /// endpoint is cleared when it is still that one. An unreadable record confirms nothing
+    /// and clears nothing.
+    async fn forget_unless_current(&self, actor: &str, gate: &Gate, endpoint: &str) -> bool {
         let Ok(a) = self.actor(actor).await else { return false };
-        let still = a.value.state == ActorState::Running && a.value.endpoint.as_deref() == Some(endpoint);
-        if still {
-            return false;
+        if a.value.state == ActorState::Running && a.value.endpoint.as_deref() == Some(endpoint) {
+            return true;
         }
-        let gate = self.gate(actor);
         let mut st = gate.lock();
         if st.endpoint.as_deref() == Some(endpoint) {
             st.endpoint = None;
             debug!(actor, endpoint, state = %a.value.state, "endpoint no longer current; dropped");
-            return true;
         }
         false
     }
@@ -1116,7 +1110,8 @@ impl Controller {
             a = self.commit(&a, next).await?;
         }
         let t = self.template(&a.value.template).await?;
-        if let Some(worker) = a.value.worker.clone() {
+        let stopped_on = a.value.worker.clone();
+        if let Some(worker) = stopped_on.clone() {
             // Free the worker: its workload is stopped and its local snapshots deleted.
             gate.drain(self.cfg.drain_timeout).await.ok();
             gate.set_endpoint(None);
@@ -1129,10 +1124,11 @@ impl Controller {
             let released = a.value.delete_released_worker()?;
             a = self.commit(&a, released).await?;
         }
-        // Local snapshots (the PAUSED tier) on every worker. The one holding the newest must
-        // answer; others that do not answer now keep garbage that `ateom` on them can list.
+        // Local snapshots (the PAUSED tier) on every other worker. The one holding the newest
+        // must answer; others that do not answer now keep garbage that `ateom` on them can list.
         let holder = a.value.local.as_ref().map(|l| l.worker.clone());
-        let records = self.worker_records().await?;
+        let mut records = self.worker_records().await?;
+        records.retain(|w| stopped_on.as_deref() != Some(w.value.name.as_str()));
         let answers = futures::future::join_all(records.iter().map(|w| {
             let w = &w.value;
             let timeout = if holder.as_deref() == Some(w.name.as_str()) {

@@ -293,9 +293,7 @@ impl Workers {
         let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
         Ok(Checkpointed { snapshot_id, location: r.location })
     }
-}
 
-impl Workers {
     /// DeleteWorkload: stops the actor if it runs on `name` (state discarded) and deletes its
     /// local snapshots there. Returns whether it was running and how many snapshots went.
     pub async fn delete(

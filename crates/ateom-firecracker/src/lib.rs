@@ -208,7 +208,6 @@ impl FirecrackerBackend {
         cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone())
     }
 
-    /// The namespace (with a tap when the guest has a network) and the dialer into it.
     /// The workload's network namespace, fresh (a stale one of the same name is removed).
     fn namespace(&self) -> Result<Netns, BackendError> {
         let net_err = |e: ateom_net::NetError| BackendError::Network(e.to_string());

@@ -283,6 +283,11 @@ impl QemuBackend {
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
         })?;
         let kernel = std::path::absolute(&kernel).map_err(|e| BackendError::io("kernel path", e))?;
+        // The snapshot's files, once verified (both copies below read them).
+        let snap_dir = match snapshot {
+            Some(s) => Some(s.verified_dir().await?),
+            None => None,
+        };
         let (kernel_id, base, digests, cmdline, ateom_init) = match snapshot {
             None => {
                 let (base, digests, ateom_init) = self.root_disk(&ctx, &cfg).await?;
@@ -311,18 +316,14 @@ impl QemuBackend {
                 cfg.vcpus = p.get("qemu.vcpus").and_then(|v| v.parse().ok());
                 cfg.network = ateom_microvm::network_from_provenance(p)?;
                 let cmdline = p.get("qemu.cmdline").cloned().unwrap_or_default();
-                let dir = s.verified_dir().await?;
-                let disk = s.manifest.artifact(DISK).is_some().then(|| dir.join(DISK));
+                let disk = snap_dir.filter(|_| s.manifest.artifact(DISK).is_some()).map(|d| d.join(DISK));
                 let ateom_init = p.get("qemu.guest_init").is_some_and(|v| v == "ateom-init");
                 (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline, ateom_init)
             }
         };
         // Disk and (for a restore) RAM: the workload's own copies.
         let work = ctx.work_dir.clone();
-        let mem_src = match snapshot {
-            Some(s) => Some(s.verified_dir().await?.join(MEMORY)),
-            None => None,
-        };
+        let mem_src = snap_dir.map(|d| d.join(MEMORY));
         let disk_src = base.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
             if let Some(src) = disk_src {

@@ -482,10 +482,7 @@ impl Runtime {
             committed
         });
         let (committed, ()) = tokio::join!(commit, teardown);
-        let snap = committed.map_err(|e| RuntimeError::Io {
-            context: "committing snapshot".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        let snap = committed.map_err(task_failed("committing snapshot"))??;
         drop(guard); // Idle again: the sandbox is gone, the snapshot is safe on this node.
         let local_elapsed = start.elapsed();
         info!(
@@ -569,10 +566,7 @@ impl Runtime {
         // The verification's own verdict comes first: a damaged snapshot is reported as
         // such, whatever the backend made of it.
         if let Some(task) = verifying {
-            let verdict = task.await.map_err(|e| RuntimeError::Io {
-                context: "verifying snapshot".into(),
-                source: std::io::Error::other(e.to_string()),
-            });
+            let verdict = task.await.map_err(task_failed("verifying snapshot"));
             if let Err(e) = verdict.and_then(|r| r.map_err(RuntimeError::from)) {
                 if let Ok(sandbox) = restored {
                     warn!(actor = %req.actor, "verification failed after the backend restored; tearing it down");
@@ -685,23 +679,16 @@ impl Runtime {
         };
         let stopped = stopping.is_some();
         if let Some(a) = stopping {
-            self.forwarder.set_target(None);
-            self.forwarder.abort_all().await;
             info!(actor = %a.actor, "delete: stopping the running workload (state discarded)");
-            a.sandbox.delete().await.map_err(RuntimeError::from)?;
-            let _ = tokio::fs::remove_dir_all(&a.work_dir).await;
+            self.stop_active(a).await?;
         }
         let mut deleted = Vec::new();
         if !keep_snapshots {
             let snapshots = self.snapshots.clone();
             let who = actor.clone();
-            deleted =
-                tokio::task::spawn_blocking(move || snapshots.delete_all(&who)).await.map_err(|e| {
-                    RuntimeError::Io {
-                        context: "deleting snapshots".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }
-                })??;
+            deleted = tokio::task::spawn_blocking(move || snapshots.delete_all(&who))
+                .await
+                .map_err(task_failed("deleting snapshots"))??;
             // The actor's directory goes too once nothing else (a node agent's bundles) is in it.
             let _ = std::fs::remove_dir(self.actor_dir(actor));
         }
@@ -727,12 +714,28 @@ impl Runtime {
         self.forwarder.abort_all().await;
         if let Some(a) = active {
             info!(actor = %a.actor, "shutdown: deleting the running workload");
-            if let Err(e) = a.sandbox.delete().await {
-                warn!(actor = %a.actor, error = %e, "delete at shutdown");
+            let actor = a.actor.clone();
+            if let Err(e) = self.stop_active(a).await {
+                warn!(%actor, error = %e, "delete at shutdown");
             }
-            let _ = std::fs::remove_dir_all(&a.work_dir);
         }
     }
+
+    /// Stops a running workload for good (nothing is checkpointed): no traffic reaches it any
+    /// more, and its sandbox and work directory are removed.
+    async fn stop_active(&self, a: Box<Active>) -> Result<(), BackendError> {
+        self.forwarder.set_target(None);
+        self.forwarder.abort_all().await;
+        let Active { sandbox, work_dir, .. } = *a;
+        let deleted = sandbox.delete().await;
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        deleted
+    }
+}
+
+/// A blocking task that panicked or was cancelled, as a runtime error naming the work.
+fn task_failed(context: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RuntimeError {
+    move |e| RuntimeError::Io { context: context.into(), source: std::io::Error::other(e.to_string()) }
 }
 
 fn remove_work_dirs(actors: &Path) {

@@ -224,13 +224,12 @@ impl PendingSnapshot {
         let mut names = Vec::new();
         collect_files(&self.dir, &self.dir, &mut names)?;
         names.sort();
-        let digested = digest_files_parallel(&self.dir, &names)?;
-        let chunk_digests: BTreeMap<String, Vec<[u8; 32]>> =
-            digested.iter().map(|(a, chunks)| (a.name.clone(), chunks.clone())).collect();
-        let manifest = finish(digested.into_iter().map(|(a, _)| a).collect());
+        let (artifacts, chunks): (Vec<Artifact>, Vec<_>) =
+            digest_files_parallel(&self.dir, &names)?.into_iter().unzip();
+        let manifest = finish(artifacts);
         debug_assert_eq!(manifest.snapshot_id, self.id);
         let mut snap = self.finish(manifest)?;
-        snap.chunk_digests = chunk_digests;
+        snap.chunk_digests = names.into_iter().zip(chunks).collect();
         Ok(snap)
     }
 

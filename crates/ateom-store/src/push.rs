@@ -188,9 +188,9 @@ impl Store {
         // With every whole-file digest known nothing needs the bytes in file order: several
         // readers take every n-th chunk (reading and zero-checking a file that is not sparse
         // is the bulk of the work then). Otherwise one reader feeds the whole-file hasher.
+        let files = Arc::new(files);
         let (readers, hasher) = if known.iter().all(Option::is_some) {
             let n = cfg.cpu_workers.clamp(1, 4);
-            let files = Arc::new(files);
             let readers: Vec<_> = (0..n)
                 .map(|r| {
                     let (files, tx) = (files.clone(), tx.clone());
@@ -200,7 +200,6 @@ impl Store {
             (readers, None)
         } else {
             let (htx, hrx) = std::sync::mpsc::sync_channel::<HashMsg>(cfg.concurrency);
-            let files = Arc::new(files);
             let tx = tx.clone();
             let reader =
                 tokio::task::spawn_blocking(move || read_all(&files, chunk_size, (0, 1), &tx, Some(&htx)));

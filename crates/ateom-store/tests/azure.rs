@@ -10,10 +10,9 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ateom_store::{GcOptions, Store, StoreError};
 use common::*;
@@ -50,7 +49,7 @@ impl Azurite {
             return Err(format!("{} install exited with {installed}", script().display()));
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new("bash")
             .arg(script())
             .args(["run", "--port", &port.to_string(), "--data"])
@@ -60,12 +59,7 @@ impl Azurite {
             .spawn()
             .expect("spawn azurite.sh run");
         let server = Azurite { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "Azurite did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, 30, "Azurite");
         let created = Command::new("bash")
             .arg(script())
             .args(["create-container", "--endpoint", &server.url, "--container", CONTAINER])

@@ -97,5 +97,9 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+// Also compiled alone by other crates' tests (`#[path]`), so the server helpers live there.
+#[allow(unused_imports)] // used by some test binaries only
+pub use s3server::{free_port, wait_listening};
+
 pub mod faulty;
 pub mod s3server;

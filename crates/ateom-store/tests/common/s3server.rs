@@ -1,11 +1,9 @@
 //! A real S3-compatible server (s3s-fs, installed from crates.io by scripts/s3-server.sh)
 //! started per test on a free loopback port with its own data dir, credentials and bucket.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use ateom_store::Store;
 
@@ -52,10 +50,6 @@ fn installed() -> Result<(), String> {
     .clone()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl S3Server {
     /// Start a server, or print LOUDLY why not and return `None` (the caller then skips).
     pub fn start(test: &str) -> Option<S3Server> {
@@ -80,12 +74,7 @@ impl S3Server {
             .expect("spawn s3-server.sh run");
         let endpoint = format!("http://127.0.0.1:{port}");
         let server = S3Server { child, endpoint, data, _dir: dir };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, 20, "s3s-fs");
         // Create the bucket through the S3 API (SigV4-signed CreateBucket).
         let status = Command::new("bash")
             .arg(script())
@@ -114,5 +103,21 @@ impl S3Server {
     /// Where s3s-fs keeps an object's bytes (a bucket is a directory, a key a path in it).
     pub fn object_file(&self, key: &str) -> PathBuf {
         self.data.join(BUCKET).join(key)
+    }
+}
+
+/// A loopback port that was free a moment ago (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something listens on loopback `port`; panics naming `what` after `secs`.
+pub fn wait_listening(port: u16, secs: u64, what: &str) {
+    use std::time::{Duration, Instant};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
