@@ -359,7 +359,7 @@ mod tests {
                     let fit = ws.iter().filter(|c| c.name == worker).any(|c| c.info.as_ref().is_some_and(|i| fits(&p, i).is_empty()));
                     prop_assert!(fit);
                     if same_host {
-                        prop_assert!(ws.iter().filter(|c| c.name == worker && c.pool == "p").any(|c| c.info.as_ref().unwrap().host.host_id == p.host.host_id));
+                        prop_assert!(ws.iter().filter(|c| c.name == worker && c.pool == "p").any(|c| c.info.as_ref().is_some_and(|i| i.host.host_id == p.host.host_id)));
                     }
                     // Leaving the local snapshot's node needs the bounded wait first, unless
                     // that node is not in the pool at all (nothing to wait for).
