@@ -124,8 +124,9 @@ impl VerificationSender {
     }
 }
 
-/// What a backend reports about the snapshot it just wrote.
-#[derive(Clone, Debug, Default)]
+/// What a backend reports about the snapshots a sandbox writes: known from the moment the
+/// sandbox runs, so the runtime records it (in the snapshot's intent) before it freezes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointOutput {
     pub provenance: BackendProvenance,
     /// Container name -> image manifest digest.
@@ -156,9 +157,57 @@ pub trait Backend: Send + Sync {
         snapshot: SnapshotInput<'_>,
     ) -> Result<Box<dyn Sandbox>, BackendError>;
 
-    /// Removes what a crashed predecessor left behind (processes, namespaces, mounts).
-    /// Returns a human description of each thing removed.
-    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError>;
+    /// Finds the sandbox a previous worker process left running, from the handle it recorded
+    /// ([`Sandbox::handle`]), so a restarted worker keeps serving it. See [`AdoptRequest`].
+    async fn adopt(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError>;
+
+    /// Removes what a crashed predecessor left behind (processes, namespaces, mounts), except
+    /// the sandbox named by `keep` (one that was adopted). Returns a human description of
+    /// each thing removed.
+    async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError>;
+}
+
+/// What a backend records about a live sandbox so that a restarted worker can find it again:
+/// process ids, socket paths, namespace names — whatever the backend needs. Opaque to the
+/// runtime, which keeps it in the worker's journal (`<state>/worker/active.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SandboxHandle(pub serde_json::Value);
+
+/// Asks a backend to take over a sandbox that a previous worker process started.
+#[derive(Clone, Copy, Debug)]
+pub struct AdoptRequest<'a> {
+    pub handle: &'a SandboxHandle,
+    /// The sandbox's work directory (kept across the restart).
+    pub work_dir: &'a Path,
+    /// The previous worker died while checkpointing into this directory (the backend's
+    /// artifacts, possibly incomplete): the backend says whether that capture completed
+    /// ([`Adopted::Captured`]).
+    pub interrupted_checkpoint: Option<&'a Path>,
+    /// Make a frozen workload run again (a VM paused for a snapshot is resumed). False when
+    /// the sandbox is only adopted to be deleted (its snapshot was committed).
+    pub resume: bool,
+}
+
+/// What adopting a sandbox found.
+pub enum Adopted {
+    /// It is alive (and running again, when `resume` was asked); the worker serves it.
+    Running(Box<dyn Sandbox>),
+    /// The interrupted checkpoint completed: its directory holds a whole capture, and the
+    /// sandbox is gone.
+    Captured,
+    /// It is dead; the reason says what was found. Whatever was left of it was removed.
+    Gone(String),
+}
+
+impl std::fmt::Debug for Adopted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Adopted::Running(_) => f.write_str("Running"),
+            Adopted::Captured => f.write_str("Captured"),
+            Adopted::Gone(why) => write!(f, "Gone({why:?})"),
+        }
+    }
 }
 
 /// One running sandbox.
@@ -178,10 +227,39 @@ pub trait Sandbox: Send + Sync {
         None
     }
 
-    /// Freezes the workload and writes its state into `dir` (empty, on the same file
-    /// system as the final snapshot). On success the sandbox is stopped and only `delete`
-    /// remains. On failure the backend resumes the workload if it still can.
-    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError>;
+    /// What the backend records to find this sandbox again after the worker restarts.
+    fn handle(&self) -> SandboxHandle;
+
+    /// Provenance and image digests of the snapshots this sandbox writes.
+    fn snapshot_output(&self) -> CheckpointOutput;
+
+    /// How many bytes a checkpoint would write, if the backend can tell (guest RAM + disk
+    /// for a VM, the sandbox's resident memory for gVisor). The runtime refuses to freeze
+    /// when the disk has less free.
+    async fn estimated_snapshot_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Freezes the workload and writes its state into `dir` (empty apart from the runtime's
+    /// dot-files, on the same file system as the final snapshot). On success the workload is
+    /// frozen for good unless [`abort_checkpoint`](Self::abort_checkpoint) takes it back; only
+    /// `delete` remains otherwise. On failure the backend resumes the workload if it still can.
+    async fn checkpoint(&mut self, dir: &Path) -> Result<(), BackendError>;
+
+    /// True when a successful checkpoint leaves the workload frozen but alive (a paused VM),
+    /// so [`abort_checkpoint`](Self::abort_checkpoint) can take it back. The runtime then
+    /// deletes the sandbox only after the snapshot is committed.
+    fn can_abort_checkpoint(&self) -> bool {
+        false
+    }
+
+    /// The snapshot written by a successful `checkpoint` into `dir` could not be committed
+    /// (a full disk, say): take the workload back if the backend can — a paused VM is
+    /// resumed, files it still uses are moved back out of `dir`. True when it runs again.
+    async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
+        let _ = dir;
+        Ok(false)
+    }
 
     /// True while the sandbox's processes are alive.
     async fn is_alive(&self) -> bool;

@@ -98,6 +98,15 @@ impl ActorRef {
     pub fn key(&self) -> String {
         format!("{}:{}:{}", self.namespace, self.template, self.actor_id)
     }
+
+    /// Parses [`key`](Self::key)'s `namespace:template:actor_id` form.
+    pub fn parse_key(key: &str) -> Result<Self, InvalidArgument> {
+        let mut parts = key.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(ns), Some(t), Some(id)) => Self::parse(ns, t, id),
+            _ => Err(InvalidArgument::new("actor", format!("{key:?} is not namespace:template:actor_id"))),
+        }
+    }
 }
 
 impl fmt::Display for ActorRef {

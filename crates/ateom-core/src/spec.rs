@@ -200,6 +200,10 @@ pub struct CheckpointRequest {
     pub scope: Scope,
     /// Set exactly when `destination` is [`Destination::Durable`].
     pub uri_prefix: Option<String>,
+    /// The id the snapshot gets (`None`: the worker generates one).
+    pub snapshot_id: Option<SnapshotId>,
+    /// Snapshots of this actor the caller still references (retention keeps them).
+    pub keep: Vec<SnapshotId>,
 }
 
 /// A validated `RestoreWorkload`.
@@ -213,6 +217,8 @@ pub struct RestoreRequest {
     pub uri_prefix: Option<String>,
     /// `None`: the newest snapshot.
     pub snapshot_id: Option<SnapshotId>,
+    /// Snapshots of this actor the caller still references (retention keeps them).
+    pub keep: Vec<SnapshotId>,
 }
 
 /// Checks an object-store URI prefix: a scheme ateom knows and something after it.

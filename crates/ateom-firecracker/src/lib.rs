@@ -43,8 +43,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ateom_core::{
-    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
-    Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
+    AdoptRequest, Adopted, Backend, BackendError, BackendInfo, BackendProvenance, Capabilities,
+    CheckpointOutput, ContainerSource, Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox,
+    SandboxHandle, SnapshotInput, TapNetwork,
 };
 use ateom_microvm::Kvm;
 use ateom_net::{Netns, NetnsDialer, TapPlan};
@@ -514,6 +515,14 @@ impl FirecrackerBackend {
     }
 }
 
+impl FirecrackerBackend {
+    /// Takes over a VM a previous worker process started (see [`Backend::adopt`]).
+    async fn adopt_vm(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        let _ = req;
+        Ok(Adopted::Gone("adopting a firecracker VM is not implemented yet".into()))
+    }
+}
+
 /// One microVM.
 pub struct FcSandbox {
     vmm: Option<Vmm>,
@@ -601,7 +610,24 @@ impl Sandbox for FcSandbox {
         self.vmm.as_ref().and_then(Vmm::exited)
     }
 
-    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError> {
+    fn handle(&self) -> SandboxHandle {
+        SandboxHandle(serde_json::json!({
+            "pid": self.vmm.as_ref().and_then(Vmm::pid),
+            "netns": self.ns.as_ref().map(|n| n.name().to_owned()),
+        }))
+    }
+
+    fn snapshot_output(&self) -> CheckpointOutput {
+        CheckpointOutput { provenance: self.provenance(), image_digests: self.image_digests.clone() }
+    }
+
+    async fn estimated_snapshot_bytes(&self) -> Option<u64> {
+        // A Full snapshot writes all guest memory (holes are punched at commit); the disk
+        // moves in by rename.
+        Some(u64::from(self.cfg.memory_mib.unwrap_or(256)) << 20)
+    }
+
+    async fn checkpoint(&mut self, dir: &Path) -> Result<(), BackendError> {
         let vmm = self.vmm.as_mut().ok_or_else(|| BackendError::failed("checkpoint", "the VMM is gone"))?;
         vmm.api.pause().await.map_err(|e| BackendError::failed("pausing the microVM", e.to_string()))?;
         let mem = self.cfg.memory_mib.unwrap_or(256);
@@ -617,14 +643,17 @@ impl Sandbox for FcSandbox {
             )
             .await;
         if let Err(e) = created {
+            let _ = std::fs::remove_file(vmm.root.join(VMSTATE));
+            let _ = std::fs::remove_file(vmm.root.join(MEMORY));
             if let Err(r) = vmm.api.resume().await {
                 warn!(error = %r, "resuming after a failed snapshot");
             }
             return Err(BackendError::failed("creating the snapshot", e.to_string()));
         }
-        // The snapshot is complete: the VMM goes; what it wrote in its root (and its disk)
-        // moves into the snapshot (same file system: renames).
-        vmm.kill().await;
+        // The snapshot is complete; the VM stays paused (and alive) until the runtime has
+        // committed it: then `delete`, or `abort_checkpoint` if the commit failed. What the
+        // VMM wrote in its root, and its disk, move into the snapshot (same file system:
+        // renames; the VMM keeps its open disk file).
         let mut files = vec![VMSTATE, MEMORY];
         if self.disk {
             files.push(DISK);
@@ -633,7 +662,25 @@ impl Sandbox for FcSandbox {
             std::fs::rename(vmm.root.join(f), dir.join(f))
                 .map_err(|e| BackendError::io(format!("moving {f} into the snapshot"), e))?;
         }
-        Ok(CheckpointOutput { provenance: self.provenance(), image_digests: self.image_digests.clone() })
+        Ok(())
+    }
+
+    fn can_abort_checkpoint(&self) -> bool {
+        true
+    }
+
+    async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
+        let Some(vmm) = self.vmm.as_mut() else { return Ok(false) };
+        if vmm.exited().is_some() {
+            return Ok(false);
+        }
+        if self.disk && dir.join(DISK).exists() {
+            std::fs::rename(dir.join(DISK), vmm.root.join(DISK))
+                .map_err(|e| BackendError::io("moving the disk back to the VM", e))?;
+        }
+        vmm.api.resume().await.map_err(|e| BackendError::failed("resuming the microVM", e.to_string()))?;
+        info!("the microVM resumed after its snapshot could not be committed");
+        Ok(true)
     }
 
     async fn is_alive(&self) -> bool {
@@ -664,7 +711,12 @@ impl Backend for FirecrackerBackend {
         self.launch(ctx, Some(snapshot)).await
     }
 
-    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
+    async fn adopt(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        self.adopt_vm(req).await
+    }
+
+    async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError> {
+        let _ = keep;
         // Our VMMs carry `--id ateom-<instance>-...`.
         let prefix = format!("ateom-{}-", self.opts.instance);
         ateom_microvm::remove_stale(&prefix, |proc_dir| {

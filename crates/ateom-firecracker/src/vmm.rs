@@ -326,6 +326,11 @@ impl Vmm {
         }
     }
 
+    /// The firecracker (or jailer) process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.api.socket().to_owned()
     }

@@ -303,7 +303,31 @@ pub fn checkpoint_request(
         }
     };
     let uri_prefix = if destination == Destination::Durable { prefix } else { None };
-    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix })
+    let snapshot_id =
+        if r.snapshot_id.is_empty() { None } else { Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?) };
+    let keep = snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?;
+    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix, snapshot_id, keep })
+}
+
+/// Most snapshot ids one request may pin.
+pub const MAX_KEEP_IDS: usize = 256;
+
+fn snapshot_ids(field: &str, ids: &[String]) -> Result<Vec<SnapshotId>, InvalidArgument> {
+    if ids.len() > MAX_KEEP_IDS {
+        return Err(InvalidArgument::new(
+            field,
+            format!("names {} snapshots, at most {MAX_KEEP_IDS} allowed", ids.len()),
+        ));
+    }
+    ids.iter().enumerate().map(|(i, id)| SnapshotId::parse(&format!("{field}[{i}]"), id)).collect()
+}
+
+/// The actor triple of a request that may leave all three empty (meaning every actor).
+pub fn optional_actor(ns: &str, template: &str, id: &str) -> Result<Option<ActorRef>, InvalidArgument> {
+    if ns.is_empty() && template.is_empty() && id.is_empty() {
+        return Ok(None);
+    }
+    ActorRef::parse(ns, template, id).map(Some)
 }
 
 pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRequest, InvalidArgument> {
@@ -323,6 +347,7 @@ pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRe
         } else {
             Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?)
         },
+        keep: snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?,
     })
 }
 

@@ -126,6 +126,87 @@ impl pb::Ateom for AteomService {
             host_endpoint: endpoint_str(info.host_endpoint),
             console: info.console.unwrap_or_default(),
             state: info.state.into(),
+            snapshot_bytes_used: info.snapshot_bytes_used,
+            snapshot_bytes_free: info.snapshot_bytes_free,
+            lost_actors: info
+                .lost
+                .iter()
+                .map(|l| pb::LostActor {
+                    actor: l.actor.to_string(),
+                    reason: l.reason.clone(),
+                    at: l.at.clone(),
+                })
+                .collect(),
+            checkpoint_snapshot_id: info.checkpoint_snapshot.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let r = request.get_ref();
+        let actor =
+            ateom_core::ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)
+                .map_err(status::invalid)?;
+        let rt = self.runtime.clone();
+        let list = detached(async move {
+            tokio::task::spawn_blocking(move || rt.list_snapshots(&actor)).await.map_err(|e| {
+                ateom_runtime::RuntimeError::Io {
+                    context: "listing snapshots".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?
+        })
+        .await?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: list
+                .into_iter()
+                .map(|s| pb::LocalSnapshotInfo {
+                    snapshot_id: s.id.to_string(),
+                    created_at: s.created_at,
+                    bytes: s.bytes,
+                    pinned: s.pinned,
+                    state: s.state.into(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn prune_snapshots(
+        &self,
+        request: Request<pb::PruneSnapshotsRequest>,
+    ) -> Result<Response<pb::PruneSnapshotsResponse>, Status> {
+        let r = request.get_ref();
+        let actor = convert::optional_actor(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)
+            .map_err(status::invalid)?;
+        let keep = (r.keep > 0).then_some(r.keep as usize);
+        let dry_run = r.dry_run;
+        let rt = self.runtime.clone();
+        let pruned = detached(async move { rt.prune(actor.as_ref(), keep, dry_run).await }).await?;
+        Ok(Response::new(pb::PruneSnapshotsResponse {
+            deleted: pruned.deleted.iter().map(|(a, id)| format!("{a}/{id}")).collect(),
+            freed_bytes: pruned.freed_bytes,
+        }))
+    }
+
+    async fn recover_snapshots(
+        &self,
+        _request: Request<pb::RecoverSnapshotsRequest>,
+    ) -> Result<Response<pb::RecoverSnapshotsResponse>, Status> {
+        let rt = self.runtime.clone();
+        let done = detached(async move { rt.recover_snapshots().await }).await?;
+        let name = |key: &str, id: &ateom_core::SnapshotId| {
+            let actor = ateom_core::ActorRef::parse_key(key).map(|a| a.to_string()).unwrap_or(key.to_owned());
+            format!("{actor}/{id}")
+        };
+        Ok(Response::new(pb::RecoverSnapshotsResponse {
+            recovered: done.committed.iter().map(|(k, id)| name(k, id)).collect(),
+            still_quarantined: done
+                .still_quarantined
+                .iter()
+                .map(|(k, id, why)| format!("{}: {why}", name(k, id)))
+                .collect(),
         }))
     }
 }

@@ -7,7 +7,9 @@
 //! * no such snapshot: `NOT_FOUND`; damaged snapshot bytes (local or in the bucket):
 //!   `DATA_LOSS`; object store unreachable: `UNAVAILABLE`;
 //! * never ready: `DEADLINE_EXCEEDED` (or `INTERNAL` when the sandbox died while starting);
-//!   missing binaries/devices: `UNAVAILABLE`.
+//!   missing binaries/devices: `UNAVAILABLE`;
+//! * a full disk (refused before freezing, or a capture that could not be committed and was
+//!   taken back or quarantined): `RESOURCE_EXHAUSTED`; a push stopped by a delete: `ABORTED`.
 
 use ateom_core::{BackendError, InvalidArgument};
 use ateom_runtime::RuntimeError;
@@ -20,6 +22,9 @@ pub fn invalid(e: InvalidArgument) -> Status {
 }
 
 pub fn code_of(e: &RuntimeError) -> Code {
+    if e.is_no_space() {
+        return Code::ResourceExhausted;
+    }
     match e {
         RuntimeError::Invalid(_) => Code::InvalidArgument,
         RuntimeError::Busy { .. }
@@ -30,7 +35,7 @@ pub fn code_of(e: &RuntimeError) -> Code {
             SnapshotError::NotFound { .. } | SnapshotError::NoneForActor { .. } => Code::NotFound,
             SnapshotError::Corrupt { .. } | SnapshotError::BadManifest { .. } => Code::DataLoss,
             SnapshotError::Exists { .. } => Code::AlreadyExists,
-            SnapshotError::Io { .. } => Code::Internal,
+            SnapshotError::Io { .. } | SnapshotError::NoIntent { .. } => Code::Internal,
         },
         RuntimeError::NotReady(ateom_runtime::probe::NotReady::Timeout { .. }) => Code::DeadlineExceeded,
         RuntimeError::NotReady(ateom_runtime::probe::NotReady::Exited(_)) => Code::Internal,
@@ -46,6 +51,11 @@ pub fn code_of(e: &RuntimeError) -> Code {
         RuntimeError::Store(e) => store_code(e),
         RuntimeError::DurableManifest { .. } => Code::DataLoss,
         RuntimeError::PushFailed { source, .. } => code_of(source),
+        RuntimeError::WithDiagnostics { source, .. } => code_of(source),
+        RuntimeError::NoSpace { .. } => Code::ResourceExhausted,
+        RuntimeError::CommitFailedResumed { .. } | RuntimeError::Quarantined { .. } => Code::Internal,
+        RuntimeError::PushCancelled { .. } => Code::Aborted,
+        RuntimeError::Journal(_) | RuntimeError::Locked(_) => Code::Internal,
         RuntimeError::Io { .. } => Code::Internal,
     }
 }

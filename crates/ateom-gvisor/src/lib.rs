@@ -36,10 +36,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ateom_core::{
-    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
-    Dialer, LaunchContext, RuntimeConfig, Sandbox, SnapshotInput,
+    AdoptRequest, Adopted, Backend, BackendError, BackendInfo, BackendProvenance, Capabilities,
+    CheckpointOutput, ContainerSource, Dialer, LaunchContext, RuntimeConfig, Sandbox, SandboxHandle,
+    SnapshotInput,
 };
 use ateom_net::{Netns, NetnsDialer, VethPlan};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 use tokio::sync::Mutex;
@@ -158,8 +160,13 @@ impl GvisorBackend {
         } else if runsc.features.overlay_legacy {
             args.push("--overlay".into());
         }
-        if let (true, Some(dir)) = (self.opts.debug_logs, work_dir) {
-            args.push("--debug".into());
+        // runsc's own log always goes to the sandbox's work directory (at its default level:
+        // warnings and fatal errors, which is where runsc says why a sandbox did not start);
+        // `--debug-logs` raises it to debug.
+        if let Some(dir) = work_dir {
+            if self.opts.debug_logs {
+                args.push("--debug".into());
+            }
             args.push(format!("--debug-log={}/runsc-debug/", dir.display()));
         }
         args
@@ -276,6 +283,7 @@ impl GvisorBackend {
             backend: BackendRef { global: self.global_args(&runsc, None) },
             runsc,
             cid,
+            bundle: bundle_dir,
             net: Some(net),
             dialer: Some(dialer),
             supervisor,
@@ -299,7 +307,14 @@ impl GvisorBackend {
             .map_err(|e| format!("opening {}: {e}", log.display()))?;
         let err_file = file.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&runsc.path);
-        cmd.args(args).stdin(Stdio::null()).stdout(file).stderr(err_file).kill_on_drop(false);
+        // Its own process group: the sandbox outlives this worker process (a restarted worker
+        // adopts it), and a terminal's Ctrl-C for the worker does not reach it.
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err_file)
+            .kill_on_drop(false)
+            .process_group(0);
         ateom_net::join_netns_before_exec(&mut cmd, ns, self.mask_core_sysctls).map_err(|e| e.to_string())?;
         debug!(?args, "runsc");
         cmd.spawn().map_err(|e| format!("spawning {}: {e}", runsc.path.display()))
@@ -467,7 +482,8 @@ struct BackendRef {
     global: Vec<String>,
 }
 
-/// Watches the foreground runsc process and records how it ended.
+/// Watches the foreground runsc process (our child, or — after the worker restarted — a
+/// process adopted by PID) and records how it ended.
 struct Supervisor {
     exited: Arc<std::sync::Mutex<Option<String>>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -490,6 +506,20 @@ impl Supervisor {
         Self { exited, task: Some(task), pid }
     }
 
+    /// Watches a process that is not our child (its exit status is its parent's to see).
+    fn adopt(pid: u32, console: PathBuf) -> std::io::Result<Self> {
+        let watch = ateom_sys::ProcessWatch::new(pid)?;
+        let exited = Arc::new(std::sync::Mutex::new(None));
+        let record = exited.clone();
+        let task = tokio::spawn(async move {
+            watch.wait().await;
+            let reason = format!("the sandbox's runsc process {pid} exited{}", console_tail(&console));
+            debug!(%reason, "runsc supervisor (adopted)");
+            *record.lock().expect("supervisor lock") = Some(reason);
+        });
+        Ok(Self { exited, task: Some(task), pid: Some(pid) })
+    }
+
     fn exited(&self) -> Option<String> {
         self.exited.lock().expect("supervisor lock").clone()
     }
@@ -507,11 +537,33 @@ impl Supervisor {
     }
 }
 
+/// What a gVisor sandbox records to be found again by a restarted worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Handle {
+    cid: String,
+    runsc_path: PathBuf,
+    runsc_version: String,
+    /// The foreground `runsc run`/`restore` process.
+    pid: Option<u32>,
+    bundle: PathBuf,
+    sandbox_netns: String,
+    gateway_netns: String,
+    platform: String,
+    image_digests: BTreeMap<String, String>,
+}
+
+/// The exit status of `runsc checkpoint`, written by the shell that ran it (so that it
+/// survives the worker process) into the snapshot directory.
+const CHECKPOINT_STATUS: &str = ".runsc-status";
+/// `runsc checkpoint`'s output, in the snapshot directory.
+const CHECKPOINT_LOG: &str = ".runsc-checkpoint.log";
+
 /// One runsc sandbox.
 pub struct GvisorSandbox {
     backend: BackendRef,
     runsc: Runsc,
     cid: String,
+    bundle: PathBuf,
     net: Option<SandboxNet>,
     /// Dropped before the namespaces are deleted (its helper thread lives in one).
     dialer: Option<Arc<dyn Dialer>>,
@@ -526,6 +578,16 @@ impl GvisorSandbox {
         args.extend(tail.iter().map(|s| (*s).to_owned()));
         runsc_output(&self.runsc.path, self.net.as_ref().map(|n| &n.sandbox), &args).await
     }
+
+    /// `runsc state`'s status of the container (`running`, `stopped`, ...), if it answers.
+    async fn status(&self) -> Option<String> {
+        let json = self.runsc(&["state", &self.cid]).await.ok()?;
+        serde_json::from_str::<serde_json::Value>(&json)
+            .ok()?
+            .get("status")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+    }
 }
 
 #[async_trait]
@@ -538,13 +600,22 @@ impl Sandbox for GvisorSandbox {
         self.supervisor.exited()
     }
 
-    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError> {
-        let image_path = format!("--image-path={}", dir.display());
-        let t = std::time::Instant::now();
-        self.runsc(&["checkpoint", &image_path, &self.cid.clone()])
-            .await
-            .map_err(|e| BackendError::failed("runsc checkpoint", e))?;
-        debug!(cid = %self.cid, elapsed_ms = t.elapsed().as_millis() as u64, "runsc checkpoint done");
+    fn handle(&self) -> SandboxHandle {
+        let h = Handle {
+            cid: self.cid.clone(),
+            runsc_path: self.runsc.path.clone(),
+            runsc_version: self.runsc.version.clone(),
+            pid: self.supervisor.pid,
+            bundle: self.bundle.clone(),
+            sandbox_netns: self.net.as_ref().map(|n| n.sandbox.name().to_owned()).unwrap_or_default(),
+            gateway_netns: self.net.as_ref().map(|n| n.gateway.name().to_owned()).unwrap_or_default(),
+            platform: self.platform.clone(),
+            image_digests: self.image_digests.clone(),
+        };
+        SandboxHandle(serde_json::to_value(h).expect("handle serializes"))
+    }
+
+    fn snapshot_output(&self) -> CheckpointOutput {
         let mut extra = BTreeMap::new();
         extra.insert("gvisor.platform".into(), self.platform.clone());
         extra.insert("gvisor.sandbox_ip".into(), SANDBOX_IP.to_string());
@@ -552,7 +623,7 @@ impl Sandbox for GvisorSandbox {
             "gvisor.overlay".into(),
             if self.runsc.features.overlay2 { "root:memory" } else { "legacy" }.into(),
         );
-        Ok(CheckpointOutput {
+        CheckpointOutput {
             provenance: BackendProvenance {
                 runtime_version: self.runsc.version.clone(),
                 kernel_id: String::new(),
@@ -560,20 +631,57 @@ impl Sandbox for GvisorSandbox {
                 extra,
             },
             image_digests: self.image_digests.clone(),
-        })
+        }
+    }
+
+    async fn checkpoint(&mut self, dir: &Path) -> Result<(), BackendError> {
+        // `runsc checkpoint` runs under a shell that records its exit status in the snapshot
+        // directory, with its output in a file there: if this worker process dies meanwhile,
+        // the checkpoint still completes (the sandbox does the work), and the restarted worker
+        // reads from the status whether the capture is whole.
+        let mut args = self.backend.global.clone();
+        args.extend(["checkpoint".into(), format!("--image-path={}", dir.display()), self.cid.clone()]);
+        let log = std::fs::File::create(dir.join(CHECKPOINT_LOG))
+            .map_err(|e| BackendError::io("creating the checkpoint log", e))?;
+        let err_log = log.try_clone().map_err(|e| BackendError::io("creating the checkpoint log", e))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(r#"s="$1"; shift; "$@"; echo $? > "$s""#)
+            .arg("ateom-checkpoint")
+            .arg(dir.join(CHECKPOINT_STATUS))
+            .arg(&self.runsc.path)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .kill_on_drop(false)
+            .process_group(0);
+        if let Some(net) = &self.net {
+            ateom_net::join_netns_before_exec(&mut cmd, &net.sandbox, false)
+                .map_err(|e| BackendError::Network(e.to_string()))?;
+        }
+        let t = std::time::Instant::now();
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| BackendError::failed("runsc checkpoint", format!("spawning /bin/sh: {e}")))?;
+        let recorded = std::fs::read_to_string(dir.join(CHECKPOINT_STATUS)).unwrap_or_default();
+        if !status.success() || recorded.trim() != "0" {
+            let out = std::fs::read_to_string(dir.join(CHECKPOINT_LOG)).unwrap_or_default();
+            return Err(BackendError::failed(
+                "runsc checkpoint",
+                format!("exit status {}: {}", recorded.trim(), out.trim()),
+            ));
+        }
+        debug!(cid = %self.cid, elapsed_ms = t.elapsed().as_millis() as u64, "runsc checkpoint done");
+        Ok(())
     }
 
     async fn is_alive(&self) -> bool {
         if self.supervisor.exited().is_some() {
             return false;
         }
-        match self.runsc(&["state", &self.cid]).await {
-            Ok(json) => serde_json::from_str::<serde_json::Value>(&json)
-                .ok()
-                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(|s| s == "running"))
-                .unwrap_or(false),
-            Err(_) => false,
-        }
+        self.status().await.as_deref() == Some("running")
     }
 
     async fn delete(mut self: Box<Self>) -> Result<(), BackendError> {
@@ -603,6 +711,123 @@ impl Sandbox for GvisorSandbox {
     }
 }
 
+impl GvisorBackend {
+    /// Takes over a sandbox a previous worker process started (see [`Backend::adopt`]).
+    async fn adopt_sandbox(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        let h: Handle = serde_json::from_value(req.handle.0.clone())
+            .map_err(|e| BackendError::Snapshot(format!("the recorded sandbox handle is unreadable: {e}")))?;
+        let runsc = if h.runsc_path == self.runsc.path {
+            self.runsc.clone()
+        } else {
+            self.runsc_for(&Some(RuntimeConfig::Gvisor(ateom_core::GvisorConfig {
+                runsc_path: Some(h.runsc_path.clone()),
+                platform: None,
+            })))
+            .await?
+        };
+        if runsc.version != h.runsc_version {
+            return Ok(Adopted::Gone(format!(
+                "it was started by runsc {}, {} is now {}",
+                h.runsc_version,
+                runsc.path.display(),
+                runsc.version
+            )));
+        }
+        let (sandbox_ns, gateway_ns) = match (Netns::open(&h.sandbox_netns), Netns::open(&h.gateway_netns)) {
+            (Ok(s), Ok(g)) => (s, g),
+            (s, _) => {
+                let missing = if s.is_err() { &h.sandbox_netns } else { &h.gateway_netns };
+                return Ok(Adopted::Gone(format!("its network namespace {missing} is gone")));
+            }
+        };
+        let console = req.work_dir.join("console.log");
+        let net = SandboxNet { sandbox: sandbox_ns, gateway: gateway_ns };
+        let supervisor = match h
+            .pid
+            .filter(|p| ateom_sys::pid_exists(*p))
+            .map(|p| Supervisor::adopt(p, console.clone()))
+        {
+            Some(Ok(s)) => s,
+            _ => Supervisor { exited: Arc::new(std::sync::Mutex::new(None)), task: None, pid: None },
+        };
+        let mut sandbox = GvisorSandbox {
+            backend: BackendRef { global: self.global_args(&runsc, None) },
+            runsc,
+            cid: h.cid.clone(),
+            bundle: h.bundle.clone(),
+            net: Some(net),
+            dialer: None,
+            supervisor,
+            image_digests: h.image_digests.clone(),
+            platform: h.platform.clone(),
+        };
+
+        if let Some(dir) = req.interrupted_checkpoint {
+            // Wait (bounded) for a `runsc checkpoint` still under way to record its status.
+            let status_file = dir.join(CHECKPOINT_STATUS);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !status_file.exists() && std::time::Instant::now() < deadline && checkpoint_running(dir) {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let recorded = std::fs::read_to_string(&status_file).unwrap_or_default();
+            if recorded.trim() == "0" {
+                info!(cid = %h.cid, "the interrupted runsc checkpoint completed");
+                let _ = Box::new(sandbox).delete().await;
+                return Ok(Adopted::Captured);
+            }
+            if !recorded.trim().is_empty() {
+                debug!(cid = %h.cid, status = %recorded.trim(), "the interrupted runsc checkpoint failed");
+            }
+        }
+        match sandbox.status().await.as_deref() {
+            Some("running") => {
+                let dialer: Arc<dyn Dialer> = match NetnsDialer::new(
+                    &sandbox.net.as_ref().expect("set").gateway,
+                    IpAddr::V4(SANDBOX_IP),
+                ) {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => return Ok(Adopted::Gone(format!("cannot reach it: {e}"))),
+                };
+                sandbox.dialer = Some(dialer);
+                if sandbox.supervisor.pid.is_none() {
+                    // The foreground runsc is gone but the sandbox runs: watch the sandbox itself.
+                    if let Some(pid) = sandbox_pid(&sandbox).await
+                        && let Ok(s) = Supervisor::adopt(pid, console)
+                    {
+                        sandbox.supervisor = s;
+                    }
+                }
+                info!(cid = %h.cid, "adopted a running gVisor sandbox");
+                Ok(Adopted::Running(Box::new(sandbox)))
+            }
+            other => {
+                let why = match other {
+                    Some(status) => format!("runsc reports its container {} as {status}", h.cid),
+                    None => format!("runsc no longer knows its container {}", h.cid),
+                };
+                Ok(Adopted::Gone(why))
+            }
+        }
+    }
+}
+
+/// The sandbox process's PID from `runsc state`.
+async fn sandbox_pid(s: &GvisorSandbox) -> Option<u32> {
+    let json = s.runsc(&["state", &s.cid]).await.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    v.get("pid").and_then(serde_json::Value::as_u64).map(|p| p as u32)
+}
+
+/// True while a `runsc checkpoint` writing into `dir` is still running.
+fn checkpoint_running(dir: &Path) -> bool {
+    let needle = format!("--image-path={}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+    })
+}
+
 #[async_trait]
 impl Backend for GvisorBackend {
     fn info(&self) -> &BackendInfo {
@@ -624,7 +849,12 @@ impl Backend for GvisorBackend {
         self.launch(ctx, Some(snapshot)).await
     }
 
-    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
+    async fn adopt(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        self.adopt_sandbox(req).await
+    }
+
+    async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError> {
+        let keep: Option<Handle> = keep.and_then(|h| serde_json::from_value(h.0.clone()).ok());
         let mut done = Vec::new();
         let root = self.root_dir();
         std::fs::create_dir_all(&root)
@@ -633,7 +863,8 @@ impl Backend for GvisorBackend {
         list_args.extend(["list".into(), "--quiet".into()]);
         let sb = Netns::open(&format!("{}sb", self.netns_prefix())).ok();
         if let Ok(ids) = runsc_output(&self.runsc.path, None, &list_args).await {
-            for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let kept = keep.as_ref().map(|k| k.cid.as_str());
+            for id in ids.lines().map(str::trim).filter(|l| !l.is_empty() && Some(*l) != kept) {
                 let mut args = self.global_args(&self.runsc, None);
                 args.extend(["delete".into(), "--force".into(), id.to_owned()]);
                 match runsc_output(&self.runsc.path, sb.as_ref(), &args).await {
@@ -642,7 +873,7 @@ impl Backend for GvisorBackend {
                 }
             }
         }
-        for pid in processes_using_root(&root) {
+        for pid in processes_using_root(&root, keep.as_ref()) {
             // These are runsc processes started for this state directory by a previous
             // ateom: ours to kill.
             if nix_kill(pid) {
@@ -651,7 +882,11 @@ impl Backend for GvisorBackend {
         }
         let names = Netns::list_with_prefix(&self.netns_prefix())
             .map_err(|e| BackendError::Network(e.to_string()))?;
-        for name in names {
+        let kept: Vec<&str> = keep
+            .as_ref()
+            .map(|k| vec![k.sandbox_netns.as_str(), k.gateway_netns.as_str()])
+            .unwrap_or_default();
+        for name in names.into_iter().filter(|n| !kept.contains(&n.as_str())) {
             Netns::delete_by_name(&name).map_err(|e| BackendError::Network(e.to_string()))?;
             done.push(format!("network namespace {name}"));
         }
@@ -659,9 +894,19 @@ impl Backend for GvisorBackend {
     }
 }
 
-/// PIDs of processes whose command line carries `--root=<root>`.
-fn processes_using_root(root: &Path) -> Vec<i32> {
+/// PIDs of processes whose command line carries `--root=<root>`, except those of the kept
+/// (adopted) sandbox: the foreground runsc, the sandbox and the gofer each carry its
+/// container id or its bundle among their arguments.
+fn processes_using_root(root: &Path, keep: Option<&Handle>) -> Vec<i32> {
     let needle = format!("--root={}", root.display());
+    let spared = |cmdline: &[u8]| {
+        keep.is_some_and(|k| {
+            let bundle = format!("--bundle={}", k.bundle.display());
+            cmdline.split(|b| *b == 0).any(|arg| {
+                arg == k.cid.as_bytes() || arg == bundle.as_bytes() || arg.ends_with(k.cid.as_bytes())
+            })
+        })
+    };
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
     for e in entries.flatten() {
@@ -671,6 +916,7 @@ fn processes_using_root(root: &Path) -> Vec<i32> {
         }
         if let Ok(cmdline) = std::fs::read(e.path().join("cmdline"))
             && cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes())
+            && !spared(&cmdline)
         {
             pids.push(pid);
         }

@@ -39,8 +39,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ateom_core::{
-    Backend, BackendError, BackendInfo, BackendProvenance, Capabilities, CheckpointOutput, ContainerSource,
-    Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox, SnapshotInput, TapNetwork,
+    AdoptRequest, Adopted, Backend, BackendError, BackendInfo, BackendProvenance, Capabilities,
+    CheckpointOutput, ContainerSource, Dialer, LaunchContext, MicroVmConfig, RuntimeConfig, Sandbox,
+    SandboxHandle, SnapshotInput, TapNetwork,
 };
 use ateom_microvm::{Console, Kvm, guest};
 use ateom_net::{Netns, NetnsDialer, TapPlan};
@@ -735,7 +736,24 @@ impl Sandbox for QemuSandbox {
         self.proc.as_ref().and_then(QemuProcess::exited)
     }
 
-    async fn checkpoint(&mut self, dir: &Path) -> Result<CheckpointOutput, BackendError> {
+    fn handle(&self) -> SandboxHandle {
+        SandboxHandle(serde_json::json!({
+            "pid": self.proc.as_ref().and_then(|p| p.pid),
+            "netns": self.ns.as_ref().map(|n| n.name().to_owned()),
+        }))
+    }
+
+    fn snapshot_output(&self) -> CheckpointOutput {
+        CheckpointOutput { provenance: self.provenance.clone(), image_digests: self.image_digests.clone() }
+    }
+
+    async fn estimated_snapshot_bytes(&self) -> Option<u64> {
+        // Guest RAM lives in a file that moves into the snapshot by rename; the migration
+        // stream holds device state only.
+        Some(32 << 20)
+    }
+
+    async fn checkpoint(&mut self, dir: &Path) -> Result<(), BackendError> {
         let p = self.proc.as_mut().ok_or_else(|| BackendError::failed("checkpoint", "QEMU is gone"))?;
         let qmp = p.qmp().await?;
         let fail = |what: &'static str| move |e: qmp::QmpError| BackendError::failed(what, e.to_string());
@@ -755,26 +773,46 @@ impl Sandbox for QemuSandbox {
         }
         .await;
         if let Err(e) = saved {
+            let _ = std::fs::remove_file(dir.join(VMSTATE));
             if let Err(r) = qmp.execute("cont", None).await {
                 warn!(error = %r, "resuming after a failed checkpoint");
             }
             return Err(e);
         }
-        let _ = qmp.execute("quit", None).await;
-        if !p.wait(Duration::from_secs(10)).await {
-            p.kill().await;
-        }
-        // The RAM file (x-ignore-shared left it out of the stream) and the disk join the snapshot.
+        // The VM stays stopped (and QEMU alive) until the runtime has committed the snapshot:
+        // then `delete`, or `abort_checkpoint` if the commit failed. The RAM file
+        // (x-ignore-shared left it out of the stream) and the disk join the snapshot by
+        // rename; QEMU keeps its mappings and open files.
         std::fs::rename(self.work_dir.join(MEMORY), dir.join(MEMORY))
             .map_err(|e| BackendError::io("moving guest RAM", e))?;
         if self.disk {
             std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
                 .map_err(|e| BackendError::io("moving the disk", e))?;
         }
-        Ok(CheckpointOutput {
-            provenance: self.provenance.clone(),
-            image_digests: self.image_digests.clone(),
-        })
+        Ok(())
+    }
+
+    fn can_abort_checkpoint(&self) -> bool {
+        true
+    }
+
+    async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
+        let Some(p) = self.proc.as_mut() else { return Ok(false) };
+        if p.exited().is_some() {
+            return Ok(false);
+        }
+        for f in [MEMORY, DISK] {
+            if dir.join(f).exists() {
+                std::fs::rename(dir.join(f), self.work_dir.join(f))
+                    .map_err(|e| BackendError::io(format!("moving {f} back to the VM"), e))?;
+            }
+        }
+        let qmp = p.qmp().await?;
+        qmp.execute("cont", None)
+            .await
+            .map_err(|e| BackendError::failed("resuming the microVM", e.to_string()))?;
+        info!("the microVM resumed after its snapshot could not be committed");
+        Ok(true)
     }
 
     async fn is_alive(&self) -> bool {
@@ -805,7 +843,13 @@ impl Backend for QemuBackend {
         self.launch(ctx, Some(snapshot)).await
     }
 
-    async fn cleanup_stale(&self) -> Result<Vec<String>, BackendError> {
+    async fn adopt(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        let _ = req;
+        Ok(Adopted::Gone("adopting a QEMU VM is not implemented yet".into()))
+    }
+
+    async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError> {
+        let _ = keep;
         // Our QEMUs run with their working directory in <state>/actors/*/work.
         let actors = self.opts.state_dir.join("actors");
         ateom_microvm::remove_stale(&format!("ateom-{}-", self.opts.instance), |proc_dir| {

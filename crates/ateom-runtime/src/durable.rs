@@ -192,7 +192,7 @@ pub async fn pull(
 ) -> Result<Pulled, RuntimeError> {
     let manifest = durable.manifest;
     let id: SnapshotId = manifest.snapshot_id.clone();
-    let pending = local.begin(actor, id.clone())?;
+    let pending = local.begin_empty(actor, id.clone())?;
     // Every fetched chunk is checked against its table entry; with the table bound to the
     // manifest, a whole-file pass over zeros adds nothing.
     let opts = PullOptions { progress, verify_artifact_digests: !durable.table_bound };

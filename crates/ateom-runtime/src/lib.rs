@@ -3,48 +3,83 @@
 //! The core of one ateom worker: it holds **at most one workload** and moves it through
 //!
 //! ```text
-//!            run / restore                 checkpoint
+//!            run / restore                 checkpoint (+ push when DURABLE)
 //!   Idle ───────────────────▶ Running ───────────────────▶ Idle
-//!     ▲   (Busy while starting)   │   (Busy while freezing)
+//!     ▲   (Busy while starting)   │   (Busy while freezing, committing, pushing)
 //!     └───── failure / delete ────┘
 //! ```
 //!
 //! It is backend-agnostic: it validates nothing on the wire (that is the gRPC layer's job)
 //! but enforces everything about state — one workload at a time, the right actor, snapshots
 //! that exist, are intact and fit this host — and does the work shared by every backend:
-//! readiness probing, the loopback forwarder, snapshot manifests, timings.
+//! readiness probing, the loopback forwarder, snapshot manifests, retention, timings.
+//!
+//! **Nothing is lost when the worker process dies.** Sandboxes outlive the `ateom` process;
+//! the worker records each one in its journal ([`journal`]) before every phase change, and a
+//! restarted worker on the same state directory adopts what it finds alive, finishes or
+//! undoes an interrupted checkpoint, and reports the actors whose sandbox died meanwhile as
+//! lost ([`recovery`]). A checkpoint never destroys the only copy of a workload's state: a
+//! capture that cannot be committed is either taken back (a paused VM resumes) or kept whole
+//! in quarantine until it can be ([`checkpoint`]).
 
+pub mod checkpoint;
 pub mod durable;
+pub mod faults;
 pub mod host;
+pub mod journal;
 pub mod probe;
+mod recovery;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ateom_core::{
-    ActorRef, Artifact, Backend, BackendError, Capabilities, CheckpointRequest, ContainerSource, Destination,
-    HostFingerprint, LaunchContext, MANIFEST_FORMAT_VERSION, Mismatch, RestoreRequest, RestoreTarget,
-    RunRequest, Sandbox, SnapshotId, SnapshotInput, SnapshotManifest, Verification, WorkloadSpec,
-    check_compatibility,
+    ActorRef, Backend, BackendError, Capabilities, ContainerSource, HostFingerprint, LaunchContext, Mismatch,
+    RestoreRequest, RestoreTarget, RunRequest, Sandbox, SnapshotId, SnapshotInput, SnapshotManifest,
+    Verification, WorkloadSpec, check_compatibility,
 };
 use ateom_net::Forwarder;
 use ateom_snapshot::{LocalSnapshot, LocalSnapshots, SnapshotError};
 use tracing::{debug, info, warn};
 
+pub use journal::LostActor;
+
 /// How a runtime is set up.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// Everything the worker owns lives below this directory.
+    /// Everything the worker owns lives below this directory (absolute).
     pub state_dir: PathBuf,
     /// The worker's name in host fingerprints (default: `/etc/machine-id`).
     pub host_id: Option<String>,
-    /// Loopback address of the forwarder into the running workload (port 0: pick one).
+    /// Loopback address of the forwarder into the running workload (port 0: pick one, or
+    /// the one an adopted workload was served on).
     pub forward_addr: SocketAddr,
     /// How long Run/Restore wait for the readiness probe.
     pub ready_timeout: Duration,
+    /// Complete snapshots kept per actor besides the pinned ones (retention).
+    pub keep_snapshots: usize,
+    /// Free space a checkpoint leaves on the state directory's file system, on top of what it
+    /// expects to write: below it, it refuses before freezing anything.
+    pub min_free_bytes: u64,
+}
+
+impl RuntimeOptions {
+    /// Defaults for a state directory: any free loopback port, 30 s readiness, 2 snapshots
+    /// kept per actor, 64 MiB free space in reserve.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            host_id: None,
+            forward_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ready_timeout: Duration::from_secs(30),
+            keep_snapshots: 2,
+            min_free_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Errors of the runtime; the gRPC layer maps each to a status code.
@@ -79,12 +114,72 @@ pub enum RuntimeError {
         #[source]
         source: Box<RuntimeError>,
     },
+    /// Refused before freezing: the workload keeps running.
+    #[error(
+        "not enough free space for a snapshot of {actor} in {path}: {available} bytes free, the checkpoint \
+         needs about {need} (expected size + the reserve of --min-free); the workload keeps running"
+    )]
+    NoSpace { actor: String, path: String, need: u64, available: u64 },
+    /// The capture could not be committed, and the workload was taken back: it keeps running.
+    #[error("committing snapshot {snapshot} failed ({source}); the workload was resumed and keeps running")]
+    CommitFailedResumed {
+        snapshot: String,
+        #[source]
+        source: SnapshotError,
+    },
+    /// The capture could not be committed and the workload cannot be taken back: the capture
+    /// is kept whole, and `RecoverSnapshots` commits it later.
+    #[error(
+        "snapshot {snapshot} was captured but could not be committed ({source}); it is kept whole in \
+         quarantine at {dir}: free space, then run `ateom snapshots recover`"
+    )]
+    Quarantined {
+        snapshot: String,
+        dir: String,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("the push of snapshot {snapshot} was stopped by a delete of actor {actor}")]
+    PushCancelled { snapshot: String, actor: String },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("{0}")]
+    Locked(String),
+    /// A sandbox failed to start; what it left to explain itself was kept.
+    #[error("{source}; its logs are kept in {kept}{tail}")]
+    WithDiagnostics {
+        #[source]
+        source: Box<RuntimeError>,
+        kept: String,
+        /// The last lines of the runtime's own log that explain it (or empty).
+        tail: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl RuntimeError {
+    /// The error was caused by a full disk (ENOSPC / EDQUOT somewhere in its chain).
+    pub fn is_no_space(&self) -> bool {
+        if matches!(self, RuntimeError::NoSpace { .. }) {
+            return true;
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            // ENOSPC, EDQUOT
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(28 | 122))
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
 }
 
 /// What Run and Restore report.
@@ -106,7 +201,7 @@ pub struct Checkpointed {
     pub manifest: SnapshotManifest,
     pub files: Vec<PathBuf>,
     pub location: String,
-    pub destination: Destination,
+    pub destination: ateom_core::Destination,
     pub elapsed: Duration,
     /// DURABLE only: bytes written to object storage and the push time.
     pub pushed: Option<(u64, Duration)>,
@@ -134,8 +229,43 @@ pub struct WorkerInfo {
     pub host_endpoint: SocketAddr,
     /// The running workload's serial console, if its backend has one.
     pub console: Option<String>,
-    /// `idle`, `starting`, `restoring`, `running` or `checkpointing`.
+    /// `idle`, `starting`, `restoring`, `running`, `checkpointing`, `pushing` or `deleting`.
     pub state: &'static str,
+    /// The snapshot the checkpoint under way writes (states `checkpointing` and `pushing`).
+    pub checkpoint_snapshot: Option<SnapshotId>,
+    /// Disk space local snapshots occupy, and free space on their file system.
+    pub snapshot_bytes_used: u64,
+    pub snapshot_bytes_free: u64,
+    /// Actors whose sandbox a restarted worker found dead, oldest first.
+    pub lost: Vec<LostActor>,
+}
+
+/// One local snapshot, as `ListSnapshots` reports it.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    /// RFC 3339 (empty for a quarantined capture).
+    pub created_at: String,
+    pub bytes: u64,
+    pub pinned: bool,
+    /// `complete` or `quarantined`.
+    pub state: &'static str,
+}
+
+/// What a prune removed (or would remove).
+#[derive(Clone, Debug, Default)]
+pub struct Pruned {
+    /// `(actor, snapshot)` pairs, per actor oldest first.
+    pub deleted: Vec<(ActorRef, SnapshotId)>,
+    pub freed_bytes: u64,
+}
+
+/// What `RecoverSnapshots` did.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub committed: Vec<(String, SnapshotId)>,
+    /// `(actor key, snapshot, why it is still quarantined)`.
+    pub still_quarantined: Vec<(String, SnapshotId, String)>,
 }
 
 struct Active {
@@ -148,7 +278,7 @@ struct Active {
 
 enum Slot {
     Idle,
-    Busy { actor: ActorRef, state: &'static str },
+    Busy { actor: ActorRef, state: &'static str, snapshot: Option<SnapshotId> },
     Running(Box<Active>),
 }
 
@@ -159,12 +289,21 @@ pub struct Runtime {
     opts: RuntimeOptions,
     host: HostFingerprint,
     snapshots: LocalSnapshots,
+    /// Snapshots of *other* actors pulled for a restore (a template's golden snapshot),
+    /// shared by every actor of this worker instead of copied into each one's directory.
+    shared: LocalSnapshots,
     forwarder: Forwarder,
     stores: durable::Stores,
+    journal: journal::Journal,
+    _lock: ateom_sys::StateLock,
     slot: Mutex<Slot>,
     /// Actors whose local snapshots are being deleted: no Run or Restore of them meanwhile
     /// (other actors are not held up). Locked after `slot`, never before.
     deleting: Mutex<std::collections::HashSet<ActorRef>>,
+    /// The push under way, if any: the actor and the switch a delete uses to stop it.
+    pushing: Mutex<Option<(ActorRef, tokio::sync::watch::Sender<bool>)>>,
+    /// Disk space of the local snapshots, refreshed after every change.
+    used_bytes: AtomicU64,
 }
 
 /// Takes an actor out of `Runtime::deleting` when its delete ends, however it ends.
@@ -193,45 +332,21 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
+/// What to do with a running workload when the daemon stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExit {
+    /// Leave it running: the next `ateom serve` on this state directory adopts it.
+    Keep,
+    /// Delete it (its state is discarded).
+    Stop,
+}
+
 impl Runtime {
-    /// Prepares the state directory, removes what a crashed predecessor left behind and
-    /// binds the forwarder.
+    /// Prepares the state directory, adopts the sandbox a previous worker process left
+    /// running (or finishes its interrupted checkpoint), removes everything else it left
+    /// behind and binds the forwarder.
     pub async fn start(backend: Arc<dyn Backend>, opts: RuntimeOptions) -> Result<Self, RuntimeError> {
-        let actors = opts.state_dir.join("actors");
-        std::fs::create_dir_all(&actors).map_err(|source| RuntimeError::Io {
-            context: format!("creating {}", actors.display()),
-            source,
-        })?;
-        let snapshots = LocalSnapshots::new(&actors);
-        for p in snapshots.remove_partials()? {
-            warn!(path = %p.display(), "removed an incomplete snapshot left by a crash");
-        }
-        remove_work_dirs(&actors);
-        for what in backend.cleanup_stale().await? {
-            warn!(%what, "cleaned up after a previous run");
-        }
-        let forwarder = Forwarder::bind(opts.forward_addr).await.map_err(|e| RuntimeError::Io {
-            context: format!("binding forwarder on {}", opts.forward_addr),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let host = host::probe(opts.host_id.as_deref());
-        info!(
-            backend = %backend.info().name,
-            version = %backend.info().runtime_version,
-            endpoint = %forwarder.local_addr(),
-            host_id = %host.host_id,
-            "runtime ready"
-        );
-        Ok(Self {
-            backend,
-            opts,
-            host,
-            snapshots,
-            forwarder,
-            stores: durable::Stores::default(),
-            slot: Mutex::new(Slot::Idle),
-            deleting: Mutex::new(std::collections::HashSet::new()),
-        })
+        recovery::start(backend, opts).await
     }
 
     pub fn snapshots(&self) -> &LocalSnapshots {
@@ -244,11 +359,12 @@ impl Runtime {
 
     pub fn info(&self) -> WorkerInfo {
         let info = self.backend.info();
-        let (running, console, state) = match &*self.slot.lock().expect("slot lock") {
-            Slot::Idle => (None, None, "idle"),
-            Slot::Busy { actor, state } => (Some(actor.clone()), None, *state),
-            Slot::Running(a) => (Some(a.actor.clone()), a.sandbox.console(), "running"),
+        let (running, console, state, checkpoint_snapshot) = match &*self.slot.lock().expect("slot lock") {
+            Slot::Idle => (None, None, "idle", None),
+            Slot::Busy { actor, state, snapshot } => (Some(actor.clone()), None, *state, snapshot.clone()),
+            Slot::Running(a) => (Some(a.actor.clone()), a.sandbox.console(), "running", None),
         };
+        let free = ateom_sys::space(self.snapshots.root()).map(|s| s.available).unwrap_or(0);
         WorkerInfo {
             backend: info.name.clone(),
             runtime_version: info.runtime_version.clone(),
@@ -258,6 +374,18 @@ impl Runtime {
             host_endpoint: self.forwarder.local_addr(),
             console,
             state,
+            checkpoint_snapshot,
+            snapshot_bytes_used: self.used_bytes.load(Ordering::Relaxed),
+            snapshot_bytes_free: free,
+            lost: self.journal.lost(),
+        }
+    }
+
+    /// Recomputes the disk space of the local snapshots (after a change).
+    async fn refresh_usage(&self) {
+        let (a, b) = (self.snapshots.clone(), self.shared.clone());
+        if let Ok(used) = tokio::task::spawn_blocking(move || a.used_bytes() + b.used_bytes()).await {
+            self.used_bytes.store(used, Ordering::Relaxed);
         }
     }
 
@@ -268,16 +396,30 @@ impl Runtime {
         }
         match &*slot {
             Slot::Idle => {
-                *slot = Slot::Busy { actor: actor.clone(), state };
+                *slot = Slot::Busy { actor: actor.clone(), state, snapshot: None };
                 Ok(SlotGuard { slot: &self.slot, armed: true })
             }
-            Slot::Busy { actor, state } => Err(RuntimeError::Busy { running: actor.clone(), state }),
+            Slot::Busy { actor, state, .. } => Err(RuntimeError::Busy { running: actor.clone(), state }),
             Slot::Running(a) => Err(RuntimeError::Busy { running: a.actor.clone(), state: "running" }),
         }
     }
 
+    fn set_busy(&self, actor: &ActorRef, state: &'static str, snapshot: Option<SnapshotId>) {
+        *self.slot.lock().expect("slot lock") = Slot::Busy { actor: actor.clone(), state, snapshot };
+    }
+
     fn actor_dir(&self, actor: &ActorRef) -> PathBuf {
         self.snapshots.root().join(actor.key())
+    }
+
+    /// Records the pins a request brought (the snapshots its caller still references).
+    fn record_pins(&self, actor: &ActorRef, keep: &[SnapshotId]) {
+        if keep.is_empty() {
+            return;
+        }
+        if let Err(e) = self.snapshots.set_pins(actor, keep) {
+            warn!(%actor, error = %e, "recording pinned snapshots");
+        }
     }
 
     fn launch_context(
@@ -305,10 +447,7 @@ impl Runtime {
         }
         let work_dir = actor_dir.join("work");
         let _ = std::fs::remove_dir_all(&work_dir);
-        std::fs::create_dir_all(&work_dir).map_err(|source| RuntimeError::Io {
-            context: format!("creating {}", work_dir.display()),
-            source,
-        })?;
+        create_private_dir(&work_dir)?;
         let cache_dir = self.opts.state_dir.join("cache");
         Ok(LaunchContext { actor: actor.clone(), containers, runtime, asset_paths, work_dir, cache_dir })
     }
@@ -323,14 +462,17 @@ impl Runtime {
         let sandbox = match self.backend.run(ctx).await {
             Ok(s) => s,
             Err(e) => {
+                let e = self.keep_failure(&req.actor, &work_dir, "run", e.into());
                 let _ = std::fs::remove_dir_all(&work_dir);
-                return Err(e.into());
+                return Err(e);
             }
         };
+        faults::point("run-after-start");
         self.go_live(guard, req.actor, req.spec, sandbox, work_dir, start, None).await
     }
 
-    /// Waits for readiness, points the forwarder at the workload and marks it running.
+    /// Waits for readiness, records the sandbox in the journal, points the forwarder at the
+    /// workload and marks it running.
     #[allow(clippy::too_many_arguments)]
     async fn go_live(
         &self,
@@ -349,15 +491,26 @@ impl Runtime {
             if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout, &exited).await
             {
                 warn!(%actor, error = %e, "workload never became ready; tearing it down");
+                let e = self.keep_failure(&actor, &work_dir, "readiness", e.into());
                 if let Err(del) = sandbox.delete().await {
                     warn!(%actor, error = %del, "delete after failed readiness");
                 }
                 let _ = std::fs::remove_dir_all(&work_dir);
-                return Err(e.into());
+                return Err(e);
             }
         }
         let ready = start.elapsed();
         let service_port = service.as_ref().map(|p| p.port);
+        let active = Box::new(Active { actor, sandbox, spec, work_dir, service_port });
+        // Recorded before anyone is told it runs: a worker restarted from here on adopts it.
+        if let Err(e) = self.record(&active, journal::Phase::Running) {
+            warn!(actor = %active.actor, error = %e, "cannot record the sandbox; tearing it down");
+            let Active { sandbox, work_dir, .. } = *active;
+            let _ = sandbox.delete().await;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            return Err(e);
+        }
+        faults::point("go-live-after-journal");
         if let (Some(port), Some(dialer)) = (service_port, &dialer) {
             self.forwarder.set_target(Some((dialer.clone(), port)));
         }
@@ -365,10 +518,9 @@ impl Runtime {
             (Some(d), Some(port)) => Some(SocketAddr::new(d.ip(), port)),
             _ => None,
         };
-        let console = sandbox.console();
-        info!(%actor, ready_ms = ready.as_millis() as u64, endpoint = %self.forwarder.local_addr(), "workload ready");
-        *self.slot.lock().expect("slot lock") =
-            Slot::Running(Box::new(Active { actor, sandbox, spec, work_dir, service_port }));
+        let console = active.sandbox.console();
+        info!(actor = %active.actor, ready_ms = ready.as_millis() as u64, endpoint = %self.forwarder.local_addr(), "workload ready");
+        *self.slot.lock().expect("slot lock") = Slot::Running(active);
         guard.armed = false;
         Ok(Started {
             workload_address,
@@ -380,11 +532,39 @@ impl Runtime {
         })
     }
 
+    /// Writes the journal record of a live sandbox.
+    fn record(&self, a: &Active, phase: journal::Phase) -> Result<(), RuntimeError> {
+        self.journal.record(&journal::ActiveRecord {
+            version: journal::JOURNAL_VERSION,
+            actor: a.actor.clone(),
+            spec: a.spec.clone(),
+            sandbox: a.sandbox.handle(),
+            work_dir: a.work_dir.clone(),
+            host_endpoint: self.forwarder.local_addr(),
+            service_port: a.service_port,
+            phase,
+        })?;
+        Ok(())
+    }
+
+    /// Keeps what a failed start leaves to explain itself (the work directory's logs) under
+    /// `<state>/failures/`, pruned to the newest few, and names it in the error.
+    fn keep_failure(&self, actor: &ActorRef, work_dir: &Path, what: &str, e: RuntimeError) -> RuntimeError {
+        match recovery::keep_failure_dir(&self.opts.state_dir, actor, work_dir, what) {
+            Some((kept, tail)) => {
+                warn!(%actor, kept = %kept.display(), "kept the failed sandbox's logs");
+                let tail = if tail.is_empty() { tail } else { format!("; log: {tail}") };
+                RuntimeError::WithDiagnostics { source: Box::new(e), kept: kept.display().to_string(), tail }
+            }
+            None => e,
+        }
+    }
+
     fn take_running(&self, requested: &ActorRef) -> Result<(Box<Active>, SlotGuard<'_>), RuntimeError> {
         let mut slot = self.slot.lock().expect("slot lock");
         match std::mem::replace(&mut *slot, Slot::Idle) {
             Slot::Running(a) if a.actor == *requested => {
-                *slot = Slot::Busy { actor: a.actor.clone(), state: "checkpointing" };
+                *slot = Slot::Busy { actor: a.actor.clone(), state: "checkpointing", snapshot: None };
                 Ok((a, SlotGuard { slot: &self.slot, armed: true }))
             }
             Slot::Running(a) => {
@@ -395,127 +575,22 @@ impl Runtime {
                     requested: Box::new(requested.clone()),
                 })
             }
-            Slot::Busy { actor, state } => {
-                *slot = Slot::Busy { actor: actor.clone(), state };
+            Slot::Busy { actor, state, snapshot } => {
+                *slot = Slot::Busy { actor: actor.clone(), state, snapshot };
                 Err(RuntimeError::Busy { running: actor, state })
             }
             Slot::Idle => Err(RuntimeError::NothingRunning { requested: requested.clone() }),
         }
     }
 
-    /// Freezes the running workload into a snapshot and frees the worker.
-    pub async fn checkpoint(&self, req: CheckpointRequest) -> Result<Checkpointed, RuntimeError> {
-        let start = Instant::now();
-        // Open the store before freezing anything: a bad location fails without side effects.
-        let store = match (&req.destination, &req.uri_prefix) {
-            (Destination::Durable, Some(prefix)) => Some(self.stores.get(prefix)?),
-            _ => None,
-        };
-        let (mut active, mut guard) = self.take_running(&req.actor)?;
-        // No connection may be open inside the sandbox while it freezes.
-        self.forwarder.set_target(None);
-        self.forwarder.abort_all().await;
-
-        let id = SnapshotId::generate(SystemTime::now(), rand::random());
-        let pending = match self.snapshots.begin(&active.actor, id.clone()) {
-            Ok(p) => p,
-            Err(e) => {
-                self.resume_serving(&mut active);
-                *self.slot.lock().expect("slot lock") = Slot::Running(active);
-                guard.armed = false;
-                return Err(e.into());
-            }
-        };
-        info!(actor = %active.actor, snapshot = %id, "checkpoint: freezing");
-        let frozen = Instant::now();
-        let out = match active.sandbox.checkpoint(pending.dir()).await {
-            Ok(out) => {
-                debug!(backend_ms = frozen.elapsed().as_millis() as u64, "backend checkpoint done");
-                out
-            }
-            Err(e) => {
-                drop(pending);
-                if active.sandbox.is_alive().await {
-                    warn!(actor = %active.actor, error = %e, "checkpoint failed; the workload keeps running");
-                    self.resume_serving(&mut active);
-                    *self.slot.lock().expect("slot lock") = Slot::Running(active);
-                    guard.armed = false;
-                } else {
-                    warn!(actor = %active.actor, error = %e, "checkpoint failed and the sandbox is gone");
-                    let work_dir = active.work_dir.clone();
-                    let _ = active.sandbox.delete().await;
-                    let _ = std::fs::remove_dir_all(work_dir);
-                }
-                return Err(e.into());
-            }
-        };
-        let Active { actor, sandbox, spec, work_dir, .. } = *active;
-        let backend = self.backend.info().clone();
-        let host = self.host.clone();
-        let actor2 = actor.clone();
-        // Tear the sandbox down while the snapshot is hashed and committed.
-        let teardown = async {
-            if let Err(e) = sandbox.delete().await {
-                warn!(actor = %actor2, error = %e, "deleting the sandbox after checkpoint");
-            }
-            let _ = tokio::fs::remove_dir_all(&work_dir).await;
-        };
-        let commit_start = Instant::now();
-        let commit = tokio::task::spawn_blocking(move || {
-            let committed = pending.commit(|artifacts: Vec<Artifact>| SnapshotManifest {
-                format_version: MANIFEST_FORMAT_VERSION,
-                snapshot_id: id,
-                actor: actor.clone(),
-                created_at: ateom_core::time::format_rfc3339_utc(SystemTime::now()),
-                backend: backend.name,
-                runtime_version: out.provenance.runtime_version.clone(),
-                kernel_id: out.provenance.kernel_id.clone(),
-                cpu_template: out.provenance.cpu_template.clone(),
-                host,
-                capabilities: backend.capabilities,
-                image_digests: out.image_digests,
-                workload: spec,
-                provenance: out.provenance.extra,
-                artifacts,
-            });
-            debug!(commit_ms = commit_start.elapsed().as_millis() as u64, "snapshot digested and committed");
-            committed
-        });
-        let (committed, ()) = tokio::join!(commit, teardown);
-        let snap = committed.map_err(task_failed("committing snapshot"))??;
-        drop(guard); // Idle again: the sandbox is gone, the snapshot is safe on this node.
-        let local_elapsed = start.elapsed();
-        info!(
-            actor = %snap.manifest.actor,
-            snapshot = %snap.manifest.snapshot_id,
-            bytes = snap.manifest.total_bytes(),
-            checkpoint_ms = local_elapsed.as_millis() as u64,
-            "checkpoint complete"
-        );
-        let (location, pushed) = match store {
-            None => (snap.dir.display().to_string(), None),
-            Some(store) => {
-                let progress = durable::LogProgress::new("push", snap.manifest.snapshot_id.as_str());
-                match durable::push(&store, &snap, Some(progress)).await {
-                    Ok(p) => (p.location, Some((p.stored_bytes, p.elapsed))),
-                    Err(e) => {
-                        return Err(RuntimeError::PushFailed {
-                            snapshot: snap.manifest.snapshot_id.to_string(),
-                            local: snap.dir.display().to_string(),
-                            source: Box::new(e),
-                        });
-                    }
-                }
-            }
-        };
-        Ok(Checkpointed {
-            files: snap.files(),
-            location,
-            manifest: snap.manifest,
-            destination: req.destination,
-            elapsed: start.elapsed(),
-            pushed,
-        })
+    /// Puts a workload whose checkpoint did not happen back into service.
+    fn back_to_running(&self, mut active: Box<Active>, mut guard: SlotGuard<'_>) {
+        self.resume_serving(&mut active);
+        if let Err(e) = self.record(&active, journal::Phase::Running) {
+            warn!(actor = %active.actor, error = %e, "recording the sandbox as running again");
+        }
+        *self.slot.lock().expect("slot lock") = Slot::Running(active);
+        guard.armed = false;
     }
 
     fn resume_serving(&self, active: &mut Active) {
@@ -532,8 +607,10 @@ impl Runtime {
     pub async fn restore(&self, req: RestoreRequest) -> Result<Started, RuntimeError> {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "restoring")?;
+        self.record_pins(&req.actor, &req.keep);
         let (snap, pulled) = self.find_snapshot(&req).await?;
         self.check_restorable(&snap)?;
+        faults::point("restore-before-sandbox");
         // A pulled snapshot was verified chunk by chunk on arrival. A local one is verified
         // while the backend prepares (namespaces, processes); the backend reads no file of it
         // before the verdict (`SnapshotInput::verified_dir`).
@@ -579,18 +656,25 @@ impl Runtime {
         let sandbox = match restored {
             Ok(s) => s,
             Err(e) => {
+                let e = self.keep_failure(&req.actor, &work_dir, "restore", e.into());
                 let _ = std::fs::remove_dir_all(&work_dir);
-                return Err(e.into());
+                return Err(e);
             }
         };
         debug!(backend_ms = backend_start.elapsed().as_millis() as u64, "backend restore done");
+        faults::point("restore-after-sandbox");
         let id = snap.manifest.snapshot_id.clone();
         let mut started = self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await?;
         started.pulled = pulled;
+        if started.pulled.is_some() {
+            self.refresh_usage().await;
+        }
         Ok(started)
     }
 
-    /// The snapshot a restore uses, pulling it from object storage when needed.
+    /// The snapshot a restore uses, pulling it from object storage when needed. A snapshot
+    /// of another actor (a template's golden snapshot) is pulled once into the worker's
+    /// shared cache and used from there by every actor.
     async fn find_snapshot(
         &self,
         req: &RestoreRequest,
@@ -618,10 +702,24 @@ impl Runtime {
             return Ok((local, None));
         }
         let found = durable::manifest(&store, id.as_str()).await?;
+        let owner = found.manifest.actor.clone();
+        let into = if owner == req.actor { &self.snapshots } else { &self.shared };
+        if owner != req.actor
+            && let Ok(cached) = self.shared.open(&owner, &id)
+        {
+            info!(snapshot = %id, of = %owner, "restore: using the shared copy on this node");
+            return Ok((cached, None));
+        }
         // Refuse before moving any data.
         self.check_manifest(&found.manifest)?;
+        faults::point("pull-before");
         let progress = durable::LogProgress::new("pull", id.as_str());
-        let pulled = durable::pull(&store, &self.snapshots, &req.actor, found, Some(progress)).await?;
+        let pulled = durable::pull(&store, into, &owner, found, Some(progress)).await?;
+        if owner != req.actor {
+            let shared = self.shared.clone();
+            let keep = self.opts.keep_snapshots.max(1);
+            let _ = tokio::task::spawn_blocking(move || shared.prune(&owner, keep, &[id])).await;
+        }
         Ok((pulled.snapshot, Some((pulled.bytes, pulled.elapsed))))
     }
 
@@ -648,12 +746,14 @@ impl Runtime {
 
     /// Removes `actor` from this worker: its workload is stopped if it is the one running (its
     /// state is discarded; nothing is checkpointed) and, unless `keep_snapshots`, its local
-    /// snapshots are deleted. An actor with nothing here is deleted successfully with nothing
-    /// to report. Refused while the actor is being started, restored or checkpointed.
+    /// snapshots are deleted. A push of the actor's snapshot under way is stopped and what it
+    /// wrote is removed. An actor with nothing here is deleted successfully with nothing to
+    /// report. Refused while the actor is being started, restored or checkpointed.
     ///
     /// No Run or Restore of the actor can start while its snapshots are being deleted (see
     /// `deleting`); other actors are not held up.
     pub async fn delete(&self, actor: &ActorRef, keep_snapshots: bool) -> Result<Deleted, RuntimeError> {
+        self.stop_push_of(actor).await?;
         let (stopping, guard, _deleting) = {
             let mut slot = self.slot.lock().expect("slot lock");
             let mut deleting = self.deleting.lock().expect("deleting lock");
@@ -662,11 +762,11 @@ impl Runtime {
             }
             let (stopping, guard) = match std::mem::replace(&mut *slot, Slot::Idle) {
                 Slot::Running(a) if a.actor == *actor => {
-                    *slot = Slot::Busy { actor: actor.clone(), state: "deleting" };
+                    *slot = Slot::Busy { actor: actor.clone(), state: "deleting", snapshot: None };
                     (Some(a), Some(SlotGuard { slot: &self.slot, armed: true }))
                 }
-                Slot::Busy { actor: busy, state } if busy == *actor => {
-                    *slot = Slot::Busy { actor: busy.clone(), state };
+                Slot::Busy { actor: busy, state, snapshot } if busy == *actor => {
+                    *slot = Slot::Busy { actor: busy.clone(), state, snapshot };
                     return Err(RuntimeError::Busy { running: busy, state });
                 }
                 other => {
@@ -691,6 +791,7 @@ impl Runtime {
                 .map_err(task_failed("deleting snapshots"))??;
             // The actor's directory goes too once nothing else (a node agent's bundles) is in it.
             let _ = std::fs::remove_dir(self.actor_dir(actor));
+            self.refresh_usage().await;
         }
         drop(guard);
         let freed_bytes = deleted.iter().map(|(_, b)| b).sum();
@@ -698,8 +799,148 @@ impl Runtime {
         Ok(Deleted { stopped, snapshots: deleted.into_iter().map(|(id, _)| id).collect(), freed_bytes })
     }
 
-    /// Deletes the running workload, if any (daemon shutdown).
-    pub async fn shutdown(&self) {
+    /// Stops the push of `actor`'s snapshot, if one is under way, and waits until the
+    /// checkpoint that ran it has ended (it removes what the push wrote).
+    async fn stop_push_of(&self, actor: &ActorRef) -> Result<(), RuntimeError> {
+        let stopping = {
+            let p = self.pushing.lock().expect("pushing lock");
+            match &*p {
+                Some((a, stop)) if a == actor => {
+                    let _ = stop.send(true);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !stopping {
+            return Ok(());
+        }
+        info!(%actor, "delete: stopping the push under way");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let busy = matches!(&*self.slot.lock().expect("slot lock"),
+                Slot::Busy { actor: a, state: "pushing", .. } if a == actor);
+            if !busy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Busy { running: actor.clone(), state: "pushing" });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The actor's local snapshots (complete and quarantined), oldest first.
+    pub fn list_snapshots(&self, actor: &ActorRef) -> Result<Vec<SnapshotInfo>, RuntimeError> {
+        let pins = self.snapshots.pins(actor);
+        let mut out = Vec::new();
+        for id in self.snapshots.list(actor)? {
+            let created_at =
+                self.snapshots.open(actor, &id).map(|s| s.manifest.created_at).unwrap_or_default();
+            out.push(SnapshotInfo {
+                bytes: self.snapshots.snapshot_bytes(actor, &id),
+                pinned: pins.contains(&id),
+                created_at,
+                id,
+                state: "complete",
+            });
+        }
+        let key = actor.key();
+        for u in self.snapshots.unfinished()? {
+            if u.captured && u.actor_key == key && !self.checkpoint_in_progress(&u.id) {
+                let bytes = dir_bytes(&u.dir);
+                out.push(SnapshotInfo {
+                    pinned: pins.contains(&u.id),
+                    id: u.id,
+                    created_at: String::new(),
+                    bytes,
+                    state: "quarantined",
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn checkpoint_in_progress(&self, id: &SnapshotId) -> bool {
+        matches!(&*self.slot.lock().expect("slot lock"), Slot::Busy { snapshot: Some(s), .. } if s == id)
+    }
+
+    /// Deletes local snapshots that are neither pinned nor among the newest `keep` of their
+    /// actor (`None`: the worker's setting), for one actor or all of them.
+    pub async fn prune(
+        &self,
+        actor: Option<&ActorRef>,
+        keep: Option<usize>,
+        dry_run: bool,
+    ) -> Result<Pruned, RuntimeError> {
+        let keep = keep.unwrap_or(self.opts.keep_snapshots);
+        let actors: Vec<ActorRef> = match actor {
+            Some(a) => vec![a.clone()],
+            None => self.snapshots.actor_keys().iter().filter_map(|k| ActorRef::parse_key(k).ok()).collect(),
+        };
+        let mut out = Pruned::default();
+        for a in actors {
+            // The snapshot a checkpoint of this actor is writing right now is not a candidate.
+            let snapshots = self.snapshots.clone();
+            let who = a.clone();
+            let deleted = tokio::task::spawn_blocking(move || {
+                if dry_run { snapshots.prune_plan(&who, keep, &[]) } else { snapshots.prune(&who, keep, &[]) }
+            })
+            .await
+            .map_err(task_failed("pruning snapshots"))??;
+            for (id, bytes) in deleted {
+                out.freed_bytes += bytes;
+                out.deleted.push((a.clone(), id));
+            }
+        }
+        if !dry_run {
+            self.refresh_usage().await;
+        }
+        Ok(out)
+    }
+
+    /// Commits quarantined captures (kept after a commit failed) now that they can be.
+    pub async fn recover_snapshots(&self) -> Result<Recovered, RuntimeError> {
+        let mut out = Recovered::default();
+        for u in self.snapshots.unfinished()? {
+            if !u.captured || self.checkpoint_in_progress(&u.id) {
+                continue;
+            }
+            let (key, id) = (u.actor_key.clone(), u.id.clone());
+            let result = tokio::task::spawn_blocking(move || u.into_captured().and_then(|c| c.commit()))
+                .await
+                .map_err(task_failed("committing a quarantined snapshot"))?;
+            match result {
+                Ok(snap) => {
+                    info!(actor = %key, snapshot = %id, dir = %snap.dir.display(), "quarantined snapshot committed");
+                    out.committed.push((key, id));
+                }
+                Err(e) => {
+                    warn!(actor = %key, snapshot = %id, error = %e, "snapshot stays quarantined");
+                    out.still_quarantined.push((key, id, e.to_string()));
+                }
+            }
+        }
+        self.refresh_usage().await;
+        Ok(out)
+    }
+
+    /// The daemon stops: with [`OnExit::Keep`] the workload keeps running and stays in the
+    /// journal for the next worker process to adopt; with [`OnExit::Stop`] it is deleted.
+    pub async fn shutdown(&self, on_exit: OnExit) {
+        self.forwarder.set_target(None);
+        self.forwarder.abort_all().await;
+        if on_exit == OnExit::Keep {
+            let mut slot = self.slot.lock().expect("slot lock");
+            if let Slot::Running(a) = std::mem::replace(&mut *slot, Slot::Idle) {
+                info!(actor = %a.actor, "shutdown: the workload keeps running; the next `ateom serve` adopts it");
+                // Never dropped: a sandbox's drop may stop what it owns (a VMM process), and
+                // this one must outlive the daemon. The process is about to exit anyway.
+                std::mem::forget(a);
+            }
+            return;
+        }
         let active = {
             let mut slot = self.slot.lock().expect("slot lock");
             match std::mem::replace(&mut *slot, Slot::Idle) {
@@ -710,8 +951,6 @@ impl Runtime {
                 }
             }
         };
-        self.forwarder.set_target(None);
-        self.forwarder.abort_all().await;
         if let Some(a) = active {
             info!(actor = %a.actor, "shutdown: deleting the running workload");
             let actor = a.actor.clone();
@@ -722,13 +961,16 @@ impl Runtime {
     }
 
     /// Stops a running workload for good (nothing is checkpointed): no traffic reaches it any
-    /// more, and its sandbox and work directory are removed.
+    /// more, and its sandbox, work directory and journal record are removed.
     async fn stop_active(&self, a: Box<Active>) -> Result<(), BackendError> {
         self.forwarder.set_target(None);
         self.forwarder.abort_all().await;
-        let Active { sandbox, work_dir, .. } = *a;
+        let Active { sandbox, work_dir, actor, .. } = *a;
         let deleted = sandbox.delete().await;
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        if let Err(e) = self.journal.clear() {
+            warn!(%actor, error = %e, "clearing the journal after a stop");
+        }
         deleted
     }
 }
@@ -738,13 +980,23 @@ fn task_failed(context: &'static str) -> impl FnOnce(tokio::task::JoinError) -> 
     move |e| RuntimeError::Io { context: context.into(), source: std::io::Error::other(e.to_string()) }
 }
 
-fn remove_work_dirs(actors: &Path) {
-    let Ok(entries) = std::fs::read_dir(actors) else { return };
-    for e in entries.flatten() {
-        let work = e.path().join("work");
-        if work.exists() {
-            warn!(path = %work.display(), "removing a work directory left by a crash");
-            let _ = std::fs::remove_dir_all(work);
-        }
+/// Creates a directory only root can enter (sandbox work dirs hold bundles with secrets).
+fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| RuntimeError::Io { context: format!("creating {}", dir.display()), source })
+}
+
+/// Bytes a directory tree occupies on disk.
+fn dir_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::symlink_metadata(path) else { return 0 };
+    let own = md.blocks() * 512;
+    if !md.is_dir() {
+        return own;
     }
+    own + std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| dir_bytes(&e.path())).sum::<u64>()
 }

@@ -4,21 +4,31 @@
 //!
 //! ```text
 //! <root>/<namespace>:<template>:<actor_id>/snapshots/
-//!     .partial-<snapshot-id>/      being written: never read as a snapshot
+//!     .partial-<snapshot-id>/      being written by a backend: never read as a snapshot
+//!         .intent.json             the manifest to be (everything but the artifact list),
+//!                                  written before the workload is frozen
+//!     .quarantine-<snapshot-id>/   captured (the backend finished writing) but not committed:
+//!                                  a commit that failed (a full disk) or was interrupted;
+//!                                  [`CapturedSnapshot::commit`] finishes it
 //!     <snapshot-id>/
 //!         <artifacts...>           written by the backend
 //!         manifest.json            written last, names every artifact with size and sha256
+//!     .pins.json                   ids the control plane still references (retention keeps them)
 //! ```
 //!
-//! The commit protocol: a backend writes its artifacts into a `.partial-` directory;
-//! [`PendingSnapshot::commit`] hashes them, writes `manifest.json` (temp file, fsync, rename),
-//! fsyncs and renames the directory to its final name. A directory without a manifest is
-//! never returned as a snapshot, so a crash at any point leaves either nothing or a complete
+//! The commit protocol: a backend writes its artifacts into a `.partial-` directory; once it
+//! is done the directory is renamed to `.quarantine-` ([`PendingSnapshot::captured`]: a
+//! rename needs no free space, so a full disk cannot lose a capture); [`CapturedSnapshot::commit`]
+//! hashes the artifacts, writes `manifest.json` (temp file, fsync, rename), fsyncs and renames
+//! the directory to its final name. A directory without a manifest is never returned as a
+//! snapshot, so a crash at any point leaves a partial capture (discarded, or finished by the
+//! backend's own evidence), a whole capture (committed at the next start), or a complete
 //! snapshot. [`LocalSnapshot::verify`] re-hashes every artifact before a restore uses it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ateom_core::{ActorRef, Artifact, MANIFEST_FILE, ManifestError, SnapshotId, SnapshotManifest};
@@ -27,6 +37,10 @@ use sha2::{Digest, Sha256};
 pub mod digest;
 
 const PARTIAL_PREFIX: &str = ".partial-";
+const CAPTURED_PREFIX: &str = ".quarantine-";
+/// The manifest-to-be, written into a snapshot directory before the workload is frozen.
+pub const INTENT_FILE: &str = ".intent.json";
+const PINS_FILE: &str = ".pins.json";
 
 /// Errors of the local snapshot store.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +59,8 @@ pub enum SnapshotError {
     Corrupt { id: String, artifact: String, detail: String },
     #[error("snapshot {id} already exists")]
     Exists { id: String },
+    #[error("snapshot {id}: its capture at {dir} has no readable intent: {detail}")]
+    NoIntent { id: String, dir: String, detail: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -79,12 +95,28 @@ impl LocalSnapshots {
         self.root.join(actor.key()).join("snapshots")
     }
 
-    /// Starts a new snapshot: an empty `.partial-<id>` directory for the backend to fill.
-    pub fn begin(&self, actor: &ActorRef, id: SnapshotId) -> Result<PendingSnapshot, SnapshotError> {
+    /// Starts a new snapshot: a `.partial-<id>` directory for the backend to fill, holding
+    /// only `intent` (the manifest to be, artifacts not yet listed) as [`INTENT_FILE`].
+    pub fn begin(
+        &self,
+        actor: &ActorRef,
+        id: SnapshotId,
+        intent: &SnapshotManifest,
+    ) -> Result<PendingSnapshot, SnapshotError> {
+        let pending = self.begin_empty(actor, id)?;
+        let path = pending.dir.join(INTENT_FILE);
+        ateom_sys::atomic_write(&path, &intent.to_json(), 0o600)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(pending)
+    }
+
+    /// Starts a new snapshot directory without an intent (a pull, whose manifest comes with
+    /// it).
+    pub fn begin_empty(&self, actor: &ActorRef, id: SnapshotId) -> Result<PendingSnapshot, SnapshotError> {
         let base = self.actor_dir(actor);
         fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
         let final_dir = base.join(id.as_str());
-        if final_dir.exists() {
+        if final_dir.exists() || base.join(format!("{CAPTURED_PREFIX}{id}")).exists() {
             return Err(SnapshotError::Exists { id: id.to_string() });
         }
         let dir = base.join(format!("{PARTIAL_PREFIX}{id}"));
@@ -93,6 +125,48 @@ impl LocalSnapshots {
         }
         fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         Ok(PendingSnapshot { id, dir, final_dir, committed: false })
+    }
+
+    /// True when the actor has a snapshot of this id on this node, complete or captured.
+    pub fn exists(&self, actor: &ActorRef, id: &SnapshotId) -> bool {
+        let base = self.actor_dir(actor);
+        base.join(id.as_str()).join(MANIFEST_FILE).is_file()
+            || base.join(format!("{CAPTURED_PREFIX}{id}")).is_dir()
+    }
+
+    /// Every snapshot directory a checkpoint left unfinished, in every actor: partial
+    /// captures (the backend may not have finished) and whole ones not yet committed.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>, SnapshotError> {
+        let mut out = Vec::new();
+        let actors = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(format!("listing {}", self.root.display()))(e)),
+        };
+        for actor in actors.flatten() {
+            let Ok(snaps) = fs::read_dir(actor.path().join("snapshots")) else { continue };
+            for s in snaps.flatten() {
+                let name = s.file_name().to_string_lossy().into_owned();
+                let (captured, id) = if let Some(id) = name.strip_prefix(PARTIAL_PREFIX) {
+                    (false, id)
+                } else if let Some(id) = name.strip_prefix(CAPTURED_PREFIX) {
+                    (true, id)
+                } else {
+                    continue;
+                };
+                let Ok(id) = SnapshotId::parse("snapshot_id", id) else { continue };
+                let base = s.path().parent().expect("in a directory").to_owned();
+                out.push(Unfinished {
+                    actor_key: actor.file_name().to_string_lossy().into_owned(),
+                    final_dir: base.join(id.as_str()),
+                    id,
+                    dir: s.path(),
+                    captured,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     /// Opens one snapshot (its manifest is read and checked, its bytes are not).
@@ -119,7 +193,7 @@ impl LocalSnapshots {
             let entry = entry.map_err(io_err(format!("listing {}", base.display())))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(PARTIAL_PREFIX) || !entry.path().join(MANIFEST_FILE).is_file() {
+            if name.starts_with('.') || !entry.path().join(MANIFEST_FILE).is_file() {
                 continue;
             }
             if let Ok(id) = SnapshotId::parse("snapshot_id", name) {
@@ -174,29 +248,126 @@ impl LocalSnapshots {
     }
 
     /// Removes every `.partial-` directory (left by a crash during a checkpoint).
-    /// Returns the removed paths.
+    /// Returns the removed paths. Captured (`.quarantine-`) directories stay.
     pub fn remove_partials(&self) -> Result<Vec<PathBuf>, SnapshotError> {
         let mut removed = Vec::new();
-        let actors = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
-            Err(e) => return Err(io_err(format!("listing {}", self.root.display()))(e)),
-        };
-        for actor in actors.flatten() {
-            let Ok(snaps) = fs::read_dir(actor.path().join("snapshots")) else { continue };
-            for s in snaps.flatten() {
-                if s.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
-                    fs::remove_dir_all(s.path())
-                        .map_err(io_err(format!("removing {}", s.path().display())))?;
-                    removed.push(s.path());
-                }
+        for u in self.unfinished()? {
+            if !u.captured {
+                fs::remove_dir_all(&u.dir).map_err(io_err(format!("removing {}", u.dir.display())))?;
+                removed.push(u.dir);
             }
         }
         Ok(removed)
     }
+
+    /// The ids the control plane still references for this actor (see [`Self::set_pins`]).
+    pub fn pins(&self, actor: &ActorRef) -> Vec<SnapshotId> {
+        let path = self.actor_dir(actor).join(PINS_FILE);
+        let Ok(bytes) = fs::read(&path) else { return Vec::new() };
+        let ids: Vec<String> = serde_json::from_slice(&bytes).unwrap_or_default();
+        ids.iter().filter_map(|s| SnapshotId::parse("pin", s).ok()).collect()
+    }
+
+    /// Records the ids the control plane still references for this actor: retention never
+    /// deletes them. Replaces the previous set.
+    pub fn set_pins(&self, actor: &ActorRef, ids: &[SnapshotId]) -> Result<(), SnapshotError> {
+        let base = self.actor_dir(actor);
+        fs::create_dir_all(&base).map_err(io_err(format!("creating {}", base.display())))?;
+        let mut list: Vec<&str> = ids.iter().map(SnapshotId::as_str).collect();
+        list.sort_unstable();
+        list.dedup();
+        let path = base.join(PINS_FILE);
+        ateom_sys::atomic_write(&path, &serde_json::to_vec(&list).expect("strings serialize"), 0o600)
+            .map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    /// Deletes the actor's complete snapshots except the newest `keep_newest`, the pinned
+    /// ones and `also_keep`. Returns what was deleted (oldest first) with the space each took.
+    pub fn prune(
+        &self,
+        actor: &ActorRef,
+        keep_newest: usize,
+        also_keep: &[SnapshotId],
+    ) -> Result<Vec<(SnapshotId, u64)>, SnapshotError> {
+        let plan = self.prune_plan(actor, keep_newest, also_keep)?;
+        for (id, _) in &plan {
+            self.delete(actor, id)?;
+        }
+        Ok(plan)
+    }
+
+    /// What [`prune`](Self::prune) would delete, without deleting it.
+    pub fn prune_plan(
+        &self,
+        actor: &ActorRef,
+        keep_newest: usize,
+        also_keep: &[SnapshotId],
+    ) -> Result<Vec<(SnapshotId, u64)>, SnapshotError> {
+        let ids = self.list(actor)?;
+        let pins = self.pins(actor);
+        let cut = ids.len().saturating_sub(keep_newest);
+        Ok(ids[..cut]
+            .iter()
+            .filter(|id| !pins.contains(id) && !also_keep.contains(id))
+            .map(|id| (id.clone(), disk_usage(&self.actor_dir(actor).join(id.as_str()))))
+            .collect())
+    }
+
+    /// Actor keys (`namespace:template:actor_id`) that have a directory here.
+    pub fn actor_keys(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Vec::new() };
+        let mut keys: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Disk space every snapshot directory here occupies (complete, captured and partial).
+    pub fn used_bytes(&self) -> u64 {
+        self.actor_keys().iter().map(|k| disk_usage(&self.root.join(k).join("snapshots"))).sum()
+    }
+
+    /// Disk space one snapshot directory occupies.
+    pub fn snapshot_bytes(&self, actor: &ActorRef, id: &SnapshotId) -> u64 {
+        disk_usage(&self.actor_dir(actor).join(id.as_str()))
+    }
 }
 
-/// A snapshot being written. Dropping it without [`commit`](Self::commit) removes it.
+/// A snapshot directory a checkpoint left unfinished (see [`LocalSnapshots::unfinished`]).
+#[derive(Clone, Debug)]
+pub struct Unfinished {
+    /// `namespace:template:actor_id`
+    pub actor_key: String,
+    pub id: SnapshotId,
+    pub dir: PathBuf,
+    final_dir: PathBuf,
+    /// The backend finished writing (`.quarantine-`): only the commit is missing.
+    pub captured: bool,
+}
+
+impl Unfinished {
+    /// Treats a partial directory as a whole capture (the backend's own evidence says it
+    /// completed) and moves it to `.quarantine-`.
+    pub fn into_captured(self) -> Result<CapturedSnapshot, SnapshotError> {
+        if self.captured {
+            return Ok(CapturedSnapshot { id: self.id, dir: self.dir, final_dir: self.final_dir });
+        }
+        let pending =
+            PendingSnapshot { id: self.id, dir: self.dir, final_dir: self.final_dir, committed: false };
+        pending.captured()
+    }
+
+    /// Removes the directory.
+    pub fn discard(self) -> Result<(), SnapshotError> {
+        fs::remove_dir_all(&self.dir).map_err(io_err(format!("removing {}", self.dir.display())))
+    }
+}
+
+/// A snapshot being written. Dropping it before [`captured`](Self::captured) or a commit
+/// removes it.
 #[derive(Debug)]
 pub struct PendingSnapshot {
     id: SnapshotId,
@@ -215,20 +386,38 @@ impl PendingSnapshot {
         &self.dir
     }
 
+    /// The backend finished writing: the directory becomes a whole capture
+    /// (`.quarantine-<id>`), which survives a failed commit and a crash. A rename: it needs no
+    /// free space.
+    pub fn captured(mut self) -> Result<CapturedSnapshot, SnapshotError> {
+        let name = format!("{CAPTURED_PREFIX}{}", self.id);
+        let dir = self.dir.with_file_name(name);
+        // From here on the files are never removed by this value: they may be the only copy
+        // of a workload's state, whether or not the rename works.
+        self.committed = true;
+        fs::rename(&self.dir, &dir).map_err(io_err(format!(
+            "renaming {} to {}",
+            self.dir.display(),
+            dir.display()
+        )))?;
+        if let Some(parent) = dir.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(CapturedSnapshot { id: self.id.clone(), dir, final_dir: self.final_dir.clone() })
+    }
+
     /// Hashes every file in the directory, lets `finish` build the manifest from the
     /// artifact list, writes it last and moves the snapshot to its final name.
     pub fn commit(
         self,
         finish: impl FnOnce(Vec<Artifact>) -> SnapshotManifest,
     ) -> Result<LocalSnapshot, SnapshotError> {
-        let mut names = Vec::new();
-        collect_files(&self.dir, &self.dir, &mut names)?;
-        names.sort();
-        let (artifacts, chunks): (Vec<Artifact>, Vec<_>) =
-            digest_files_parallel(&self.dir, &names)?.into_iter().unzip();
+        let (artifacts, chunks, names) = digest_dir(&self.dir)?;
         let manifest = finish(artifacts);
         debug_assert_eq!(manifest.snapshot_id, self.id);
-        let mut snap = self.finish(manifest)?;
+        let mut snap = finish_dir(&self.dir, &self.final_dir, manifest)?;
+        let mut this = self;
+        this.committed = true;
         snap.chunk_digests = names.into_iter().zip(chunks).collect();
         Ok(snap)
     }
@@ -236,7 +425,7 @@ impl PendingSnapshot {
     /// Commits files whose digests were already verified against `manifest` by whoever
     /// wrote them (a pull from object storage checks every byte on the way in). Only the
     /// set of files and their sizes are checked here.
-    pub fn commit_verified(self, manifest: SnapshotManifest) -> Result<LocalSnapshot, SnapshotError> {
+    pub fn commit_verified(mut self, manifest: SnapshotManifest) -> Result<LocalSnapshot, SnapshotError> {
         let id = self.id.to_string();
         let mut names = Vec::new();
         collect_files(&self.dir, &self.dir, &mut names)?;
@@ -260,31 +449,9 @@ impl PendingSnapshot {
                 });
             }
         }
-        self.finish(manifest)
-    }
-
-    fn finish(mut self, manifest: SnapshotManifest) -> Result<LocalSnapshot, SnapshotError> {
-        for a in &manifest.artifacts {
-            sync_file(&self.dir.join(&a.name))?;
-        }
-        let tmp = self.dir.join(".manifest.json.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-            f.write_all(&manifest.to_json()).map_err(io_err("writing manifest"))?;
-            f.sync_all().map_err(io_err("syncing manifest"))?;
-        }
-        fs::rename(&tmp, self.dir.join(MANIFEST_FILE)).map_err(io_err("renaming manifest"))?;
-        sync_dir(&self.dir)?;
-        fs::rename(&self.dir, &self.final_dir).map_err(io_err(format!(
-            "renaming {} to {}",
-            self.dir.display(),
-            self.final_dir.display()
-        )))?;
-        if let Some(parent) = self.final_dir.parent() {
-            sync_dir(parent)?;
-        }
+        let snap = finish_dir(&self.dir, &self.final_dir, manifest)?;
         self.committed = true;
-        Ok(LocalSnapshot { dir: self.final_dir.clone(), manifest, chunk_digests: BTreeMap::new() })
+        Ok(snap)
     }
 }
 
@@ -294,6 +461,108 @@ impl Drop for PendingSnapshot {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A whole capture that is not committed yet (`.quarantine-<id>`). Unlike a pending
+/// snapshot it is *kept* when dropped: it may be the only copy of an actor's state.
+#[derive(Debug)]
+pub struct CapturedSnapshot {
+    id: SnapshotId,
+    dir: PathBuf,
+    final_dir: PathBuf,
+}
+
+impl CapturedSnapshot {
+    pub fn id(&self) -> &SnapshotId {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest-to-be recorded before the freeze.
+    pub fn intent(&self) -> Result<SnapshotManifest, SnapshotError> {
+        let path = self.dir.join(INTENT_FILE);
+        let no_intent = |detail: String| SnapshotError::NoIntent {
+            id: self.id.to_string(),
+            dir: self.dir.display().to_string(),
+            detail,
+        };
+        let bytes = fs::read(&path).map_err(|e| no_intent(e.to_string()))?;
+        SnapshotManifest::from_json(&bytes).map_err(|e| no_intent(e.to_string()))
+    }
+
+    /// Hashes the artifacts, completes the intent with them, writes the manifest last and
+    /// moves the snapshot to its final name. On failure (a full disk, say) the capture stays
+    /// where it is, whole, for a later commit; a half-written manifest is removed.
+    pub fn commit(&self) -> Result<LocalSnapshot, SnapshotError> {
+        let mut manifest = self.intent()?;
+        let result = digest_dir(&self.dir).and_then(|(artifacts, chunks, names)| {
+            manifest.artifacts = artifacts;
+            let mut snap = finish_dir(&self.dir, &self.final_dir, manifest)?;
+            snap.chunk_digests = names.into_iter().zip(chunks).collect();
+            Ok(snap)
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(self.dir.join(".manifest.json.tmp"));
+            let _ = fs::remove_file(self.dir.join(MANIFEST_FILE));
+        }
+        result
+    }
+
+    /// Removes the capture (its workload was taken back, so it is not needed).
+    pub fn discard(self) -> Result<(), SnapshotError> {
+        fs::remove_dir_all(&self.dir).map_err(io_err(format!("removing {}", self.dir.display())))
+    }
+}
+
+/// Hashes (and sparsifies) every artifact under `dir`: the artifact list, their chunk
+/// digests and their names, in name order.
+type DigestedDir = (Vec<Artifact>, Vec<Vec<[u8; 32]>>, Vec<String>);
+
+fn digest_dir(dir: &Path) -> Result<DigestedDir, SnapshotError> {
+    let mut names = Vec::new();
+    collect_files(dir, dir, &mut names)?;
+    names.sort();
+    let (artifacts, chunks): (Vec<Artifact>, Vec<_>) =
+        digest_files_parallel(dir, &names)?.into_iter().unzip();
+    Ok((artifacts, chunks, names))
+}
+
+/// Syncs the artifacts, writes the manifest (temp, fsync, rename), and renames `dir` to
+/// `final_dir`.
+fn finish_dir(
+    dir: &Path,
+    final_dir: &Path,
+    manifest: SnapshotManifest,
+) -> Result<LocalSnapshot, SnapshotError> {
+    for a in &manifest.artifacts {
+        sync_file(&dir.join(&a.name))?;
+    }
+    let tmp = dir.join(".manifest.json.tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(format!("creating {}", tmp.display())))?;
+        f.write_all(&manifest.to_json()).map_err(io_err("writing manifest"))?;
+        f.sync_all().map_err(io_err("syncing manifest"))?;
+    }
+    fs::rename(&tmp, dir.join(MANIFEST_FILE)).map_err(io_err("renaming manifest"))?;
+    sync_dir(dir)?;
+    fs::rename(dir, final_dir).map_err(io_err(format!(
+        "renaming {} to {}",
+        dir.display(),
+        final_dir.display()
+    )))?;
+    if let Some(parent) = final_dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(LocalSnapshot { dir: final_dir.to_owned(), manifest, chunk_digests: BTreeMap::new() })
 }
 
 /// A complete snapshot on this node.
@@ -375,7 +644,8 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), S
             collect_files(root, &path, out)?;
         } else if ty.is_file() {
             let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
-            if rel != MANIFEST_FILE && !rel.starts_with(".manifest") {
+            // Dot-files are ateom's own bookkeeping (intent, manifest temp, backend status).
+            if rel != MANIFEST_FILE && !rel.starts_with('.') {
                 out.push(rel);
             }
         }

@@ -115,6 +115,10 @@ pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
 }
 
 pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAddr) -> Result<Runtime> {
+    // Absolute from here on: runsc's gofer cannot mount a relative root, and every path a
+    // sandbox or a journal records must mean the same after a restart from another directory.
+    let state_dir =
+        &std::path::absolute(state_dir).with_context(|| format!("resolving {}", state_dir.display()))?;
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let backend = make_backend(args, state_dir).await?;
     let opts = RuntimeOptions {
@@ -122,6 +126,8 @@ pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAd
         host_id: args.host_id.clone(),
         forward_addr: listen,
         ready_timeout: args.ready_timeout,
+        keep_snapshots: args.keep_snapshots,
+        min_free_bytes: args.min_free_mib << 20,
     };
     Ok(Runtime::start(backend, opts).await?)
 }

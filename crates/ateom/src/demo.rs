@@ -137,7 +137,7 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        self.runtime.shutdown().await;
+        self.runtime.shutdown(ateom_runtime::OnExit::Stop).await;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

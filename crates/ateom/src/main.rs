@@ -118,9 +118,18 @@ pub struct WorkerArgs {
     /// How long Run/Restore wait for the workload's readiness probe.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
-    /// Keep runsc debug logs in each sandbox's work directory.
+    /// Raise runsc's log (kept in each sandbox's work directory, and with a failed sandbox
+    /// under <state-dir>/failures/) from warnings to debug.
     #[arg(long)]
     pub debug_logs: bool,
+    /// Local snapshots kept per actor besides those the control plane pins; older ones are
+    /// pruned after every checkpoint.
+    #[arg(long, default_value_t = 2)]
+    pub keep_snapshots: usize,
+    /// Free space (MiB) a checkpoint must leave in the state directory on top of the snapshot's
+    /// expected size; below it the checkpoint is refused and the workload keeps running.
+    #[arg(long = "min-free-mib", default_value_t = 64)]
+    pub min_free_mib: u64,
     /// The firecracker binary (default: `firecracker` on PATH).
     #[arg(long, env = "ATEOM_FIRECRACKER_BIN", help_heading = "microVM backends")]
     pub firecracker: Option<PathBuf>,
@@ -190,12 +199,24 @@ struct ServeArgs {
     /// daemon here are cleaned up at start.
     #[arg(long, env = "ATEOM_STATE_DIR")]
     state_dir: PathBuf,
-    /// Loopback address forwarded into the running workload (port 0 picks a free one;
-    /// GetCapabilities and every Run/Restore response report it).
+    /// Loopback address forwarded into the running workload (port 0 picks a free one, or the
+    /// one an adopted workload was served on; GetCapabilities and every Run/Restore response
+    /// report it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// What happens to the running workload when the daemon stops (SIGTERM, Ctrl-C): `keep`
+    /// leaves it running for the next `ateom serve` on this state directory to adopt;
+    /// `stop` deletes it (its state is lost).
+    #[arg(long, value_enum, default_value_t = OnExitArg::Keep)]
+    on_exit: OnExitArg,
     #[command(flatten)]
     worker: WorkerArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnExitArg {
+    Keep,
+    Stop,
 }
 
 /// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
@@ -229,7 +250,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!("shutting down");
     };
     let served = ateom_grpc::serve_unix(&args.socket, runtime.clone(), shutdown).await;
-    runtime.shutdown().await;
+    runtime
+        .shutdown(match args.on_exit {
+            OnExitArg::Keep => ateom_runtime::OnExit::Keep,
+            OnExitArg::Stop => ateom_runtime::OnExit::Stop,
+        })
+        .await;
     served?;
     Ok(())
 }
@@ -237,6 +263,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
+    ateom_runtime::faults::setup();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
