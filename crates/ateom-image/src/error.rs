@@ -145,6 +145,26 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// A layer went beyond one of the [`UnpackLimits`](crate::UnpackLimits).
+    #[error("layer {layer}: {}{limit}", entry.as_deref().map_or_else(String::new, |e| format!("entry {e:?}: ")))]
+    LimitExceeded {
+        /// The layer blob's digest.
+        layer: String,
+        /// The entry being read when the limit was reached (the last one seen, when the
+        /// limit was reached between entries).
+        entry: Option<String>,
+        /// Which limit, with the figures.
+        limit: crate::Limit,
+    },
+    /// A directory that would hold image data (or bundle secrets) cannot be made private:
+    /// it is not a directory, or another user owns it.
+    #[error("{}: refusing to keep image data there: {reason}", path.display())]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
     /// The image's user (or group) cannot be resolved in the root file system.
     #[error("user {user:?}: {reason}")]
     UnknownUser {
