@@ -20,13 +20,15 @@ use crate::error::{ImageError, IoContext};
 /// [`ImageError::UnsafeDirectory`]; a wider mode is reduced to `0700` (a cache made by an
 /// older version is fixed in place). Parents that already exist are left alone.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), ImageError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .ctx(|| format!("creating {}", dir.display()))?;
-    let meta = std::fs::metadata(dir).ctx(|| format!("inspecting {}", dir.display()))?;
     let unsafe_dir = |reason: String| ImageError::UnsafeDirectory { path: dir.to_owned(), reason };
+    if std::fs::symlink_metadata(dir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).ctx(|| format!("inspecting {}", dir.display()))?;
     if !meta.is_dir() {
         return Err(unsafe_dir("it is not a directory".into()));
     }
