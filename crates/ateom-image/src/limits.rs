@@ -164,6 +164,8 @@ pub(crate) struct Meter {
     header_budget: Cell<Option<u64>>,
     /// The limit that stopped the layer, if one did.
     tripped: std::cell::RefCell<Option<Limit>>,
+    /// Whether it stopped while the tar reader was between entries (reading headers).
+    tripped_between: Cell<bool>,
 }
 
 impl Meter {
@@ -176,6 +178,7 @@ impl Meter {
             produced_before,
             header_budget: Cell::new(None),
             tripped: std::cell::RefCell::new(None),
+            tripped_between: Cell::new(false),
         })
     }
 
@@ -187,6 +190,12 @@ impl Meter {
     /// The limit that stopped the layer, if one did.
     pub(crate) fn tripped(&self) -> Option<Limit> {
         self.tripped.borrow().clone()
+    }
+
+    /// Whether the limit was reached while the tar reader was reading headers, that is
+    /// before it could say which entry they belong to.
+    pub(crate) fn tripped_between_entries(&self) -> bool {
+        self.tripped_between.get()
     }
 
     /// From now on the tar reader is parsing headers: it may read at most the metadata
@@ -202,7 +211,11 @@ impl Meter {
 
     fn trip(&self, limit: Limit) -> io::Error {
         let err = io::Error::other(limit.to_string());
-        self.tripped.borrow_mut().get_or_insert(limit);
+        let mut tripped = self.tripped.borrow_mut();
+        if tripped.is_none() {
+            *tripped = Some(limit);
+            self.tripped_between.set(self.header_budget.get().is_some());
+        }
         err
     }
 

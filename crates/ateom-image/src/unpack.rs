@@ -186,17 +186,23 @@ fn apply_tar<R: Read>(reader: R, ctx: &TarContext<'_>, budget: &mut ImageBudget)
     })();
     // A reader that hit a limit surfaces as some `io::Error` wrapped by the tar crate:
     // report the limit instead.
-    let limited = |err: ImageError, applier: &Applier<'_>| match ctx.meter.tripped() {
+    // Between entries (in the headers of the next one, or after the last), the error names
+    // the entry before.
+    let limited = |err: ImageError, applier: &Applier<'_>, between: bool| match ctx.meter.tripped() {
         Some(limit) => {
-            ImageError::LimitExceeded { layer: layer.to_owned(), entry: applier.last_entry.clone(), limit }
+            let (entry, after) = match (between || ctx.meter.tripped_between_entries(), &applier.last_entry) {
+                (true, last) => (None, last.clone()),
+                (false, last) => (last.clone(), None),
+            };
+            ImageError::LimitExceeded { layer: layer.to_owned(), entry, after, limit }
         }
         None => err,
     };
-    applied.map_err(|e| limited(e, &applier))?;
+    applied.map_err(|e| limited(e, &applier, false))?;
     let mut verifier = archive.into_inner();
     // The end-of-archive blocks and any padding after them are part of the diff id.
     io::copy(&mut verifier, &mut io::sink()).map_err(|source| {
-        limited(ImageError::Layer { layer: layer.to_owned(), entry: None, source }, &applier)
+        limited(ImageError::Layer { layer: layer.to_owned(), entry: None, source }, &applier, true)
     })?;
     let (reader, actual, _) = verifier.into_parts();
     match ctx.diff_id {
@@ -495,7 +501,12 @@ impl Applier<'_> {
     }
 
     fn limit(&self, entry: &str, limit: Limit) -> ImageError {
-        ImageError::LimitExceeded { layer: self.layer.to_owned(), entry: Some(entry.to_owned()), limit }
+        ImageError::LimitExceeded {
+            layer: self.layer.to_owned(),
+            entry: Some(entry.to_owned()),
+            after: None,
+            limit,
+        }
     }
 
     fn entry_err(&self, entry: &str, source: io::Error) -> ImageError {
