@@ -136,6 +136,11 @@ impl ImageStore {
     /// `diff_ids`), in order, into `<cache_root>/rootfs/<hex digest>/`. A second call for the
     /// same manifest is a cache hit and does not touch the layers.
     ///
+    /// The cache directories are made private first (see the type's docs): another user's
+    /// directory there is [`ImageError::UnsafeDirectory`]. Unpacking stops at the store's
+    /// [`UnpackLimits`] with [`ImageError::LimitExceeded`]; a refused image leaves nothing in
+    /// the cache.
+    ///
     /// Blocking: call it from `spawn_blocking` in async code.
     pub fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, ImageError> {
         let ImageRef::OciLayout { dir, tag } = image;

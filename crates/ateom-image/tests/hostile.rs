@@ -541,7 +541,12 @@ fn whiteout_tricks() {
     assert!(root.join("usr/lib").is_dir() && root.join("bin/app").is_file());
     assert!(!root.join("nowhere").exists() && !root.join("nowhere2").exists());
 
-    let opaque_root = tar_bytes(&[E::File("kept", 0o644, b"mine"), E::File(".wh..wh..opq", 0o644, b"")]);
+    // (With a root directory entry that would open the root to everyone: the root stays 0755.)
+    let opaque_root = tar_bytes(&[
+        E::Dir("./", 0o777),
+        E::File("kept", 0o644, b"mine"),
+        E::File(".wh..wh..opq", 0o644, b""),
+    ]);
     let (layout, _) = image(tmp.path(), &[(lower, Z::Gzip), (opaque_root, Z::Zstd)]);
     let root = ok(tmp.path(), &layout);
     assert_eq!(tree(&root), ["kept"]);
