@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -333,6 +334,7 @@ fn read_etc(rootfs: &Path, name: &str) -> Result<Option<String>, ImageError> {
         rootfs,
         &[OsStr::new("etc"), OsStr::new(name)],
         fspath::EXISTING_FILE,
+        fspath::MAX_DEPTH_UNLIMITED,
         &mut created,
     ) {
         Ok(p) => p,
@@ -383,16 +385,24 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// Writes `<bundle_dir>/config.json` for `spec` (atomically: temp file then rename),
-/// creating the directory if needed.
+/// Writes `<bundle_dir>/config.json` for `spec`, creating the directory (`0700`, with any
+/// missing parents) if needed.
+///
+/// `config.json` holds the workload's environment, which may carry secrets: it is created
+/// `0600` under a temporary name, synced and renamed into place, so it is never readable
+/// by another user (not even for a moment) and never half-written. An existing one is
+/// replaced the same way.
 pub fn write_bundle(bundle_dir: &Path, spec: &Spec) -> Result<(), ImageError> {
-    std::fs::create_dir_all(bundle_dir).ctx(|| format!("creating {}", bundle_dir.display()))?;
+    if !bundle_dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(bundle_dir)
+            .ctx(|| format!("creating {}", bundle_dir.display()))?;
+    }
     let json = serde_json::to_vec_pretty(spec)
         .map_err(|e| ImageError::Spec { what: "config.json", reason: e.to_string() })?;
-    let path = bundle_dir.join("config.json");
-    let tmp = bundle_dir.join(".config.json.tmp");
-    std::fs::write(&tmp, json).ctx(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    crate::private::write_private_file(&bundle_dir.join("config.json"), &json)
 }
 
 /// Reads a bundle prepared by someone else (a node agent): `config.json` and its root

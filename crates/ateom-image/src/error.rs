@@ -145,6 +145,28 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// A layer went beyond one of the [`UnpackLimits`](crate::UnpackLimits).
+    #[error("layer {layer}: {}{limit}", limit_place(entry.as_deref(), after.as_deref()))]
+    LimitExceeded {
+        /// The layer blob's digest.
+        layer: String,
+        /// The entry being read when the limit was reached.
+        entry: Option<String>,
+        /// When the limit was reached between entries (in the headers of the next one, or
+        /// after the last one): the entry before, if any.
+        after: Option<String>,
+        /// Which limit, with the figures.
+        limit: crate::Limit,
+    },
+    /// A directory that would hold image data (or bundle secrets) cannot be made private:
+    /// it is not a directory, or another user owns it.
+    #[error("{}: refusing to keep image data there: {reason}", path.display())]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
     /// The image's user (or group) cannot be resolved in the root file system.
     #[error("user {user:?}: {reason}")]
     UnknownUser {
@@ -198,6 +220,14 @@ impl ImageError {
     /// An [`ImageError::Io`] with its context.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Self::Io { context: context.into(), source }
+    }
+}
+
+fn limit_place(entry: Option<&str>, after: Option<&str>) -> String {
+    match (entry, after) {
+        (Some(e), _) => format!("entry {e:?}: "),
+        (None, Some(a)) => format!("in the headers after entry {a:?}: "),
+        (None, None) => String::new(),
     }
 }
 

@@ -20,12 +20,14 @@ const MAX_SYMLINKS: usize = 40;
 pub(crate) enum ResolveError {
     /// Resolution would leave the root (through `..` or a symlink).
     Escapes(String),
-    /// A component that must be a directory is something else.
-    NotADirectory(PathBuf),
-    /// A component does not exist (and was not to be created).
-    NotFound(PathBuf),
+    /// A component that must be a directory is something else (the path inside the root).
+    NotADirectory(String),
+    /// A component does not exist and was not to be created (the path inside the root).
+    NotFound(String),
     /// Too many symlinks.
     TooManySymlinks,
+    /// The path would lie deeper than allowed below the root.
+    TooDeep,
     /// The file system said no.
     Io(PathBuf, io::Error),
 }
@@ -34,9 +36,10 @@ impl fmt::Display for ResolveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Escapes(via) => write!(f, "resolves outside the root file system ({via})"),
-            Self::NotADirectory(p) => write!(f, "{} is not a directory", p.display()),
-            Self::NotFound(p) => write!(f, "{} does not exist", p.display()),
+            Self::NotADirectory(p) => write!(f, "{p} is not a directory"),
+            Self::NotFound(p) => write!(f, "{p} does not exist"),
             Self::TooManySymlinks => write!(f, "more than {MAX_SYMLINKS} levels of symlinks"),
+            Self::TooDeep => write!(f, "too many directory levels below the root"),
             Self::Io(p, e) => write!(f, "{}: {e}", p.display()),
         }
     }
@@ -50,6 +53,9 @@ pub(crate) struct Mode {
     /// The last component may be a non-directory (and a symlink there is followed).
     pub last_may_be_file: bool,
 }
+
+/// No depth limit (for reading files an image already holds).
+pub(crate) const MAX_DEPTH_UNLIMITED: usize = usize::MAX;
 
 /// Directories: create what is missing.
 pub(crate) const MKDIR_P: Mode = Mode { create_dirs: true, last_may_be_file: false };
@@ -73,11 +79,14 @@ pub(crate) fn normal_components(path: &Path) -> Result<Vec<&OsStr>, &'static str
 }
 
 /// Resolves `components` below `root`; see the module docs. `created` receives every
-/// directory this call created.
+/// directory this call created. No directory deeper than `max_depth` levels below the root
+/// is entered or created (symlinks count where they lead, so chained links cannot build an
+/// unbounded tree).
 pub(crate) fn resolve(
     root: &Path,
     components: &[&OsStr],
     mode: Mode,
+    max_depth: usize,
     created: &mut Vec<PathBuf>,
 ) -> Result<PathBuf, ResolveError> {
     let mut queue: VecDeque<OsString> = components.iter().map(|c| (*c).to_owned()).collect();
@@ -95,7 +104,10 @@ pub(crate) fn resolve(
         }
         let host = join(root, &stack).join(&name);
         let is_last = queue.is_empty();
+        // Entering or creating a directory (or reaching the file) one level deeper.
+        let too_deep = stack.len() >= max_depth;
         match std::fs::symlink_metadata(&host) {
+            Ok(meta) if meta.is_dir() && too_deep => return Err(ResolveError::TooDeep),
             Ok(meta) if meta.is_dir() => stack.push(name),
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
@@ -123,11 +135,15 @@ pub(crate) fn resolve(
                     queue.push_front(c);
                 }
             }
+            Ok(_) if is_last && mode.last_may_be_file && too_deep => return Err(ResolveError::TooDeep),
             Ok(_) if is_last && mode.last_may_be_file => {
                 stack.push(name);
                 return Ok(join(root, &stack));
             }
-            Ok(_) => return Err(ResolveError::NotADirectory(host)),
+            Ok(_) => return Err(ResolveError::NotADirectory(format!("/{}", rel_display(&stack, &name)))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && mode.create_dirs && too_deep => {
+                return Err(ResolveError::TooDeep);
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound && mode.create_dirs => {
                 match std::fs::create_dir(&host) {
                     Ok(()) => created.push(host),
@@ -140,7 +156,9 @@ pub(crate) fn resolve(
                 }
                 stack.push(name);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ResolveError::NotFound(host)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ResolveError::NotFound(format!("/{}", rel_display(&stack, &name))));
+            }
             Err(e) => return Err(ResolveError::Io(host, e)),
         }
     }
@@ -203,19 +221,22 @@ mod tests {
         symlink("/usr", root.join("abs")).unwrap();
         symlink("../lib", root.join("usr/up")).unwrap();
         let mut created = vec![];
-        assert_eq!(resolve(root, &comps("lib"), EXISTING_DIR, &mut created).unwrap(), root.join("usr/lib"));
         assert_eq!(
-            resolve(root, &comps("abs/lib"), EXISTING_DIR, &mut created).unwrap(),
+            resolve(root, &comps("lib"), EXISTING_DIR, 64, &mut created).unwrap(),
             root.join("usr/lib")
         );
         assert_eq!(
-            resolve(root, &comps("usr/up"), EXISTING_DIR, &mut created).unwrap(),
+            resolve(root, &comps("abs/lib"), EXISTING_DIR, 64, &mut created).unwrap(),
+            root.join("usr/lib")
+        );
+        assert_eq!(
+            resolve(root, &comps("usr/up"), EXISTING_DIR, 64, &mut created).unwrap(),
             root.join("usr/lib")
         );
         assert!(created.is_empty());
         // Creating through a symlink creates inside the root.
         assert_eq!(
-            resolve(root, &comps("abs/new/dir"), MKDIR_P, &mut created).unwrap(),
+            resolve(root, &comps("abs/new/dir"), MKDIR_P, 64, &mut created).unwrap(),
             root.join("usr/new/dir")
         );
         assert_eq!(created, vec![root.join("usr/new"), root.join("usr/new/dir")]);
@@ -230,7 +251,7 @@ mod tests {
         symlink("/../x", root.join("absup")).unwrap();
         let mut created = vec![];
         for p in ["up", "up/x", "absup"] {
-            let err = resolve(&root, &comps(p), MKDIR_P, &mut created).unwrap_err();
+            let err = resolve(&root, &comps(p), MKDIR_P, 64, &mut created).unwrap_err();
             assert!(matches!(err, ResolveError::Escapes(_)), "{p}: {err}");
         }
         assert!(created.is_empty());
@@ -246,17 +267,48 @@ mod tests {
         std::fs::write(root.join("f"), "").unwrap();
         let mut created = vec![];
         assert!(matches!(
-            resolve(root, &comps("a/x"), MKDIR_P, &mut created),
+            resolve(root, &comps("a/x"), MKDIR_P, 64, &mut created),
             Err(ResolveError::TooManySymlinks)
         ));
         assert!(matches!(
-            resolve(root, &comps("f/x"), MKDIR_P, &mut created),
+            resolve(root, &comps("f/x"), MKDIR_P, 64, &mut created),
             Err(ResolveError::NotADirectory(_))
         ));
         assert!(matches!(
-            resolve(root, &comps("nope"), EXISTING_DIR, &mut created),
+            resolve(root, &comps("nope"), EXISTING_DIR, 64, &mut created),
             Err(ResolveError::NotFound(_))
         ));
-        assert_eq!(resolve(root, &comps("f"), EXISTING_FILE, &mut created).unwrap(), root.join("f"));
+        assert_eq!(resolve(root, &comps("f"), EXISTING_FILE, 64, &mut created).unwrap(), root.join("f"));
+    }
+
+    #[test]
+    fn depth_counts_where_symlinks_lead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        symlink("a/b/c", root.join("deep")).unwrap();
+        let mut created = vec![];
+        assert_eq!(
+            resolve(root, &comps("a/b/c"), EXISTING_DIR, 3, &mut created).unwrap(),
+            root.join("a/b/c")
+        );
+        assert!(matches!(
+            resolve(root, &comps("a/b/c"), EXISTING_DIR, 2, &mut created),
+            Err(ResolveError::TooDeep)
+        ));
+        // Two components written, four levels reached: refused, and nothing created.
+        assert!(matches!(
+            resolve(root, &comps("deep/x"), MKDIR_P, 3, &mut created),
+            Err(ResolveError::TooDeep)
+        ));
+        assert!(!root.join("a/b/c/x").exists());
+        assert!(created.is_empty());
+        // Climbing back up through a deep link is fine.
+        symlink("a/b/c/../../..", root.join("back")).unwrap();
+        assert_eq!(resolve(root, &comps("back/a"), EXISTING_DIR, 3, &mut created).unwrap(), root.join("a"));
+        // Errors name paths inside the root, not on the host.
+        std::fs::write(root.join("a/f"), "").unwrap();
+        let err = resolve(root, &comps("a/f/x"), MKDIR_P, 64, &mut created).unwrap_err();
+        assert_eq!(err.to_string(), "/a/f is not a directory");
     }
 }

@@ -177,6 +177,23 @@ impl Layout {
         })
     }
 
+    /// Checks a blob against its descriptor without using it: its size first (a blob of
+    /// another size is not read at all), then its digest.
+    pub(crate) fn verify_blob(&self, desc: &Descriptor) -> Result<(), ImageError> {
+        let file = self.open_blob(desc)?;
+        let len = file.metadata().ctx(|| format!("inspecting blob {}", desc.digest()))?.len();
+        if len != desc.size() {
+            return Err(ImageError::SizeMismatch {
+                digest: desc.digest().to_string(),
+                expected: desc.size(),
+                actual: len,
+            });
+        }
+        let mut verifier = Verifier::new(file);
+        io::copy(&mut verifier, &mut io::sink()).ctx(|| format!("reading blob {}", desc.digest()))?;
+        verifier.check(desc)
+    }
+
     /// Reads a whole blob (at most [`MAX_JSON_BLOB`]) and verifies size and digest.
     pub(crate) fn read_blob(&self, desc: &Descriptor, what: &'static str) -> Result<Vec<u8>, ImageError> {
         if desc.size() > MAX_JSON_BLOB {
@@ -331,12 +348,4 @@ impl<R: Read> Read for Verifier<R> {
         self.count += n as u64;
         Ok(n)
     }
-}
-
-/// Hashes a whole blob from disk: used to tell "corrupt blob" from "bad archive" after a
-/// layer failed to apply.
-pub(crate) fn hash_file(path: &Path) -> io::Result<String> {
-    let mut v = Verifier::new(File::open(path)?);
-    io::copy(&mut v, &mut io::sink())?;
-    Ok(v.finish().0)
 }

@@ -14,12 +14,35 @@
 //!
 //! # Layer safety
 //!
-//! Layers are untrusted input. Entries with absolute paths or `..` components are refused,
-//! and so is any entry whose parent directory resolves (through symlinks laid down by
-//! earlier entries) outside the root file system; symlinks are followed the way a process
-//! chrooted into the rootfs would follow them. Whiteouts (`.wh.<name>`, `.wh..wh..opq`)
-//! remove what lower layers wrote and are never materialised. Device nodes and FIFOs are
-//! skipped. Ownership is preserved when running as root.
+//! Layers are untrusted input (tenants supply images; the host has other, unprivileged
+//! users). What holds, each proved by a test in `tests/hostile.rs` or `tests/private.rs`:
+//!
+//! - **Verified before use.** A layer blob whose size or sha256 differs from its descriptor
+//!   is refused before any entry is written; its uncompressed content must match the
+//!   config's `diff_id`.
+//! - **Nothing lands outside the root.** Entries with absolute paths or `..` components are
+//!   refused, and so is any entry whose parent directory resolves (through symlinks laid
+//!   down by this or earlier layers) outside the root file system; symlinks are followed the
+//!   way a process chrooted into the rootfs would follow them. An entry replaces whatever is
+//!   at its own path (a symlink there is removed, never followed). Hard link targets resolve
+//!   the same way, and a target that is a symlink is linked as the symlink.
+//! - **Whiteouts** (`.wh.<name>`, `.wh..wh..opq`) remove only what lower layers wrote, are
+//!   never materialised, and `.wh.`, `.wh..`, `.wh...` are refused.
+//! - **No devices, no FIFOs.** Device nodes and FIFOs are skipped with a warning naming the
+//!   layer and entry (and so are hard links to them): the sandbox never gets a host device
+//!   from an image, and sandboxes sharing a cached rootfs get no channel between them.
+//!   Runtimes provide `/dev` themselves.
+//! - **Bounded.** [`UnpackLimits`] caps uncompressed bytes per layer and per image, entries,
+//!   path length and depth (after symlinks), the decompression ratio (gzip and zstd bombs
+//!   stop within the first 64 MiB), the metadata of an entry held in memory (1 MiB) and the
+//!   zstd window (128 MiB). Hitting one is [`ImageError::LimitExceeded`], naming the layer,
+//!   the entry and the option to raise.
+//! - **Image semantics kept, but private.** Modes (setuid, setgid, sticky) and, when
+//!   running as root, owners are preserved so that the image works inside the sandbox; the
+//!   cache above the unpacked trees is `0700` (see [`ImageStore`]), so no other host user
+//!   can reach them. Extended attributes (file capabilities) are not unpacked.
+//! - Bundle `config.json` files (they hold the environment, often secrets) are created
+//!   `0600` and renamed into place ([`write_bundle`]).
 //!
 //! # Example
 //!
@@ -54,7 +77,9 @@ mod bundle;
 mod error;
 mod fspath;
 mod layout;
+mod limits;
 mod pack;
+mod private;
 mod store;
 mod unpack;
 
@@ -65,8 +90,10 @@ pub use bundle::{
 };
 pub use error::ImageError;
 pub use layout::REF_NAME_ANNOTATION;
+pub use limits::{Limit, UnpackLimits};
 pub use oci_spec;
 pub use pack::{
     PACK_MTIME, PackDir, PackFile, PackSpec, PackedImage, default_counter_pack_spec, pack_layout,
 };
+pub use private::ensure_private_dir;
 pub use store::{ImageConfig, ImageStore, PreparedImage};

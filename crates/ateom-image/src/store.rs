@@ -7,7 +7,9 @@ use oci_spec::image::ImageConfiguration;
 
 use crate::error::{ImageError, IoContext};
 use crate::layout::{Layout, sha256_hex};
-use crate::unpack::apply_layer;
+use crate::limits::UnpackLimits;
+use crate::private::ensure_private_dir;
+use crate::unpack::{ImageBudget, apply_layer};
 
 /// Where unpacked root file systems are kept, keyed by manifest digest.
 ///
@@ -17,11 +19,19 @@ use crate::unpack::apply_layer;
 /// always complete. Temporary siblings left by a process that died are removed by the
 /// next `prepare` of the same image.
 ///
+/// **The cache is private.** Unpacked files keep their owners and setuid/setgid bits (the
+/// image must work inside the sandbox), so `<cache_root>` and `<cache_root>/rootfs` are
+/// `0700` and owned by this process's user (every `prepare` checks and, for a cache made by
+/// an older version, fixes this; another owner is refused): no other local user can reach
+/// an unpacked file. The rootfs directories themselves are `0755`, as a root directory is
+/// inside a sandbox. Unpacking is bounded by [`UnpackLimits`].
+///
 /// **A cached rootfs is shared by every workload of that image and must not be written
 /// to**: run it read-only, or under an overlay, or copy it first.
 #[derive(Clone, Debug)]
 pub struct ImageStore {
     cache_root: PathBuf,
+    limits: UnpackLimits,
 }
 
 /// The process-related parts of an image config, in plain types.
@@ -97,7 +107,18 @@ pub struct PreparedImage {
 impl ImageStore {
     /// A store that caches under `cache_root` (created on first use).
     pub fn new(cache_root: impl Into<PathBuf>) -> Self {
-        Self { cache_root: cache_root.into() }
+        Self { cache_root: cache_root.into(), limits: UnpackLimits::default() }
+    }
+
+    /// The same store, unpacking under `limits` instead of [`UnpackLimits::default`].
+    pub fn with_limits(mut self, limits: UnpackLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits unpacking runs under.
+    pub fn limits(&self) -> &UnpackLimits {
+        &self.limits
     }
 
     /// The cache root.
@@ -115,6 +136,11 @@ impl ImageStore {
     /// `diff_ids`), in order, into `<cache_root>/rootfs/<hex digest>/`. A second call for the
     /// same manifest is a cache hit and does not touch the layers.
     ///
+    /// The cache directories are made private first (see the type's docs): another user's
+    /// directory there is [`ImageError::UnsafeDirectory`]. Unpacking stops at the store's
+    /// [`UnpackLimits`] with [`ImageError::LimitExceeded`]; a refused image leaves nothing in
+    /// the cache.
+    ///
     /// Blocking: call it from `spawn_blocking` in async code.
     pub fn prepare(&self, image: &ImageRef) -> Result<PreparedImage, ImageError> {
         let ImageRef::OciLayout { dir, tag } = image;
@@ -127,6 +153,9 @@ impl ImageStore {
             .map_err(|_| ImageError::UnsupportedDigest { digest: resolved.manifest_digest.clone() })?;
         let hex = sha256_hex(&digest)?.to_owned();
         let cache_dir = self.cache_root.join("rootfs");
+        // Before anything is looked up or written: the cache must be private.
+        ensure_private_dir(&self.cache_root)?;
+        ensure_private_dir(&cache_dir)?;
         let rootfs = cache_dir.join(&hex);
         if rootfs.is_dir() {
             tracing::debug!(image = %image, digest = %resolved.manifest_digest, "rootfs cache hit");
@@ -137,7 +166,6 @@ impl ImageStore {
                 cache_hit: true,
             });
         }
-        std::fs::create_dir_all(&cache_dir).ctx(|| format!("creating {}", cache_dir.display()))?;
         remove_stale_builds(&cache_dir, &hex);
         let staging = tempfile::Builder::new()
             .prefix(&format!(".tmp-{hex}-{}-", std::process::id()))
@@ -157,8 +185,9 @@ impl ImageStore {
             });
         }
         let started = std::time::Instant::now();
+        let mut budget = ImageBudget::new(self.limits);
         for (layer, diff_id) in layers.iter().zip(diff_ids) {
-            apply_layer(&layout, layer, Some(diff_id), staging.path())?;
+            apply_layer(&layout, layer, Some(diff_id), staging.path(), &mut budget)?;
         }
         set_mode(staging.path(), 0o755)?;
         let built = staging.keep();

@@ -14,41 +14,143 @@ use sha2::{Digest, Sha256};
 pub enum E<'a> {
     Dir(&'a str, u32),
     File(&'a str, u32, &'a [u8]),
+    /// A file with an owner: name, mode, uid, gid, content.
+    Owned(&'a str, u32, u64, u64, &'a [u8]),
     Symlink(&'a str, &'a str),
     HardLink(&'a str, &'a str),
     CharDev(&'a str),
+    BlockDev(&'a str),
+    Fifo(&'a str),
+    /// A file whose name may be longer than a tar header holds (GNU long-name entry).
+    LongName(&'a str, &'a [u8]),
+    /// A symlink whose target may be longer than a tar header holds.
+    LongSymlink(&'a str, &'a str),
+    /// PAX extended header records for the next entry.
+    Pax(Vec<(&'a str, Vec<u8>)>),
+    /// A bare header of this type with this content (metadata entries).
+    Raw(tar::EntryType, &'a str, &'a [u8]),
+    /// A GNU sparse file of this apparent size: 512 bytes of data at its end, a hole before.
+    Sparse(&'a str, u64),
+}
+
+fn raw_header(name: &str, kind: tar::EntryType, mode: u32, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    {
+        let old = h.as_old_mut();
+        assert!(name.len() < old.name.len());
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            old.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+    }
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h
+}
+
+/// A tar numeric field in base-256 (GNU), for values octal cannot hold.
+fn base256(field: &mut [u8; 12], value: u64) {
+    *field = [0; 12];
+    field[0] = 0x80;
+    field[4..].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Appends `e` to a tar being built.
+pub fn append<W: std::io::Write>(b: &mut tar::Builder<W>, e: &E<'_>) {
+    let simple = |n: &str, kind, mode, data: &[u8], link| {
+        (raw_header(n, kind, mode, data.len() as u64, link), data.to_vec())
+    };
+    let (h, data) = match e {
+        E::Dir(n, m) => simple(n, tar::EntryType::Directory, *m, b"", None),
+        E::File(n, m, d) => simple(n, tar::EntryType::Regular, *m, d, None),
+        E::Owned(n, m, uid, gid, d) => {
+            let (mut h, d) = simple(n, tar::EntryType::Regular, *m, d, None);
+            h.set_uid(*uid);
+            h.set_gid(*gid);
+            h.set_cksum();
+            (h, d)
+        }
+        E::Symlink(n, t) => simple(n, tar::EntryType::Symlink, 0o777, b"", Some(t)),
+        E::HardLink(n, t) => simple(n, tar::EntryType::Link, 0o644, b"", Some(t)),
+        E::CharDev(n) | E::BlockDev(n) => {
+            let kind = if matches!(e, E::CharDev(_)) { tar::EntryType::Char } else { tar::EntryType::Block };
+            let (mut h, d) = simple(n, kind, 0o666, b"", None);
+            // /dev/sda's numbers: a device the sandbox must never get.
+            h.set_device_major(8).unwrap();
+            h.set_device_minor(0).unwrap();
+            h.set_cksum();
+            (h, d)
+        }
+        E::Fifo(n) => simple(n, tar::EntryType::Fifo, 0o644, b"", None),
+        E::LongName(n, d) => {
+            let mut h = raw_header("x", tar::EntryType::Regular, 0o644, d.len() as u64, None);
+            b.append_data(&mut h, n, *d).unwrap();
+            return;
+        }
+        E::LongSymlink(n, t) => {
+            let mut h = raw_header("x", tar::EntryType::Symlink, 0o777, 0, None);
+            b.append_link(&mut h, n, t).unwrap();
+            return;
+        }
+        E::Pax(records) => {
+            b.append_pax_extensions(records.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap();
+            return;
+        }
+        E::Raw(kind, n, d) => simple(n, *kind, 0o644, d, None),
+        E::Sparse(n, apparent) => {
+            let mut h = raw_header(n, tar::EntryType::GNUSparse, 0o644, 512, None);
+            let gnu = h.as_gnu_mut().unwrap();
+            base256(&mut gnu.sparse[0].offset, apparent - 512);
+            base256(&mut gnu.sparse[0].numbytes, 512);
+            base256(&mut gnu.realsize, *apparent);
+            h.set_cksum();
+            (h, vec![b's'; 512])
+        }
+    };
+    b.append(&h, data.as_slice()).unwrap();
 }
 
 /// An uncompressed tar of `entries`, in order.
 pub fn tar_bytes(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
-        let (name, kind, mode, data, link): (&str, tar::EntryType, u32, &[u8], Option<&str>) = match e {
-            E::Dir(n, m) => (n, tar::EntryType::Directory, *m, b"", None),
-            E::File(n, m, d) => (n, tar::EntryType::Regular, *m, d, None),
-            E::Symlink(n, t) => (n, tar::EntryType::Symlink, 0o777, b"", Some(t)),
-            E::HardLink(n, t) => (n, tar::EntryType::Link, 0o644, b"", Some(t)),
-            E::CharDev(n) => (n, tar::EntryType::Char, 0o666, b"", None),
-        };
-        let mut h = tar::Header::new_gnu();
-        {
-            let old = h.as_old_mut();
-            assert!(name.len() < old.name.len());
-            old.name[..name.len()].copy_from_slice(name.as_bytes());
-            if let Some(l) = link {
-                old.linkname[..l.len()].copy_from_slice(l.as_bytes());
-            }
-        }
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
+        append(&mut b, e);
     }
     b.into_inner().unwrap()
+}
+
+/// The tar header of [`bomb`]'s file.
+pub fn bomb_header(name: &str, mib: u64) -> tar::Header {
+    raw_header(name, tar::EntryType::Regular, 0o644, mib << 20, None)
+}
+
+/// A decompression bomb: a tar holding one file `name` of `mib` MiB of zeros, as
+/// concatenated gzip members (or zstd frames) that each inflate one MiB, so that building
+/// it costs one compression of 1 MiB. Returns the compressed bytes.
+pub fn bomb(name: &str, mib: u64, zstd_frames: bool) -> Vec<u8> {
+    let compress = |bytes: &[u8]| {
+        if zstd_frames {
+            zstd::encode_all(bytes, 19).unwrap()
+        } else {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(bytes).unwrap();
+            enc.finish().unwrap()
+        }
+    };
+    let header = bomb_header(name, mib);
+    let one_mib = compress(&vec![0u8; 1 << 20]);
+    let mut out = compress(header.as_bytes());
+    for _ in 0..mib {
+        out.extend_from_slice(&one_mib);
+    }
+    out.extend_from_slice(&compress(&[0u8; 1024]));
+    out
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
