@@ -25,7 +25,12 @@
 //! `file:///abs/dir` (a local directory standing in for a bucket; the embedded default),
 //! `s3://bucket/prefix` (endpoint, region and credentials from `AWS_ENDPOINT_URL` /
 //! `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_ALLOW_HTTP=true` for a plain-http server), `gs://bucket/prefix` (`GOOGLE_*`),
+//! `AWS_ALLOW_HTTP=true` for a plain-http server), `gs://bucket/prefix` (`GOOGLE_*`;
+//! an emulator such as fake-gcs-server is reached with the service-account key
+//! `{"gcs_base_url":"http://127.0.0.1:P","disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}`
+//! in `GOOGLE_SERVICE_ACCOUNT_KEY` or the option `google_service_account_key`, see
+//! `scripts/fake-gcs.sh`; fake-gcs-server does not implement the XML API's object PUT that
+//! object_store uses for writes, so against it only reads, lists and deletes work),
 //! `az://container/prefix` (`AZURE_*`). [`Store::open_with_options`] passes builder options
 //! explicitly instead. The cloud schemes need the default `cloud` feature.
 //!
