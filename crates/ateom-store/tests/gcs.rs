@@ -153,10 +153,11 @@ async fn gs_push_pull_list_corrupt_gc_delete() {
             );
             let _ = writeln!(
                 std::io::stderr(),
-                "\nNOT EXERCISED against fake-gcs-server: object_store GoogleCloudStorage::put_opts \
-                 (XML API `PUT {}/{BUCKET}/<object>`): the emulator implements that upload only for \
-                 signed URLs and answers: {msg}\n  -> the snapshot is seeded through its JSON upload API; \
-                 every other call below goes through the gs:// store.\n",
+                "\nSKIPPED gs_push_pull_list_corrupt_gc_delete (the push only): object_store \
+                 GoogleCloudStorage::put_opts (XML API `PUT {}/{BUCKET}/<object>`) cannot work against \
+                 fake-gcs-server, which implements that upload only for signed URLs; it answers: {msg}\n  \
+                 -> the snapshot is seeded through the emulator's JSON upload API instead; every other \
+                 call of the test goes through the gs:// store.\n",
                 server.url
             );
             seed(&server, &store, &src, &names, "a1.gen-1", meta.clone()).await;
