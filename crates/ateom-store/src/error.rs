@@ -57,9 +57,25 @@ pub enum StoreError {
     #[error("snapshot {id}: chunk {chunk} of artifact {artifact:?} (object {key}) is corrupt: {fault}")]
     CorruptChunk { id: String, artifact: String, chunk: usize, key: String, fault: Box<ChunkFault> },
 
+    /// An index entry contradicts itself: checked for every chunk before any is fetched, so a
+    /// tampered table is refused before a byte moves.
+    #[error("snapshot {id}: chunk {chunk} of artifact {artifact:?} is refused by its index entry: {fault}")]
+    InconsistentChunk { id: String, artifact: String, chunk: usize, fault: Box<ChunkFault> },
+
     /// After a pull the artifact's whole-file digest differs from the index.
     #[error("snapshot {id}: artifact {artifact:?} has sha256 {actual} after pull, index says {expected}")]
     ArtifactDigestMismatch { id: String, artifact: String, expected: String, actual: String },
+
+    /// An object is larger than a reader of its kind accepts (`LATEST`, `index.json`, or a chunk
+    /// object larger than its index entry says). Checked from the response's size before the
+    /// body is read, and again while reading, so a huge object never fills memory.
+    #[error("object {key} is {size} bytes{}, more than the {limit} bytes a reader accepts", if *.at_least { " or more" } else { "" })]
+    ObjectTooLarge { key: String, size: u64, at_least: bool, limit: u64 },
+
+    /// A `file://` store refused to delete through a symbolic link (a path component under the
+    /// store's root is a symlink). Deletes and gc never follow links out of the store.
+    #[error("refusing to delete {path} in a file:// store: {component} is a symbolic link")]
+    SymlinkInStore { path: PathBuf, component: PathBuf },
 
     /// A local artifact changed size while it was being pushed.
     #[error("artifact {path} changed while being read: expected {expected} bytes, read {actual}")]
@@ -125,6 +141,16 @@ pub enum ChunkFault {
     /// The decoded bytes hash to something else than the index's sha256.
     #[error("sha256 {actual} does not match index sha256 {expected}")]
     Digest { expected: String, actual: String },
+    /// The index marks the chunk all-zero (nothing stored), but its sha256 is not that of
+    /// `length` zero bytes: the table was altered (e.g. a data chunk turned into a hole).
+    #[error("marked all-zero, but its sha256 {expected} is not the sha256 of {length} zero bytes ({zeros})")]
+    ZeroDigest { expected: String, zeros: String, length: u64 },
+    /// The index stores the chunk as an object, but its sha256 is that of `length` zero bytes:
+    /// no writer stores a zero chunk, so the table was altered.
+    #[error(
+        "stored as an object, but its sha256 is the sha256 of {length} zero bytes (writers never store zero chunks)"
+    )]
+    StoredZeros { length: u64 },
 }
 
 /// The last error of a failed remote operation.

@@ -25,6 +25,8 @@ pub const LATEST_FORMAT: &str = "ateom-snapshot-latest";
 pub const CHUNKS_DIR: &str = "chunks";
 /// Largest index object the decoder accepts.
 pub const MAX_INDEX_BYTES: usize = 64 << 20;
+/// Largest `LATEST` pointer object a reader accepts.
+pub const MAX_LATEST_BYTES: usize = 64 << 10;
 /// Smallest chunk size (one page, so zero chunks map onto file-system holes).
 pub const MIN_CHUNK_SIZE: u64 = 4096;
 /// Largest chunk size (bounds the memory a reader needs per chunk in flight).
@@ -454,7 +456,7 @@ impl LatestPointer {
 
     /// Decode and validate; the error is a human-readable reason.
     pub fn decode(bytes: &[u8]) -> Result<LatestPointer, String> {
-        if bytes.len() > 64 << 10 {
+        if bytes.len() > MAX_LATEST_BYTES {
             return Err(format!("{} bytes is too large for a pointer", bytes.len()));
         }
         let p: LatestPointer = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;

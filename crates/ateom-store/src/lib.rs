@@ -25,7 +25,12 @@
 //! `file:///abs/dir` (a local directory standing in for a bucket; the embedded default),
 //! `s3://bucket/prefix` (endpoint, region and credentials from `AWS_ENDPOINT_URL` /
 //! `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_ALLOW_HTTP=true` for a plain-http server), `gs://bucket/prefix` (`GOOGLE_*`),
+//! `AWS_ALLOW_HTTP=true` for a plain-http server), `gs://bucket/prefix` (`GOOGLE_*`;
+//! an emulator such as fake-gcs-server is reached with the service-account key
+//! `{"gcs_base_url":"http://127.0.0.1:P","disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}`
+//! in `GOOGLE_SERVICE_ACCOUNT_KEY` or the option `google_service_account_key`, see
+//! `scripts/fake-gcs.sh`; fake-gcs-server does not implement the XML API's object PUT that
+//! object_store uses for writes, so against it only reads, lists and deletes work),
 //! `az://container/prefix` (`AZURE_*`). [`Store::open_with_options`] passes builder options
 //! explicitly instead. The cloud schemes need the default `cloud` feature.
 //!
@@ -107,19 +112,68 @@
 //!   uploading only missing chunks. Pushing an id that already has an index **replaces** it:
 //!   the old index stays valid until the new one is written.
 //! * **pull** ([`Store::pull`]): read the index (missing: `NotFound`, "no such snapshot
-//!   \<id\> under \<prefix\>"); create each file as `<name>.ateom-partial` pre-sized with `set_len` (a
-//!   hole); fetch non-zero chunks in parallel (bounded, retried), check the stored length,
-//!   decode, check the decoded length and sha256 (a mismatch is
-//!   [`StoreError::CorruptChunk`] naming snapshot, artifact, chunk index and object key);
-//!   write each chunk at its offset with `pwrite`, skipping its all-zero 4 KiB pages (so a
-//!   file comes back as sparse as a page-granular source, not just chunk-granular); hash the artifact in file order and compare
-//!   with its whole-file sha256; fsync; rename into place; fsync the directories.
+//!   \<id\> under \<prefix\>"); check every table entry (see *What each digest covers*);
+//!   create each file fresh as `<name>.ateom-partial` (a leftover there is removed, never
+//!   written through) pre-sized with `set_len` (a hole); fetch non-zero chunks in parallel
+//!   (bounded, retried), check the stored length, decode, check the decoded length and sha256
+//!   (a mismatch is [`StoreError::CorruptChunk`] naming snapshot, artifact, chunk index and
+//!   object key); write each chunk at its offset with `pwrite`, skipping its all-zero 4 KiB
+//!   pages (so a file comes back as sparse as a page-granular source, not just
+//!   chunk-granular); hash the artifact in file order and compare with its whole-file sha256;
+//!   fsync; rename into place; fsync the directories.
+//! * **`LATEST` never moves backwards.** After its index, a push writes `LATEST` only if
+//!   `LATEST` does not already name a *newer* snapshot, newer meaning a larger snapshot id in
+//!   byte order (ateom's ids, `<UTC yyyymmddThhmmss.mmm>-<hex>`, sort by age). So a slow push
+//!   of an older snapshot that finishes late commits its snapshot and leaves `LATEST` alone
+//!   ([`PushReport::latest`] / [`PushReport::latest_moved`] say what happened).
+//!   [`PushOptions::force_latest`] moves it anyway. A `LATEST` that does not decode (or is too
+//!   large) is replaced; one that cannot be read at all fails the push. This is
+//!   read-then-write: two pushes racing on `LATEST` at the same moment can still end with the
+//!   older one (object stores without conditional writes offer nothing better).
 //! * **delete** ([`Store::delete`]): the index first (the snapshot stops existing), then
 //!   `LATEST` if it names the snapshot, then the chunks.
 //! * **gc** ([`Store::gc`]): lists, and optionally deletes, chunk objects under a prefix without
 //!   an index whose newest object is older than the grace period, and chunk objects not
 //!   referenced by their snapshot's index older than the grace period. The grace period must
 //!   exceed the longest push: a running push looks like an abandoned one.
+//!
+//! ## What each digest covers
+//!
+//! Every pull verifies every byte it writes, whatever [`PullOptions`] say; nothing is
+//! trusted because it was hashed before the push.
+//!
+//! | digest (in the index) | covers | checked on pull |
+//! |---|---|---|
+//! | chunk `sha256`, stored chunk | the chunk's `length` uncompressed bytes | after the object is fetched (its size checked against `compressed_length` first) and decoded: [`ChunkFault::StoredLength`], [`ChunkFault::Decode`], [`ChunkFault::DecodedLength`], [`ChunkFault::Digest`] as [`StoreError::CorruptChunk`] |
+//! | chunk `sha256`, zero chunk | `length` zero bytes (what the hole reads as) | before any chunk moves: it must equal sha256 of `length` zeros, computed without I/O once per distinct length ([`ChunkFault::ZeroDigest`]); a stored chunk whose sha256 *is* that of zeros is refused too, since no writer stores zeros ([`ChunkFault::StoredZeros`]); both as [`StoreError::InconsistentChunk`] |
+//! | artifact `sha256` | the whole file, holes included, in file order | while writing: fed from the decoded chunks and, for zero chunks, from a zero buffer in memory (holes are never read back from disk); a mismatch is [`StoreError::ArtifactDigestMismatch`] naming the artifact |
+//!
+//! The per-chunk checks guarantee each chunk is what its entry says; the whole-file digest
+//! guarantees the entries themselves add up to the file that was pushed (a table altered
+//! consistently — a data chunk turned into a hole with the zeros' digest, or a hole pointed at
+//! another genuine chunk — passes every chunk check and fails this one). The whole-file pass
+//! costs one in-memory sha256 over the logical size (zeros included: sha256 has no shortcut
+//! for a run of zeros, but no I/O is needed for them). A caller that also holds the digests
+//! (ateom: the snapshot manifest, whose whole-file and chunked sha256 it compares with the
+//! index before pulling) thereby gets its manifest's bytes, or an error naming what differs.
+//! [`PullOptions::verify_artifact_digests`] is ignored (kept so that old callers compile).
+//!
+//! ## Bounded inputs
+//!
+//! Nothing read from the store can make a reader allocate more than a fixed bound: `LATEST`
+//! at most [`index::MAX_LATEST_BYTES`], `index.json` at most [`index::MAX_INDEX_BYTES`], a
+//! chunk object exactly its entry's `compressed_length` (itself at most zstd's bound for the
+//! chunk length, at most 64 MiB). The object's size from the response (or the file's
+//! metadata) is checked before its body is read, and a body that runs past the bound anyway
+//! stops being read: [`StoreError::ObjectTooLarge`] naming the object and the limit (for a
+//! chunk, [`ChunkFault::StoredLength`]).
+//!
+//! `file://` stores list and delete without following symbolic links: a symlink is not an
+//! object (listings skip it), and a delete opens each directory from the store root with
+//! `O_NOFOLLOW` and unlinks the last component (a link itself, never its target), refusing a
+//! symlinked directory with [`StoreError::SymlinkInStore`]. So neither [`Store::delete`] nor
+//! [`Store::gc`] can remove a file outside the store directory. (Reads and writes of objects
+//! use object_store's `LocalFileSystem` as they are.)
 //!
 //! Concurrent pushes of the *same* id are not supported (the last index written wins, and its
 //! stale-chunk cleanup may remove the other's chunks; a later pull then fails loudly).
@@ -128,6 +182,7 @@ mod admin;
 mod chunk;
 mod error;
 pub mod index;
+mod local;
 mod location;
 mod pull;
 mod push;

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
 
 use crate::StoreError;
+use crate::local::NoFollowLocal;
 
 #[cfg(feature = "cloud")]
 const SUPPORTED: &str = "file, s3, gs, az";
@@ -47,10 +47,8 @@ where
                 });
             }
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
-            let fs = LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| invalid(e.to_string()))?
-                .with_automatic_cleanup(true)
-                .with_fsync(true);
+            // Lists and deletes never follow a symlink (see `local`).
+            let fs = NoFollowLocal::new(&dir).map_err(|e| invalid(e.to_string()))?;
             Ok(Location { store: Arc::new(fs), prefix: Path::default(), display })
         }
         #[cfg(feature = "cloud")]

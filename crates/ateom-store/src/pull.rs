@@ -11,7 +11,7 @@
 //! in flight, so the writer can hash each artifact as one stream without re-reading it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,10 +21,10 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::chunk::{decode_verified, is_zero};
+use crate::chunk::{ZeroDigests, decode_verified, is_zero};
 use crate::error::{ChunkFault, StoreError};
 use crate::index::{Digest, PARTIAL_SUFFIX, SnapshotIndex};
-use crate::store::{Inner, PullOptions, PullReport, Store, check_id};
+use crate::store::{Bounded, Inner, PullOptions, PullReport, Store, check_id};
 
 /// In-order work for the writer.
 enum Item {
@@ -73,6 +73,9 @@ impl Store {
             None => inner.read_latest().await?,
         };
         let index = Arc::new(inner.read_index(&id).await?);
+        // Every table entry is consistent before a byte moves (zero chunks are checked here,
+        // with no I/O: the sha256 of a run of zeros is computed once per length).
+        check_table(&index)?;
 
         // Pre-size every file: holes everywhere until a non-zero chunk is written.
         std::fs::create_dir_all(dest_dir).map_err(|e| StoreError::io(dest_dir, e))?;
@@ -85,10 +88,16 @@ impl Store {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
             }
             let tmp = PathBuf::from(format!("{}{PARTIAL_SUFFIX}", path.display()));
+            // Whatever a crashed pull left there (a file, a symlink) is removed, not written
+            // through: the new file is created fresh, so every hole in it reads as zeros.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::io(&tmp, e)),
+                _ => {}
+            }
             let f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)
                 .map_err(|e| StoreError::io(&tmp, e))?;
             partial.paths.push(tmp.clone());
@@ -101,8 +110,7 @@ impl Store {
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(cfg.concurrency);
         let writer = {
             let index = index.clone();
-            let verify = opts.verify_artifact_digests;
-            tokio::task::spawn_blocking(move || write_all(&index, files, rx, verify))
+            tokio::task::spawn_blocking(move || write_all(&index, files, rx))
         };
 
         let mut report = PullReport { snapshot_id: id.clone(), ..PullReport::default() };
@@ -214,8 +222,12 @@ async fn fetch_chunk(
         key: key.to_string(),
         fault: Box::new(fault),
     };
-    let stored = match inner.get("get chunk", &key).await {
-        Ok(b) => b,
+    // At most `clen` bytes are read: a larger object is refused from its size alone.
+    let stored = match inner.get_bounded("get chunk", &key, clen).await {
+        Ok(Bounded::Bytes(b)) => b,
+        Ok(Bounded::TooLarge { size, .. }) => {
+            return Err(corrupt(ChunkFault::StoredLength { expected: clen, actual: size }));
+        }
         Err(f) if f.is_not_found() => {
             return Err(StoreError::MissingChunk {
                 id: id.to_string(),
@@ -239,13 +251,41 @@ async fn fetch_chunk(
     decoded.map(|d| item(Some(Bytes::from(d)))).map_err(corrupt)
 }
 
-/// Write items in file order: pwrite non-zero chunks, hash (zeros included), fsync and check
-/// the whole-file digest at the end of each artifact.
+/// Refuse a chunk table whose entries contradict themselves: a zero chunk (nothing stored, a
+/// hole) must carry the sha256 of its length in zeros, and a stored chunk must not (no writer
+/// stores zeros). Together with each fetched chunk's own check, every chunk of the table is
+/// then verified, holes included; no I/O, one zero digest per distinct length.
+fn check_table(index: &SnapshotIndex) -> Result<(), StoreError> {
+    let zeros = ZeroDigests::default();
+    for a in &index.artifacts {
+        for (ci, c) in a.chunks.iter().enumerate() {
+            let z = zeros.get(c.length);
+            let fault = match (c.zero, c.sha256 == z) {
+                (true, false) => ChunkFault::ZeroDigest {
+                    expected: c.sha256.to_hex(),
+                    zeros: z.to_hex(),
+                    length: c.length,
+                },
+                (false, true) => ChunkFault::StoredZeros { length: c.length },
+                _ => continue,
+            };
+            return Err(StoreError::InconsistentChunk {
+                id: index.snapshot_id.clone(),
+                artifact: a.name.clone(),
+                chunk: ci,
+                fault: Box::new(fault),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Write items in file order: pwrite non-zero chunks, hash (zeros included, from memory: holes
+/// are never read back), fsync and check the whole-file digest at the end of each artifact.
 fn write_all(
     index: &SnapshotIndex,
     files: Vec<(PathBuf, File)>,
     mut rx: tokio::sync::mpsc::Receiver<Item>,
-    verify: bool,
 ) -> Result<(), StoreError> {
     let zeros = vec![0u8; index.chunk_size as usize];
     let mut hasher = Sha256::new();
@@ -256,12 +296,9 @@ fn write_all(
                 match data {
                     Some(d) => {
                         write_sparse(file, &d, offset).map_err(|e| StoreError::io(path, e))?;
-                        if verify {
-                            hasher.update(&d);
-                        }
+                        hasher.update(&d);
                     }
-                    None if verify => hasher.update(&zeros[..len as usize]),
-                    None => {}
+                    None => hasher.update(&zeros[..len as usize]),
                 }
             }
             Item::EndArtifact { artifact } => {
@@ -269,7 +306,7 @@ fn write_all(
                 file.sync_all().map_err(|e| StoreError::io(path, e))?;
                 let actual = Digest(std::mem::take(&mut hasher).finalize().into());
                 let a = &index.artifacts[artifact];
-                if verify && actual != a.sha256 {
+                if actual != a.sha256 {
                     return Err(StoreError::ArtifactDigestMismatch {
                         id: index.snapshot_id.clone(),
                         artifact: a.name.clone(),

@@ -306,9 +306,8 @@ impl Store {
         // Commit point: the index is written last.
         inner.put("put index", &inner.index_key(snapshot_id), Bytes::from(encoded)).await?;
         if opts.update_latest {
-            let ptr =
-                serde_json::to_vec(&LatestPointer::new(snapshot_id)).map_err(StoreError::EncodeIndex)?;
-            inner.put("put LATEST", &inner.latest_key(), Bytes::from(ptr)).await?;
+            report.latest = Some(update_latest(&inner, snapshot_id, opts.force_latest).await?);
+            report.latest_moved = report.latest.as_deref() == Some(snapshot_id);
         }
 
         // Chunks that a replaced index (or an abandoned push) left and the new index does not
@@ -322,8 +321,8 @@ impl Store {
                 async move {
                     match inner.delete(&key).await {
                         Ok(deleted) => u64::from(deleted),
-                        Err(f) => {
-                            tracing::warn!(error = %StoreError::from(f), "could not remove stale chunk; gc will report it");
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not remove stale chunk; gc will report it");
                             0
                         }
                     }
@@ -349,6 +348,37 @@ impl Store {
         );
         Ok(report)
     }
+}
+
+/// Point `LATEST` at `id` unless it names a newer snapshot (a larger id: see the crate docs)
+/// and `force` is off. Returns the id `LATEST` names afterwards. A `LATEST` that is missing,
+/// does not decode or is too large is (re)written; one that cannot be read at all (after
+/// retries) fails the push, since nothing can be said about it.
+///
+/// Read-then-write: two pushes of different snapshots racing here can still both write, the
+/// later write winning (object stores without conditional writes offer nothing better).
+async fn update_latest(inner: &Inner, id: &str, force: bool) -> Result<String, StoreError> {
+    if !force {
+        match inner.read_latest().await {
+            Ok(current) if current.as_str() > id => {
+                tracing::warn!(
+                    store = %inner.display,
+                    snapshot = id,
+                    latest = %current,
+                    "LATEST names a newer snapshot; not moving it backwards (push with force_latest to do so)"
+                );
+                return Ok(current);
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e @ (StoreError::CorruptLatest { .. } | StoreError::ObjectTooLarge { .. })) => {
+                tracing::warn!(store = %inner.display, error = %e, "replacing an unreadable LATEST pointer");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let ptr = serde_json::to_vec(&LatestPointer::new(id)).map_err(StoreError::EncodeIndex)?;
+    inner.put("put LATEST", &inner.latest_key(), Bytes::from(ptr)).await?;
+    Ok(id.to_string())
 }
 
 /// The key of `location` relative to `dir` (`chunks/<hex>`, `index.json`, …).

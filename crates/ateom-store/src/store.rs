@@ -9,11 +9,29 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
-use crate::error::StoreError;
+use crate::error::{RemoteError, StoreError};
 use crate::index::{
-    INDEX_OBJECT, LATEST_OBJECT, LatestPointer, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SnapshotIndex,
+    INDEX_OBJECT, LATEST_OBJECT, LatestPointer, MAX_CHUNK_SIZE, MAX_INDEX_BYTES, MAX_LATEST_BYTES,
+    MIN_CHUNK_SIZE, SnapshotIndex,
 };
+use crate::local::SymlinkRefused;
 use crate::retry::{Failed, RetryPolicy, retry};
+
+/// What a bounded GET read.
+pub(crate) enum Bounded {
+    Bytes(Bytes),
+    /// Larger than the limit: `size` from the response (`at_least`: counted while reading).
+    TooLarge {
+        size: u64,
+        at_least: bool,
+    },
+}
+
+/// A failed capped GET: the object is missing, or anything else as a store error.
+pub(crate) enum GetError {
+    NotFound,
+    Store(StoreError),
+}
 
 /// Default chunk size: 1 MiB (see the crate docs for why).
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
@@ -97,8 +115,12 @@ impl<F: Fn(u64, u64) + Send + Sync> Progress for F {
 pub struct PushOptions {
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
-    /// Point `LATEST` at the snapshot after its index is written (default true).
+    /// Point `LATEST` at the snapshot after its index is written (default true), unless
+    /// `LATEST` already names a newer snapshot (see `force_latest`).
     pub update_latest: bool,
+    /// Move `LATEST` even when it names a newer snapshot than this one (default false:
+    /// `LATEST` never moves backwards; "newer" is the larger snapshot id, see the crate docs).
+    pub force_latest: bool,
     /// Whole-file sha256 (lowercase hex) of artifacts the caller has already hashed (for
     /// ateom: the local snapshot's manifest, verified when it was committed). Those artifacts
     /// are not hashed again, so a push costs work proportional to the data, not to the file
@@ -124,6 +146,7 @@ impl Default for PushOptions {
         PushOptions {
             progress: None,
             update_latest: true,
+            force_latest: false,
             known_digests: HashMap::new(),
             known_chunk_digests: HashMap::new(),
         }
@@ -135,9 +158,9 @@ impl Default for PushOptions {
 pub struct PullOptions {
     /// Progress receiver.
     pub progress: Option<Arc<dyn Progress>>,
-    /// Also check every artifact's whole-file sha256 while writing (default true). Each chunk
-    /// is always checked against its own sha256; this adds one sequential hash pass over the
-    /// logical bytes, zeros included.
+    /// **Ignored**: every pull checks every chunk and every whole-file sha256 (see "What each
+    /// digest covers" in the crate docs). Kept so that existing callers compile; it will be
+    /// removed.
     pub verify_artifact_digests: bool,
 }
 
@@ -152,6 +175,7 @@ impl std::fmt::Debug for PushOptions {
         f.debug_struct("PushOptions")
             .field("progress", &self.progress.is_some())
             .field("update_latest", &self.update_latest)
+            .field("force_latest", &self.force_latest)
             .finish()
     }
 }
@@ -191,6 +215,10 @@ pub struct PushReport {
     pub replaced_existing: bool,
     /// Chunk objects of the replaced snapshot that the new index does not use, removed.
     pub stale_chunks_removed: u64,
+    /// The snapshot `LATEST` names after the push (`None` when `update_latest` was off).
+    pub latest: Option<String>,
+    /// `LATEST` now names this snapshot (false when it already named a newer one).
+    pub latest_moved: bool,
     pub elapsed_ms: u64,
 }
 
@@ -334,13 +362,53 @@ impl Inner {
         StoreError::NotFound { id: id.to_string(), prefix: self.display.clone() }
     }
 
-    /// GET with retries.
-    pub async fn get(&self, op: &'static str, key: &Path) -> Result<Bytes, Failed> {
+    /// GET with retries, reading at most `limit` bytes: the object's size (from the response
+    /// headers, or the file's metadata) is checked before its body is read, and a body that
+    /// runs past the limit anyway stops being read. A too-large object is not retried.
+    pub async fn get_bounded(&self, op: &'static str, key: &Path, limit: u64) -> Result<Bounded, Failed> {
+        use futures::TryStreamExt;
+        use object_store::GetResultPayload;
         retry(&self.config.retry, op, key, || async {
-            let r = self.store.get(key).await?;
-            r.bytes().await
+            let r = self.store.get_opts(key, object_store::GetOptions::default()).await?;
+            let size = r.meta.size;
+            if size > limit {
+                return Ok(Bounded::TooLarge { size, at_least: false });
+            }
+            if matches!(r.payload, GetResultPayload::File(..)) {
+                // Reads exactly the range fixed when the file was opened (<= limit).
+                return r.bytes().await.map(Bounded::Bytes);
+            }
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(size as usize).map_err(|e| object_store::Error::Generic {
+                store: "ateom-store",
+                source: Box::new(std::io::Error::new(std::io::ErrorKind::OutOfMemory, e)),
+            })?;
+            let mut body = r.into_stream();
+            while let Some(part) = body.try_next().await? {
+                let total = buf.len() as u64 + part.len() as u64;
+                if total > limit {
+                    return Ok(Bounded::TooLarge { size: total, at_least: true });
+                }
+                buf.extend_from_slice(&part);
+            }
+            Ok(Bounded::Bytes(Bytes::from(buf)))
         })
         .await
+    }
+
+    /// [`Inner::get_bounded`], a too-large object being [`StoreError::ObjectTooLarge`].
+    pub async fn get_capped(&self, op: &'static str, key: &Path, limit: u64) -> Result<Bytes, GetError> {
+        match self.get_bounded(op, key, limit).await {
+            Ok(Bounded::Bytes(b)) => Ok(b),
+            Ok(Bounded::TooLarge { size, at_least }) => Err(GetError::Store(StoreError::ObjectTooLarge {
+                key: key.to_string(),
+                size,
+                at_least,
+                limit,
+            })),
+            Err(f) if f.is_not_found() => Err(GetError::NotFound),
+            Err(f) => Err(GetError::Store(f.into())),
+        }
     }
 
     /// PUT with retries (overwrite).
@@ -352,12 +420,23 @@ impl Inner {
         .await
     }
 
-    /// DELETE with retries; a missing object counts as deleted.
-    pub async fn delete(&self, key: &Path) -> Result<bool, Failed> {
+    /// DELETE with retries; `false` when the object was already missing. A `file://` store's
+    /// refusal to delete through a symlink is [`StoreError::SymlinkInStore`].
+    pub async fn delete(&self, key: &Path) -> Result<bool, StoreError> {
         match retry(&self.config.retry, "delete", key, || self.store.delete(key)).await {
             Ok(()) => Ok(true),
             Err(f) if f.is_not_found() => Ok(false),
-            Err(f) => Err(f),
+            Err(f) => {
+                if let RemoteError::Store(object_store::Error::PermissionDenied { source, .. }) = &f.source
+                    && let Some(r) = source.downcast_ref::<SymlinkRefused>()
+                {
+                    return Err(StoreError::SymlinkInStore {
+                        path: r.path.clone(),
+                        component: r.component.clone(),
+                    });
+                }
+                Err(f.into())
+            }
         }
     }
 
@@ -373,10 +452,10 @@ impl Inner {
 
     pub async fn read_index(&self, id: &str) -> Result<SnapshotIndex, StoreError> {
         let key = self.index_key(id);
-        let bytes = match self.get("get index", &key).await {
+        let bytes = match self.get_capped("get index", &key, MAX_INDEX_BYTES as u64).await {
             Ok(b) => b,
-            Err(f) if f.is_not_found() => return Err(self.not_found(id)),
-            Err(f) => return Err(f.into()),
+            Err(GetError::NotFound) => return Err(self.not_found(id)),
+            Err(GetError::Store(e)) => return Err(e),
         };
         let index = SnapshotIndex::decode(&bytes).map_err(|source| StoreError::CorruptIndex {
             id: id.to_string(),
@@ -397,10 +476,10 @@ impl Inner {
     }
 
     pub async fn read_latest(&self) -> Result<String, StoreError> {
-        let bytes = match self.get("get LATEST", &self.latest_key()).await {
+        let bytes = match self.get_capped("get LATEST", &self.latest_key(), MAX_LATEST_BYTES as u64).await {
             Ok(b) => b,
-            Err(f) if f.is_not_found() => return Err(self.not_found(LATEST_OBJECT)),
-            Err(f) => return Err(f.into()),
+            Err(GetError::NotFound) => return Err(self.not_found(LATEST_OBJECT)),
+            Err(GetError::Store(e)) => return Err(e),
         };
         LatestPointer::decode(&bytes)
             .map(|p| p.snapshot_id)

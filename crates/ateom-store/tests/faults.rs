@@ -247,6 +247,9 @@ async fn replace_list_delete_and_unreferenced_gc() {
     write_runs(&src.join("checkpoint"), &[Run::Data(20_000, 10)]);
     let r = store.push_dir(&src, &names, "a", serde_json::json!({"gen": 3})).await.unwrap();
     assert!(r.replaced_existing && r.chunks_skipped_existing == 8 && r.stale_chunks_removed == 1, "{r:?}");
+    // "b" is the newer id: re-pushing "a" does not move LATEST backwards.
+    assert_eq!((r.latest.as_deref(), r.latest_moved), (Some("b"), false), "{r:?}");
+    assert_eq!(store.latest().await.unwrap(), "b");
     store.pull(Some("a"), &dst).await.unwrap();
     assert_same(&src, &dst, &names);
     assert_eq!(store.read_index("a").await.unwrap().meta, serde_json::json!({"gen": 3}));
@@ -262,7 +265,10 @@ async fn replace_list_delete_and_unreferenced_gc() {
     std::fs::remove_file(bucket.join("a/chunks/README")).unwrap();
 
     // Delete: the index goes first, LATEST follows when it names the snapshot.
-    // (LATEST names "a" now: the replacing push moved it.)
+    // With force_latest the replacing push moves LATEST back to "a".
+    let forced = PushOptions { force_latest: true, ..PushOptions::default() };
+    let r = store.push_dir_with(&src, &names, "a", serde_json::json!({"gen": 3}), &forced).await.unwrap();
+    assert_eq!((r.latest.as_deref(), r.latest_moved), (Some("a"), true), "{r:?}");
     let d = store.delete("b").await.unwrap();
     assert!(d.had_index && !d.latest_removed && d.objects_deleted == 10, "{d:?}");
     assert!(!bucket.join("b").exists());
