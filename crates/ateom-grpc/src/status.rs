@@ -67,7 +67,10 @@ fn store_code(e: &StoreError) -> Code {
         | StoreError::CorruptLatest { .. }
         | StoreError::MissingChunk { .. }
         | StoreError::CorruptChunk { .. }
-        | StoreError::ArtifactDigestMismatch { .. } => Code::DataLoss,
+        | StoreError::ArtifactDigestMismatch { .. }
+        | StoreError::InconsistentChunk { .. }
+        | StoreError::ObjectTooLarge { .. } => Code::DataLoss,
+        StoreError::SymlinkInStore { .. } => Code::FailedPrecondition,
         StoreError::Remote { .. } => Code::Unavailable,
         StoreError::InvalidLocation { .. }
         | StoreError::UnsupportedScheme { .. }

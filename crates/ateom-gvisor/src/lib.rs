@@ -901,10 +901,11 @@ fn processes_using_root(root: &Path, keep: Option<&Handle>) -> Vec<i32> {
     let needle = format!("--root={}", root.display());
     let spared = |cmdline: &[u8]| {
         keep.is_some_and(|k| {
-            let bundle = format!("--bundle={}", k.bundle.display());
-            cmdline.split(|b| *b == 0).any(|arg| {
-                arg == k.cid.as_bytes() || arg == bundle.as_bytes() || arg.ends_with(k.cid.as_bytes())
-            })
+            let bundle = k.bundle.as_os_str().as_encoded_bytes();
+            let bundle_flag = format!("--bundle={}", k.bundle.display());
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == k.cid.as_bytes() || arg == bundle || arg == bundle_flag.as_bytes())
         })
     };
     let mut pids = Vec::new();

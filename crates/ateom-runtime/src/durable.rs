@@ -114,12 +114,11 @@ pub async fn push(
     })
 }
 
-/// A durable snapshot's manifest, and whether its chunk table is bound to the manifest's
-/// chunked digests (then a pull needs no whole-file hashing: every chunk it fetches is checked
-/// against the table, and the table against the manifest).
+/// A durable snapshot's manifest, checked against its index: every artifact's size and
+/// whole-file sha256 equal the index's (which every pull verifies), and where the manifest has
+/// a chunked digest of the index's chunk size, the index's chunk table adds up to it.
 pub struct DurableManifest {
     pub manifest: SnapshotManifest,
-    pub table_bound: bool,
 }
 
 /// The manifest of a durable snapshot, read from its index (small: no data moves).
@@ -131,7 +130,6 @@ pub async fn manifest(store: &Store, id: &str) -> Result<DurableManifest, Runtim
         detail: e.to_string(),
     })?;
     // The index's digests are what pull verifies against; they must be the manifest's.
-    let mut table_bound = true;
     for a in &manifest.artifacts {
         let indexed = index.artifacts.iter().find(|e| e.name == a.name);
         match indexed {
@@ -148,7 +146,7 @@ pub async fn manifest(store: &Store, id: &str) -> Result<DurableManifest, Runtim
                         });
                     }
                 }
-                _ => table_bound = false,
+                _ => {}
             },
             _ => {
                 return Err(RuntimeError::DurableManifest {
@@ -170,7 +168,7 @@ pub async fn manifest(store: &Store, id: &str) -> Result<DurableManifest, Runtim
             detail: format!("the manifest names snapshot {}", manifest.snapshot_id),
         });
     }
-    Ok(DurableManifest { manifest, table_bound })
+    Ok(DurableManifest { manifest })
 }
 
 /// What a pull did.
@@ -195,7 +193,7 @@ pub async fn pull(
     let pending = local.begin_empty(actor, id.clone())?;
     // Every fetched chunk is checked against its table entry; with the table bound to the
     // manifest, a whole-file pass over zeros adds nothing.
-    let opts = PullOptions { progress, verify_artifact_digests: !durable.table_bound };
+    let opts = PullOptions { progress };
     let report = store.pull_with(Some(id.as_str()), pending.dir(), &opts).await?;
     let snapshot =
         tokio::task::spawn_blocking(move || pending.commit_verified(manifest)).await.map_err(|e| {

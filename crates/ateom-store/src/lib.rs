@@ -156,7 +156,6 @@
 //! for a run of zeros, but no I/O is needed for them). A caller that also holds the digests
 //! (ateom: the snapshot manifest, whose whole-file and chunked sha256 it compares with the
 //! index before pulling) thereby gets its manifest's bytes, or an error naming what differs.
-//! [`PullOptions::verify_artifact_digests`] is ignored (kept so that old callers compile).
 //!
 //! ## Bounded inputs
 //!

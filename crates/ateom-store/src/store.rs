@@ -156,17 +156,14 @@ impl Default for PushOptions {
 /// Options of one pull.
 #[derive(Clone)]
 pub struct PullOptions {
-    /// Progress receiver.
+    /// Progress receiver. (There is no option to verify less: every pull checks every chunk
+    /// and every whole-file sha256; see "What each digest covers" in the crate docs.)
     pub progress: Option<Arc<dyn Progress>>,
-    /// **Ignored**: every pull checks every chunk and every whole-file sha256 (see "What each
-    /// digest covers" in the crate docs). Kept so that existing callers compile; it will be
-    /// removed.
-    pub verify_artifact_digests: bool,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { progress: None, verify_artifact_digests: true }
+        PullOptions { progress: None }
     }
 }
 
@@ -184,7 +181,6 @@ impl std::fmt::Debug for PullOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PullOptions")
             .field("progress", &self.progress.is_some())
-            .field("verify_artifact_digests", &self.verify_artifact_digests)
             .finish()
     }
 }

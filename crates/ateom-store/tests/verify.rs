@@ -42,10 +42,8 @@ impl Fixture {
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
     }
 
-    /// Pull with the old "skip the whole-file digest" option set: it must change nothing.
     async fn pull_err(&self) -> StoreError {
-        let opts = PullOptions { verify_artifact_digests: false, ..PullOptions::default() };
-        let e = self.store.pull_with(Some("s"), &self.dst, &opts).await.unwrap_err();
+        let e = self.store.pull_with(Some("s"), &self.dst, &PullOptions::default()).await.unwrap_err();
         assert!(tree(&self.dst).is_empty(), "left behind: {:?}", tree(&self.dst));
         eprintln!("refused: {e}");
         e
@@ -59,8 +57,7 @@ fn zeros_digest(len: usize) -> Digest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untampered_pull_is_byte_identical() {
     let fx = fixture().await;
-    let opts = PullOptions { verify_artifact_digests: false, ..PullOptions::default() };
-    fx.store.pull_with(Some("s"), &fx.dst, &opts).await.unwrap();
+    fx.store.pull_with(Some("s"), &fx.dst, &PullOptions::default()).await.unwrap();
     assert_eq!(std::fs::read(fx.src.join("memory")).unwrap(), std::fs::read(fx.dst.join("memory")).unwrap());
     assert_eq!(fx.names.len(), 1);
 }

@@ -340,17 +340,12 @@ async fn store_round(
     // committed by ateom).
     let (_, push_hashing_ms) =
         timed(async { Ok(store.push_dir(dir, names, "bench-hashing", json!({})).await?) }).await?;
-    // As a restore pulls when the manifest's chunk digests bind the chunk table: every
-    // fetched chunk checked against its sha256, no extra whole-file pass over zeros.
-    let only_chunks = PullOptions { verify_artifact_digests: false, ..PullOptions::default() };
+    // As a restore pulls: every fetched chunk checked against its sha256, every whole file
+    // against its sha256 (zeros hashed in memory).
     let (_, pull_ms) = timed(async {
-        Ok(store.pull_with(Some("bench"), &work.join(format!("pulled-{label}")), &only_chunks).await?)
+        Ok(store.pull_with(Some("bench"), &work.join(format!("pulled-{label}")), &PullOptions::default()).await?)
     })
     .await?;
-    // The same with the whole-file sha256 pass on top (older manifests without chunk digests).
-    let whole = work.join(format!("pulled-whole-{label}"));
-    let (_, pull_whole_file_ms) =
-        timed(async { Ok(store.pull_with(Some("bench"), &whole, &PullOptions::default()).await?) }).await?;
 
     // Baseline: zstd -1 over each whole file, then one sequential copy to the "bucket"; pull
     // is the copy back plus decompression.
@@ -377,7 +372,6 @@ async fn store_round(
     figure(&mut out, "push_ms", push_ms, bpush);
     figure(&mut out, "pull_ms", pull_ms, bpull);
     out.insert("push_hashing_ms".into(), json!(round2(push_hashing_ms)));
-    out.insert("pull_whole_file_verified_ms".into(), json!(round2(pull_whole_file_ms)));
     let mib = logical as f64 / 1048576.0;
     out.insert("push_mib_per_s".into(), json!(round2(mib / (push_ms / 1000.0).max(1e-6))));
     out.insert("baseline_push_mib_per_s".into(), json!(round2(mib / (bpush / 1000.0).max(1e-6))));

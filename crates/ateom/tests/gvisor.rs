@@ -247,29 +247,126 @@ async fn a_workload_that_never_gets_ready_is_reported_and_removed() {
     assert_eq!(caps.running_actor, "", "the worker is free again");
 }
 
+async fn caps(c: &mut Client) -> ateom_proto::GetCapabilitiesResponse {
+    c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner()
+}
+
+/// A worker process that dies (SIGKILL) or stops (SIGTERM) never takes its workload with it:
+/// the next `ateom serve` on the same state directory adopts the sandbox and serves it on the
+/// same loopback endpoint, with its state intact. A sandbox that died meanwhile is cleaned up
+/// and its actor reported lost, with the reason.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_worker_cleans_up_after_a_crash() {
+async fn a_restarted_worker_adopts_its_workload_and_reports_the_dead() {
     require_gvisor!();
     let tmp = tempfile::tempdir().unwrap();
     let image = counter_image(tmp.path());
     let state = tmp.path().join("state");
     let mut w = Worker::start(&state, &[]);
     let mut c = w.client().await;
-    run_counter(&mut c, "crashy", &image).await;
-    assert!(!w.namespaces().is_empty());
-    assert!(!w.runsc_processes().is_empty());
+    let run = run_counter(&mut c, "a1", &image).await;
+    for i in 1..=3 {
+        assert_eq!(hit(&run.host_endpoint).await.memory, i);
+    }
+    let before = hit(&run.host_endpoint).await;
     w.crash();
     assert!(!w.runsc_processes().is_empty(), "the sandbox outlives a crashed worker");
 
-    let w2 = Worker::start(&state, &[]);
+    // 1. Adopted after a crash: same endpoint, state continues, nothing lost.
+    let mut w2 = Worker::start(&state, &[]);
     let mut c2 = w2.client().await;
-    // Startup cleanup ran before the socket appeared.
-    assert!(w2.runsc_processes().is_empty(), "stale sandboxes killed: {:?}", w2.runsc_processes());
-    assert!(w2.namespaces().is_empty(), "stale namespaces removed: {:?}", w2.namespaces());
-    assert!(w2.log_text().contains("cleaned up after a previous run"), "{}", w2.log_text());
-    let run = run_counter(&mut c2, "after-crash", &image).await;
-    assert_eq!(hit(&run.host_endpoint).await.memory, 1);
-    c2.checkpoint_workload(checkpoint_req("after-crash")).await.unwrap();
+    let k = caps(&mut c2).await;
+    assert_eq!((k.state.as_str(), k.running_actor.as_str()), ("running", "test/counter/a1"), "{}", w2.log_text());
+    assert_eq!(k.host_endpoint, run.host_endpoint, "served on the same endpoint");
+    assert!(k.lost_actors.is_empty(), "{:?}", k.lost_actors);
+    let after = hit(&k.host_endpoint).await;
+    assert_eq!((after.memory, after.file, after.sha.clone()), (before.memory + 1, before.file + 1, before.sha.clone()));
+    assert!(w2.log_text().contains("adopted"), "{}", w2.log_text());
+    // The adopted sandbox checkpoints and restores like any other.
+    let ck = c2.checkpoint_workload(checkpoint_req("a1")).await.expect("checkpoint the adopted").into_inner();
+    assert!(w2.runsc_processes().is_empty() && w2.namespaces().is_empty());
+    let r = c2.restore_workload(restore_req("a1")).await.expect("restore").into_inner();
+    assert_eq!(r.snapshot_id, ck.manifest.unwrap().snapshot_id);
+    assert_eq!(hit(&r.host_endpoint).await.memory, before.memory + 2);
+
+    // 2. A clean stop (SIGTERM) keeps it running too.
+    w2.stop();
+    assert!(!w2.runsc_processes().is_empty(), "SIGTERM leaves the workload running");
+    let mut w3 = Worker::start(&state, &[]);
+    let mut c3 = w3.client().await;
+    let k = caps(&mut c3).await;
+    assert_eq!(k.running_actor, "test/counter/a1", "{}", w3.log_text());
+    assert_eq!(hit(&k.host_endpoint).await.memory, before.memory + 3);
+
+    // 3. The sandbox dies while no worker watches: cleaned up, reported lost.
+    w3.crash();
+    for pid in w3.runsc_processes() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let w4 = Worker::start(&state, &[]);
+    let mut c4 = w4.client().await;
+    assert!(w4.runsc_processes().is_empty(), "dead sandboxes cleaned: {:?}", w4.runsc_processes());
+    assert!(w4.namespaces().is_empty(), "namespaces removed: {:?}", w4.namespaces());
+    let k = caps(&mut c4).await;
+    assert_eq!((k.state.as_str(), k.running_actor.as_str()), ("idle", ""));
+    let lost = k.lost_actors.last().expect("the dead actor is reported");
+    assert_eq!(lost.actor, "test/counter/a1");
+    assert!(!lost.reason.is_empty() && !lost.at.is_empty(), "{lost:?}");
+    // Its snapshot is still there, and the worker takes new work.
+    let r = c4.restore_workload(restore_req("a1")).await.expect("restore after the loss").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, before.memory + 2, "back to the last snapshot, by request");
+    c4.checkpoint_workload(checkpoint_req("a1")).await.unwrap();
+    drop((w, w2, w3));
+}
+
+/// One worker per state directory: a second `ateom serve` on it refuses to start and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_worker_on_the_same_state_dir_is_refused() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let _w = Worker::start(&state, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .args(["serve", "--socket"])
+        .arg(tmp.path().join("other.sock"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one worker per state directory"), "{err}");
+}
+
+/// Relative state directories work (they are made absolute at the edge: runsc's gofer cannot
+/// mount a relative root).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_state_dir_works() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let socket = tmp.path().join("rel.sock");
+    let log = tmp.path().join("rel.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+        .current_dir(tmp.path())
+        .args(["serve", "--on-exit", "stop", "--state-dir", "w1", "--socket"])
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut c = ateom_grpc::connect_unix(&socket).await.unwrap();
+    let run = c.run_workload(run_req("rel", &image)).await;
+    let outcome = run.as_ref().map(|r| r.get_ref().host_endpoint.clone());
+    if let Ok(endpoint) = &outcome {
+        assert_eq!(hit(endpoint).await.memory, 1);
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    outcome.unwrap_or_else(|e| panic!("run with a relative state dir: {e}\n{}", std::fs::read_to_string(&log).unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
