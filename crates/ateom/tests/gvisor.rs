@@ -245,6 +245,19 @@ async fn a_workload_that_never_gets_ready_is_reported_and_removed() {
     assert!(w.runsc_processes().is_empty());
     let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
     assert_eq!(caps.running_actor, "", "the worker is free again");
+
+    // A sandbox that cannot start at all: its runtime's logs are kept under failures/ and
+    // the error says where, with the telling line.
+    let mut r = run_req("broken", &image);
+    r.spec.as_mut().unwrap().containers[0].command = vec!["/no/such/binary".into()];
+    let err = c.run_workload(r).await.expect_err("nothing to execute");
+    assert!(err.message().contains("logs are kept in"), "{}", err.message());
+    eprintln!("a sandbox that cannot start: {}", err.message());
+    // Both failures (never ready, cannot start) kept their logs.
+    let kept: Vec<_> = std::fs::read_dir(w.state_dir.join("failures")).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|k| std::fs::read_dir(k.path()).unwrap().count() > 0), "the logs themselves are there");
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
 }
 
 async fn caps(c: &mut Client) -> ateom_proto::GetCapabilitiesResponse {
