@@ -719,7 +719,7 @@ impl Backend for FirecrackerBackend {
         let _ = keep;
         // Our VMMs carry `--id ateom-<instance>-...`.
         let prefix = format!("ateom-{}-", self.opts.instance);
-        ateom_microvm::remove_stale(&prefix, |proc_dir| {
+        ateom_microvm::remove_stale(&prefix, &ateom_microvm::Spare::default(), |proc_dir| {
             std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
                 args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()))

@@ -111,11 +111,22 @@ pub fn kvm() -> Kvm {
     Kvm::Hardware
 }
 
+/// What [`remove_stale`] leaves alone: the sandbox a restarted worker adopted.
+#[derive(Clone, Debug, Default)]
+pub struct Spare {
+    /// Its VMM process.
+    pub pid: Option<u32>,
+    /// Its network namespace.
+    pub netns: Option<String>,
+}
+
 /// What a restarted worker removes before serving: processes `ours` recognises (from their
 /// `/proc/<pid>` directory; they were started for this worker's state directory, so they are
-/// its to kill) and network namespaces named `<prefix>*`. Returns what it removed.
+/// its to kill) and network namespaces named `<prefix>*`, except what `spare` names. Returns
+/// what it removed.
 pub fn remove_stale(
     prefix: &str,
+    spare: &Spare,
     ours: impl Fn(&Path) -> bool,
 ) -> Result<Vec<String>, ateom_core::BackendError> {
     let mut done = Vec::new();
@@ -123,6 +134,7 @@ pub fn remove_stale(
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             if pid as u32 != std::process::id()
+                && Some(pid as u32) != spare.pid
                 && ours(&e.path())
                 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
                     .is_ok()
@@ -133,6 +145,9 @@ pub fn remove_stale(
     }
     let net = |e: ateom_net::NetError| ateom_core::BackendError::Network(e.to_string());
     for name in ateom_net::Netns::list_with_prefix(prefix).map_err(net)? {
+        if spare.netns.as_deref() == Some(name.as_str()) {
+            continue;
+        }
         ateom_net::Netns::delete_by_name(&name).map_err(net)?;
         done.push(format!("network namespace {name}"));
     }

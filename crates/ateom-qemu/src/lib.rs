@@ -12,7 +12,7 @@
 //!  │ qemu-system-x86_64 -M microvm (cwd = work dir):                   │
 //!  │   RAM = memory-backend-file `memory` (share=on)                   │
 //!  │   virtio-blk `rootfs.ext4`, virtio-net tap0, virtio-rng           │
-//!  │   serial = stdio -> console hub, QMP on `qmp.sock`                │
+//!  │   serial on `console.sock` (console hub), QMP on `qmp.sock`      │
 //!  └───────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -46,7 +46,6 @@ use ateom_core::{
 use ateom_microvm::{Console, Kvm, guest};
 use ateom_net::{Netns, NetnsDialer, TapPlan};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
 
 use crate::qmp::Qmp;
@@ -54,6 +53,10 @@ use crate::qmp::Qmp;
 pub const VMSTATE: &str = "vmstate";
 pub const MEMORY: &str = "memory";
 pub const DISK: &str = "rootfs.ext4";
+/// QEMU serves the serial console on this unix socket in the work directory.
+pub const CONSOLE_SOCKET: &str = "console.sock";
+/// QEMU's stderr, in the work directory.
+const QEMU_LOG: &str = "qemu.log";
 const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem";
 
 /// How the backend is set up; per-request `MicroVmConfig` fields override the defaults.
@@ -343,8 +346,11 @@ impl QemuBackend {
         let net = cfg.network.clone().expect("qemu guests always get a network");
         let (ns, dialer) = self.network(&net).await?;
         let mut args = qemu_args(self.accel, &self.opts.cpu, &cfg, &kernel, &cmdline, base.is_some());
+        // Stopped until the console hub is connected (a boot prints nothing unseen) or the
+        // incoming migration is done.
+        args.push("-S".into());
         if snapshot.is_some() {
-            args.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+            args.extend(["-incoming".into(), "defer".into()]);
         }
         let binary = cfg.vmm_path.clone().unwrap_or_else(|| self.opts.binary.clone());
         let spawn_start = std::time::Instant::now();
@@ -415,6 +421,12 @@ impl QemuBackend {
         vm: &mut QemuSandbox,
         ateom_init: bool,
     ) -> Result<(), BackendError> {
+        let p = vm.proc.as_mut().expect("spawned");
+        p.qmp()
+            .await?
+            .execute("cont", None)
+            .await
+            .map_err(|e| BackendError::failed("starting the microVM", e.to_string()))?;
         if ateom_init {
             // The guest's clock starts from the RTC (one-second resolution): set it exactly.
             let dialer = vm.dialer.clone().expect("network");
@@ -507,8 +519,10 @@ pub fn qemu_args(
         "-no-reboot".into(),
         "-display".into(),
         "none".into(),
+        "-chardev".into(),
+        format!("socket,id=ser0,path={CONSOLE_SOCKET},server=on,wait=off"),
         "-serial".into(),
-        "stdio".into(),
+        "chardev:ser0".into(),
         "-qmp".into(),
         "unix:qmp.sock,server=on,wait=off".into(),
         "-kernel".into(),
@@ -547,13 +561,15 @@ pub fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-/// One supervised qemu-system process: serial console on the hub, stderr into the logs.
+/// One supervised qemu-system process. Nothing ties it to this worker process, so a restarted
+/// worker can adopt it: its serial console is a unix socket QEMU serves (`console.sock`, the
+/// hub connects to it and a later hub reconnects), QMP is `qmp.sock`, and its stderr goes to
+/// `qemu.log` in the work directory (no pipe that would break with the worker).
 struct QemuProcess {
     console: Console,
     pid: Option<u32>,
     exited: Arc<Mutex<Option<String>>>,
     waiter: Option<tokio::task::JoinHandle<()>>,
-    stderr_task: tokio::task::JoinHandle<()>,
     qmp_path: PathBuf,
     qmp: Option<Qmp>,
 }
@@ -568,8 +584,14 @@ impl Drop for QemuProcess {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        self.stderr_task.abort();
     }
+}
+
+/// The last lines of QEMU's own log (its stderr).
+fn log_tail(work_dir: &Path) -> String {
+    let text = std::fs::read_to_string(work_dir.join(QEMU_LOG)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 impl QemuProcess {
@@ -580,13 +602,21 @@ impl QemuProcess {
         ns: &Netns,
         label: &str,
     ) -> Result<Self, BackendError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work_dir.join(QEMU_LOG))
+            .map_err(|e| BackendError::io("creating qemu.log", e))?;
         let mut cmd = tokio::process::Command::new(binary);
         cmd.args(args)
             .current_dir(work_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(false)
+            // Its own process group: it outlives this worker process (a restarted worker adopts
+            // it), and a terminal's Ctrl-C for the worker does not reach it.
+            .process_group(0);
         ateom_net::join_netns_before_exec(&mut cmd, ns, false)
             .map_err(|e| BackendError::Network(e.to_string()))?;
         debug!(?args, "qemu");
@@ -595,66 +625,78 @@ impl QemuProcess {
             detail: e.to_string(),
         })?;
         let pid = child.id();
-        let console = Console::start(
-            child.stdout.take().expect("piped"),
-            child.stdin.take().expect("piped"),
-            label.into(),
-        )
-        .await
-        .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
-        let stderr_tail = Arc::new(Mutex::new(Vec::<String>::new()));
-        let tail = stderr_tail.clone();
-        let vm = label.to_owned();
-        let stderr = child.stderr.take().expect("piped");
-        let stderr_task = tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                warn!(target: "qemu", %vm, "{line}");
-                let mut t = tail.lock().expect("tail");
-                t.push(line);
-                let excess = t.len().saturating_sub(10);
-                t.drain(..excess);
-            }
-        });
         let exited = Arc::new(Mutex::new(None));
         let record = exited.clone();
+        let dir = work_dir.to_owned();
         let waiter = tokio::spawn(async move {
             let status = child.wait().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let last = stderr_tail.lock().expect("tail").join(" | ");
             *record.lock().expect("exit lock") = Some(match status {
-                Ok(s) => format!("qemu exited ({s}); stderr: {last}"),
+                Ok(s) => format!("qemu exited ({s}); its log: {}", log_tail(&dir)),
                 Err(e) => format!("waiting for qemu: {e}"),
             });
         });
-        let mut p = QemuProcess {
-            console,
-            pid,
-            exited,
-            waiter: Some(waiter),
-            stderr_task,
-            qmp_path: work_dir.join("qmp.sock"),
-            qmp: None,
-        };
+        Self::attach(pid, exited, Some(waiter), work_dir, label).await
+    }
+
+    /// Takes over a QEMU process a previous worker process started (not our child: its exit
+    /// is watched through a pidfd).
+    async fn adopt(pid: u32, work_dir: &Path, label: &str) -> Result<Self, BackendError> {
+        let watch = ateom_sys::ProcessWatch::new(pid)
+            .map_err(|e| BackendError::failed("adopting QEMU", format!("process {pid}: {e}")))?;
+        let exited = Arc::new(Mutex::new(None));
+        let record = exited.clone();
+        let dir = work_dir.to_owned();
+        let waiter = tokio::spawn(async move {
+            watch.wait().await;
+            *record.lock().expect("exit lock") =
+                Some(format!("qemu (process {pid}) exited; its log: {}", log_tail(&dir)));
+        });
+        Self::attach(Some(pid), exited, Some(waiter), work_dir, label).await
+    }
+
+    /// Connects QMP and the console hub once QEMU serves them.
+    async fn attach(
+        pid: Option<u32>,
+        exited: Arc<Mutex<Option<String>>>,
+        waiter: Option<tokio::task::JoinHandle<()>>,
+        work_dir: &Path,
+        label: &str,
+    ) -> Result<Self, BackendError> {
+        let qmp_path = work_dir.join("qmp.sock");
+        let console_path = work_dir.join(CONSOLE_SOCKET);
+        let gone = |e: &Arc<Mutex<Option<String>>>| e.lock().expect("exit lock").clone();
         // The QMP socket appears once QEMU has set the machine up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(why) = p.exited() {
+        let (qmp, console) = loop {
+            if let Some(why) = gone(&exited) {
                 return Err(BackendError::failed("starting QEMU", why));
             }
-            if p.qmp_path.exists()
-                && let Ok(q) = Qmp::connect(&p.qmp_path).await
+            if qmp_path.exists()
+                && console_path.exists()
+                && let Ok(q) = Qmp::connect(&qmp_path).await
+                && let Ok(c) = connect_unix(&console_path).await
             {
-                p.qmp = Some(q);
-                break;
+                break (q, c);
             }
             if tokio::time::Instant::now() > deadline {
-                p.kill().await;
-                return Err(BackendError::failed("starting QEMU", "its QMP socket never answered"));
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(BackendError::failed(
+                    "starting QEMU",
+                    "its QMP and console sockets never answered",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(p)
+        };
+        let (from_guest, to_guest) = console.into_split();
+        let console = Console::start(from_guest, to_guest, label.into())
+            .await
+            .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
+        Ok(QemuProcess { console, pid, exited, waiter, qmp_path, qmp: Some(qmp) })
     }
 
     fn exited(&self) -> Option<String> {
@@ -693,6 +735,87 @@ impl QemuProcess {
                 }
             },
         }
+    }
+}
+
+/// Connects to a unix socket whose path may be longer than `sockaddr_un` allows.
+async fn connect_unix(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let short = ateom_microvm::SocketPath::new(path)?;
+    tokio::net::UnixStream::connect(short.path()).await
+}
+
+/// What a QEMU sandbox records to be found again by a restarted worker.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Handle {
+    pid: u32,
+    work_dir: PathBuf,
+    netns: String,
+    guest_ip: std::net::Ipv4Addr,
+    disk: bool,
+    provenance: BackendProvenance,
+    image_digests: BTreeMap<String, String>,
+}
+
+/// A process of ours: a qemu-system whose working directory is a sandbox's work dir.
+fn is_our_qemu(proc_dir: &Path, under: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.starts_with("qemu-system"))
+        && std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(under))
+}
+
+impl QemuBackend {
+    /// Takes over a VM a previous worker process started (see [`Backend::adopt`]): QMP and the
+    /// console socket are reconnected, the exit is watched through a pidfd, and a VM stopped
+    /// for an interrupted checkpoint is resumed (its RAM file and disk moved back first).
+    async fn adopt_vm(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
+        let h: Handle = serde_json::from_value(req.handle.0.clone())
+            .map_err(|e| BackendError::Snapshot(format!("the recorded VM handle is unreadable: {e}")))?;
+        let proc_dir = PathBuf::from(format!("/proc/{}", h.pid));
+        if h.pid == 0 || !is_our_qemu(&proc_dir, &h.work_dir) {
+            return Ok(Adopted::Gone(format!("its QEMU (process {}) is gone", h.pid)));
+        }
+        let ns = match Netns::open(&h.netns) {
+            Ok(ns) => ns,
+            Err(e) => return Ok(Adopted::Gone(format!("its network namespace {} is gone: {e}", h.netns))),
+        };
+        let dialer: Arc<dyn Dialer> = match NetnsDialer::new(&ns, IpAddr::V4(h.guest_ip)) {
+            Ok(d) => Arc::new(d),
+            Err(e) => return Ok(Adopted::Gone(format!("cannot reach it: {e}"))),
+        };
+        let label = h.work_dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        let mut proc = match QemuProcess::adopt(h.pid, &h.work_dir, &label.unwrap_or_default()).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Adopted::Gone(e.to_string())),
+        };
+        let qmp = proc.qmp().await?;
+        let fail = |what: &'static str| move |e: qmp::QmpError| BackendError::failed(what, e.to_string());
+        // A migration (the checkpoint's device state) may still be running: let it end.
+        if req.interrupted_checkpoint.is_some() {
+            let _ = qmp.wait_migration(Duration::from_secs(60)).await;
+        }
+        let status = qmp.execute("query-status", None).await.map_err(fail("adopting QEMU (query-status)"))?;
+        let running = status.get("running").and_then(|r| r.as_bool()).unwrap_or(false);
+        if req.resume && !running {
+            if let Some(dir) = req.interrupted_checkpoint {
+                for f in [MEMORY, DISK] {
+                    if dir.join(f).exists() && !h.work_dir.join(f).exists() {
+                        std::fs::rename(dir.join(f), h.work_dir.join(f))
+                            .map_err(|e| BackendError::io(format!("moving {f} back to the VM"), e))?;
+                    }
+                }
+            }
+            qmp.execute("cont", None).await.map_err(fail("resuming the adopted microVM"))?;
+            info!(pid = h.pid, "resumed the microVM stopped by an interrupted checkpoint");
+        }
+        info!(pid = h.pid, "adopted a running QEMU microVM");
+        Ok(Adopted::Running(Box::new(QemuSandbox {
+            proc: Some(proc),
+            ns: Some(ns),
+            dialer: Some(dialer),
+            work_dir: h.work_dir,
+            disk: h.disk,
+            provenance: h.provenance,
+            image_digests: h.image_digests,
+        })))
     }
 }
 
@@ -737,10 +860,20 @@ impl Sandbox for QemuSandbox {
     }
 
     fn handle(&self) -> SandboxHandle {
-        SandboxHandle(serde_json::json!({
-            "pid": self.proc.as_ref().and_then(|p| p.pid),
-            "netns": self.ns.as_ref().map(|n| n.name().to_owned()),
-        }))
+        let ip = match self.dialer.as_ref().map(|d| d.ip()) {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let h = Handle {
+            pid: self.proc.as_ref().and_then(|p| p.pid).unwrap_or(0),
+            work_dir: self.work_dir.clone(),
+            netns: self.ns.as_ref().map(|n| n.name().to_owned()).unwrap_or_default(),
+            guest_ip: ip,
+            disk: self.disk,
+            provenance: self.provenance.clone(),
+            image_digests: self.image_digests.clone(),
+        };
+        SandboxHandle(serde_json::to_value(h).expect("handle serializes"))
     }
 
     fn snapshot_output(&self) -> CheckpointOutput {
@@ -844,17 +977,19 @@ impl Backend for QemuBackend {
     }
 
     async fn adopt(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
-        let _ = req;
-        Ok(Adopted::Gone("adopting a QEMU VM is not implemented yet".into()))
+        self.adopt_vm(req).await
     }
 
     async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError> {
-        let _ = keep;
+        let keep: Option<Handle> = keep.and_then(|h| serde_json::from_value(h.0.clone()).ok());
+        let spare = ateom_microvm::Spare {
+            pid: keep.as_ref().map(|k| k.pid),
+            netns: keep.as_ref().map(|k| k.netns.clone()),
+        };
         // Our QEMUs run with their working directory in <state>/actors/*/work.
         let actors = self.opts.state_dir.join("actors");
-        ateom_microvm::remove_stale(&format!("ateom-{}-", self.opts.instance), |proc_dir| {
-            std::fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.starts_with("qemu-system"))
-                && std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(&actors))
+        ateom_microvm::remove_stale(&format!("ateom-{}-", self.opts.instance), &spare, |proc_dir| {
+            is_our_qemu(proc_dir, &actors)
         })
     }
 }

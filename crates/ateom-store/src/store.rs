@@ -179,9 +179,7 @@ impl std::fmt::Debug for PushOptions {
 
 impl std::fmt::Debug for PullOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PullOptions")
-            .field("progress", &self.progress.is_some())
-            .finish()
+        f.debug_struct("PullOptions").field("progress", &self.progress.is_some()).finish()
     }
 }
 

@@ -168,10 +168,7 @@ async fn all_zero_64mib_stores_nothing_and_comes_back_sparse() {
     );
     assert_eq!(tree(&bucket.join("z")), vec!["index.json".to_string()]);
 
-    let pull = store
-        .pull_with(None, &dst, &PullOptions::default())
-        .await
-        .unwrap();
+    let pull = store.pull_with(None, &dst, &PullOptions::default()).await.unwrap();
     assert_eq!((pull.snapshot_id.as_str(), pull.chunks_fetched), ("z", 0));
     let meta = std::fs::metadata(dst.join("memory")).unwrap();
     assert_eq!(meta.len(), 64 << 20);

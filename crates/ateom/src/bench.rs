@@ -343,7 +343,9 @@ async fn store_round(
     // As a restore pulls: every fetched chunk checked against its sha256, every whole file
     // against its sha256 (zeros hashed in memory).
     let (_, pull_ms) = timed(async {
-        Ok(store.pull_with(Some("bench"), &work.join(format!("pulled-{label}")), &PullOptions::default()).await?)
+        Ok(store
+            .pull_with(Some("bench"), &work.join(format!("pulled-{label}")), &PullOptions::default())
+            .await?)
     })
     .await?;
 

@@ -256,7 +256,10 @@ async fn a_workload_that_never_gets_ready_is_reported_and_removed() {
     // Both failures (never ready, cannot start) kept their logs.
     let kept: Vec<_> = std::fs::read_dir(w.state_dir.join("failures")).unwrap().flatten().collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
-    assert!(kept.iter().all(|k| std::fs::read_dir(k.path()).unwrap().count() > 0), "the logs themselves are there");
+    assert!(
+        kept.iter().all(|k| std::fs::read_dir(k.path()).unwrap().count() > 0),
+        "the logs themselves are there"
+    );
     assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
 }
 
@@ -288,11 +291,19 @@ async fn a_restarted_worker_adopts_its_workload_and_reports_the_dead() {
     let mut w2 = Worker::start(&state, &[]);
     let mut c2 = w2.client().await;
     let k = caps(&mut c2).await;
-    assert_eq!((k.state.as_str(), k.running_actor.as_str()), ("running", "test/counter/a1"), "{}", w2.log_text());
+    assert_eq!(
+        (k.state.as_str(), k.running_actor.as_str()),
+        ("running", "test/counter/a1"),
+        "{}",
+        w2.log_text()
+    );
     assert_eq!(k.host_endpoint, run.host_endpoint, "served on the same endpoint");
     assert!(k.lost_actors.is_empty(), "{:?}", k.lost_actors);
     let after = hit(&k.host_endpoint).await;
-    assert_eq!((after.memory, after.file, after.sha.clone()), (before.memory + 1, before.file + 1, before.sha.clone()));
+    assert_eq!(
+        (after.memory, after.file, after.sha.clone()),
+        (before.memory + 1, before.file + 1, before.sha.clone())
+    );
     assert!(w2.log_text().contains("adopted"), "{}", w2.log_text());
     // The adopted sandbox checkpoints and restores like any other.
     let ck = c2.checkpoint_workload(checkpoint_req("a1")).await.expect("checkpoint the adopted").into_inner();
@@ -326,7 +337,11 @@ async fn a_restarted_worker_adopts_its_workload_and_reports_the_dead() {
     assert!(!lost.reason.is_empty() && !lost.at.is_empty(), "{lost:?}");
     // Its snapshot is still there, and the worker takes new work.
     let r = c4.restore_workload(restore_req("a1")).await.expect("restore after the loss").into_inner();
-    assert_eq!(hit(&r.host_endpoint).await.memory, before.memory + 2, "back to the last snapshot, by request");
+    assert_eq!(
+        hit(&r.host_endpoint).await.memory,
+        before.memory + 2,
+        "back to the last snapshot, by request"
+    );
     c4.checkpoint_workload(checkpoint_req("a1")).await.unwrap();
     drop((w, w2, w3));
 }
@@ -377,9 +392,14 @@ async fn a_relative_state_dir_works() {
     if let Ok(endpoint) = &outcome {
         assert_eq!(hit(endpoint).await.memory, 1);
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
-    outcome.unwrap_or_else(|e| panic!("run with a relative state dir: {e}\n{}", std::fs::read_to_string(&log).unwrap()));
+    outcome.unwrap_or_else(|e| {
+        panic!("run with a relative state dir: {e}\n{}", std::fs::read_to_string(&log).unwrap())
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]

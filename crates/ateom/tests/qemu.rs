@@ -161,6 +161,61 @@ async fn linux_guest_state_survives_checkpoint_and_restore_and_moves_nodes() {
     assert_eq!(qemu_processes(&b), 0);
 }
 
+/// A worker process that dies never takes its microVM with it: the next one adopts the
+/// running QEMU (QMP and the serial console reconnected) and the guest's RAM state continues.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_adopts_its_running_microvm() {
+    let kernel = require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = console_counter_disk(tmp.path());
+    let kernel = kernel.display().to_string();
+    let disk_arg = disk.display().to_string();
+    let args = [
+        "--backend",
+        "qemu",
+        "--kernel",
+        &kernel,
+        "--rootfs",
+        &disk_arg,
+        "--kernel-cmdline",
+        "init=/init loglevel=1",
+        "--ready-console-line",
+        "READY",
+        "--memory-mib",
+        "128",
+    ];
+    let state = tmp.path().join("node");
+    let mut w = Worker::start(&state, &args);
+    let mut c = w.client().await;
+    let mut req = run_req("q1", "");
+    req.spec = Some(guest_spec());
+    let run = c.run_workload(req).await.expect("boot").into_inner();
+    assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
+    w.crash();
+    assert_eq!(w.vmm_processes().len(), 1, "the VM outlives the worker");
+
+    let w2 = Worker::start(&state, &args);
+    let mut c2 = w2.client().await;
+    let caps = c2.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (caps.state.as_str(), caps.running_actor.as_str()),
+        ("running", "test/counter/q1"),
+        "{}",
+        w2.log_text()
+    );
+    assert!(caps.console.starts_with("tcp://"), "{caps:?}");
+    assert_eq!(drive(&caps.console, 1).await, vec![4], "the adopted guest's RAM state continues");
+    let ck =
+        c2.checkpoint_workload(checkpoint_req("q1")).await.expect("checkpoint the adopted VM").into_inner();
+    assert_eq!(qemu_processes(&w2), 0);
+    let r = c2.restore_workload(restore_req("q1")).await.expect("restore").into_inner();
+    assert_eq!(r.snapshot_id, ck.manifest.unwrap().snapshot_id);
+    assert_eq!(drive(&r.console, 1).await, vec![5]);
+    c2.checkpoint_workload(checkpoint_req("q1")).await.unwrap();
+    assert_eq!(qemu_processes(&w2), 0);
+    assert!(w2.namespaces().is_empty());
+}
+
 fn http_worker(dir: &Path, name: &str, kernel: &Path) -> Worker {
     let init = Command::new("bash").arg(repo_root().join("scripts/build-init.sh")).output().unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));

@@ -180,13 +180,29 @@ impl Worker {
         }
         pids
     }
+
+    /// PIDs of VMM processes (QEMU, Firecracker) working in this worker's state dir.
+    pub fn vmm_processes(&self) -> Vec<i32> {
+        let state = self.state_dir.canonicalize().unwrap_or_else(|_| self.state_dir.clone());
+        let mut pids = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if pid as u32 != std::process::id()
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&state))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        // A stopped worker leaves its workload running for the next one to adopt: tests end
+        // with nothing of theirs left behind, whatever happened.
         self.stop();
-        // Belt and braces: nothing of ours may survive a failed test.
-        for pid in self.runsc_processes() {
+        for pid in self.runsc_processes().into_iter().chain(self.vmm_processes()) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
