@@ -117,7 +117,24 @@ pub struct WorkloadSpec {
     pub containers: Vec<ContainerSpec>,
 }
 
+/// What an environment value becomes in a snapshot manifest.
+pub const REDACTED: &str = "<redacted>";
+
 impl WorkloadSpec {
+    /// The spec as snapshot manifests record it: environment values (secrets, often) are
+    /// replaced by [`REDACTED`]; the keys stay. Manifests travel: into object stores' indexes,
+    /// into responses and logs. The values live on only inside the snapshot's own state (the
+    /// frozen processes, a microVM's disk).
+    pub fn redacted(&self) -> WorkloadSpec {
+        let mut spec = self.clone();
+        for c in &mut spec.containers {
+            for v in c.env.values_mut() {
+                *v = REDACTED.to_owned();
+            }
+        }
+        spec
+    }
+
     /// The container and probe whose port is the workload's service port: the first
     /// container that has a readiness probe.
     pub fn service(&self) -> Option<(&ContainerSpec, &HttpProbe)> {
@@ -140,6 +157,50 @@ pub struct TapNetwork {
     pub guest_ip: std::net::Ipv4Addr,
     pub host_ip: std::net::Ipv4Addr,
     pub prefix_len: u8,
+}
+
+impl TapNetwork {
+    /// Checks every field that reaches a VMM's command line or API: a tap name of 1-15
+    /// characters of `[A-Za-z0-9_-]` (nothing a VMM option parser could split on), a MAC
+    /// address, link-local addresses other than 169.254.169.254, a prefix of 16-30. The error
+    /// names the field under `at` (e.g. `microvm.network` or `provenance`).
+    pub fn check(&self, at: &str) -> Result<(), InvalidArgument> {
+        let t = &self.tap_name;
+        if t.is_empty()
+            || t.len() > 15
+            || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(InvalidArgument::new(
+                format!("{at}.tap_name"),
+                "must be 1-15 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        let m = &self.guest_mac;
+        let mac_ok = m.len() == 17
+            && m.split(':').count() == 6
+            && m.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+        if !mac_ok {
+            return Err(InvalidArgument::new(
+                format!("{at}.guest_mac"),
+                format!("{m:?} is not a MAC address"),
+            ));
+        }
+        for (field, ip) in [("guest_ip", self.guest_ip), ("host_ip", self.host_ip)] {
+            if !ip.is_link_local() || ip.octets()[2] == 169 && ip.octets()[3] == 254 {
+                return Err(InvalidArgument::new(
+                    format!("{at}.{field}"),
+                    format!("{ip} must be link-local (169.254.0.0/16) and not 169.254.169.254"),
+                ));
+            }
+        }
+        if !(16..=30).contains(&self.prefix_len) {
+            return Err(InvalidArgument::new(
+                format!("{at}.prefix_len"),
+                format!("{} is outside 16-30", self.prefix_len),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Knobs shared by the microVM backends (Firecracker, QEMU).

@@ -143,55 +143,26 @@ fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument
         None => None,
         Some(n) => {
             let ip = |field: &str, v: &str| -> Result<std::net::Ipv4Addr, InvalidArgument> {
-                let ip: std::net::Ipv4Addr = v.parse().map_err(|_| {
+                v.parse().map_err(|_| {
                     InvalidArgument::new(
                         format!("microvm.network.{field}"),
                         format!("{v:?} is not an IPv4 address"),
                     )
-                })?;
-                if !ip.is_link_local() || ip.octets()[2] == 169 && ip.octets()[3] == 254 {
-                    return Err(InvalidArgument::new(
-                        format!("microvm.network.{field}"),
-                        format!("{ip} must be link-local (169.254.0.0/16) and not 169.254.169.254"),
-                    ));
-                }
-                Ok(ip)
+                })
             };
-            if n.tap_name.is_empty()
-                || n.tap_name.len() > 15
-                || !n.tap_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(InvalidArgument::new(
-                    "microvm.network.tap_name",
-                    "must be 1-15 characters of [A-Za-z0-9_-]",
-                ));
-            }
-            let mac_ok = n.guest_mac.len() == 17
-                && n.guest_mac.split(':').count() == 6
-                && n.guest_mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
-            if !mac_ok {
-                return Err(InvalidArgument::new(
-                    "microvm.network.guest_mac",
-                    format!("{:?} is not a MAC address", n.guest_mac),
-                ));
-            }
             let prefix_len = match n.prefix_len {
                 0 => 30,
-                p @ 16..=30 => p as u8,
-                p => {
-                    return Err(InvalidArgument::new(
-                        "microvm.network.prefix_len",
-                        format!("{p} is outside 16-30"),
-                    ));
-                }
+                p => u8::try_from(p).unwrap_or(u8::MAX),
             };
-            Some(core::TapNetwork {
+            let net = core::TapNetwork {
                 tap_name: n.tap_name.clone(),
                 guest_mac: n.guest_mac.to_lowercase(),
                 guest_ip: ip("guest_ip", &n.guest_ip)?,
                 host_ip: ip("host_ip", &n.host_ip)?,
                 prefix_len,
-            })
+            };
+            net.check("microvm.network")?;
+            Some(net)
         }
     };
     if m.kernel_cmdline.len() > 4096 || m.kernel_cmdline.contains('\0') {

@@ -61,7 +61,7 @@ pub fn network_from_provenance(
     let ip = |k: &str| -> Result<Ipv4Addr, BackendError> {
         get(k)?.parse().map_err(|_| BackendError::Snapshot(format!("provenance {k} is not an IPv4 address")))
     };
-    Ok(Some(TapNetwork {
+    let net = TapNetwork {
         tap_name: tap.clone(),
         guest_mac: get("network.guest_mac")?,
         guest_ip: ip("network.guest_ip")?,
@@ -69,7 +69,11 @@ pub fn network_from_provenance(
         prefix_len: get("network.prefix_len")?
             .parse()
             .map_err(|_| BackendError::Snapshot("bad network.prefix_len".into()))?,
-    }))
+    };
+    // Provenance comes from a snapshot, which may come from a bucket: re-validate everything
+    // that reaches a VMM's options before using it.
+    net.check("provenance.network").map_err(|e| BackendError::Snapshot(e.to_string()))?;
+    Ok(Some(net))
 }
 
 /// What `/dev/kvm` is on this host.
@@ -210,6 +214,8 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64, MicroVmError> {
     let to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        // A copy of a root disk or guest RAM: image data and secrets, root's only.
+        .mode(0o600)
         .open(dst)
         .map_err(err(format!("creating {}", dst.display())))?;
     // SAFETY: FICLONE takes the source fd as its argument; no memory is passed.

@@ -196,7 +196,7 @@ impl Runtime {
             host: self.host.clone(),
             capabilities: backend.capabilities,
             image_digests: out.image_digests,
-            workload: active.spec.clone(),
+            workload: active.spec.redacted(),
             provenance: out.provenance.extra,
             artifacts: Vec::new(),
         }

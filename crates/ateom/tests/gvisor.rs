@@ -17,7 +17,10 @@ async fn counter_continues_after_checkpoint_and_restore() {
     let w = Worker::start(&tmp.path().join("state"), &[]);
     let mut c = w.client().await;
 
-    let run = run_counter(&mut c, "a1", &image).await;
+    let secret = "s3cr3t-value-that-must-not-leak";
+    let mut req = run_req("a1", &image);
+    req.spec.as_mut().unwrap().containers[0].env.insert("COUNTER_SECRET".into(), secret.into());
+    let run = c.run_workload(req).await.expect("run").into_inner();
     assert!(run.ready);
     assert_eq!(run.workload_address, "169.254.0.2:8080");
     let mut last = None;
@@ -43,6 +46,17 @@ async fn counter_continues_after_checkpoint_and_restore() {
     for f in &ck.snapshot_files {
         assert!(std::path::Path::new(f).is_file(), "{f}");
     }
+    // Environment values never leave the snapshot's own state: not in the manifest on disk,
+    // not in the answer; the key stays.
+    let manifest_json = std::fs::read_to_string(ck.snapshot_files.last().unwrap()).unwrap();
+    assert!(manifest_json.contains("COUNTER_SECRET") && !manifest_json.contains(secret), "{manifest_json}");
+    assert!(!format!("{m:?}").contains(secret));
+    // Snapshot files are private to root.
+    use std::os::unix::fs::PermissionsExt;
+    let snap_dir = std::path::Path::new(ck.snapshot_files.last().unwrap()).parent().unwrap();
+    assert_eq!(std::fs::metadata(w.state_dir.join("actors")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&w.state_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(snap_dir.starts_with(w.state_dir.join("actors")));
 
     // The sandbox, its processes and its namespaces are gone; the worker is free.
     assert!(w.namespaces().is_empty(), "namespaces left: {:?}", w.namespaces());
@@ -59,6 +73,7 @@ async fn counter_continues_after_checkpoint_and_restore() {
     assert_eq!(after.memory, 4, "in-memory state continued");
     assert_eq!(after.file, 4, "file system state continued");
     assert_eq!(after.sha, before.sha, "the random file is the same file");
+    assert_eq!(get_text(&restored.host_endpoint, "/secret").await, secret, "the env lives on in memory");
 
     // Restore the same snapshot a second time (after checkpointing the first restore away):
     // the same continuation.

@@ -240,13 +240,6 @@ fn http_worker(dir: &Path, name: &str, kernel: &Path) -> Worker {
     )
 }
 
-async fn get_text(endpoint: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
-    let (status, body) = ateom_runtime::probe::http_get(&mut s, endpoint, path).await.unwrap();
-    assert_eq!(status, 200, "{path}");
-    String::from_utf8(body).unwrap()
-}
-
 /// Moves the guest's clock by talking to ateom-init's control port from inside the worker's
 /// VM namespace, as if the snapshot taken next were `skew` old when restored.
 async fn skew_guest_clock(w: &Worker, skew: std::time::Duration) {

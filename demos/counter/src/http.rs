@@ -199,6 +199,10 @@ pub enum Route {
     Random,
     /// `GET /time`: wall clock in unix milliseconds.
     Time,
+    /// `GET /secret`: `COUNTER_SECRET` as it was at start.
+    Secret,
+    /// `GET /alloc?mib=N`: hold N MiB more (N ≤ 4096).
+    Alloc(u32),
     /// A known path with a method other than GET.
     MethodNotAllowed,
     /// Anything else.
@@ -212,6 +216,19 @@ pub fn route(req: &Request) -> Route {
         "/readyz" => Route::Readyz,
         "/random" => Route::Random,
         "/time" => Route::Time,
+        "/secret" => Route::Secret,
+        "/alloc" => {
+            let mib = req
+                .target
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("mib=")))
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|n| (1..=4096).contains(n));
+            match mib {
+                Some(n) => Route::Alloc(n),
+                None => return Route::NotFound,
+            }
+        }
         _ => return Route::NotFound,
     };
     if req.method == "GET" { route } else { Route::MethodNotAllowed }

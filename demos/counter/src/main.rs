@@ -7,10 +7,15 @@
 //!   answers `{"memory_count":N,"file_count":M,"file_sha256":"…","pid":P}` where the hash is
 //!   of `$COUNTER_DIR/random.bin` (1 MiB of random bytes written at start) re-read now;
 //! - `GET /readyz` answers `ok`; `GET /random` 16 fresh random bytes as hex; `GET /time` the
-//!   wall clock in unix milliseconds; anything else 404.
+//!   wall clock in unix milliseconds;
+//! - `GET /secret` the value `COUNTER_SECRET` had at start (kept in memory: a restore must
+//!   bring it back although manifests never record it), or nothing;
+//! - `GET /alloc?mib=N` allocates N MiB more, writes every page and keeps it, and answers
+//!   the total held (memory-limit tests: past the sandbox's limit this process is killed);
+//! - anything else 404.
 //!
 //! Environment: `PORT` (default 8080, listens on 0.0.0.0), `COUNTER_DIR` (default
-//! `/var/lib/counter`, created at start).
+//! `/var/lib/counter`, created at start), `COUNTER_SECRET`.
 //!
 //! **Connections are closed passively.** gVisor cannot checkpoint a sandbox that has a TCP
 //! connection open or in TIME_WAIT, and TIME_WAIT stays with the side that closes first. So
@@ -52,6 +57,10 @@ struct State {
     /// The in-memory counter; its lock also serialises the count file's read-modify-write.
     memory_count: Mutex<u64>,
     connections: AtomicUsize,
+    /// `COUNTER_SECRET` as it was at start.
+    secret: String,
+    /// What `/alloc` holds.
+    held: Mutex<Vec<Vec<u8>>>,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +102,13 @@ fn run() -> Result<(), String> {
         dir.display()
     );
 
-    let state = Arc::new(State { dir, memory_count: Mutex::new(0), connections: AtomicUsize::new(0) });
+    let state = Arc::new(State {
+        dir,
+        memory_count: Mutex::new(0),
+        connections: AtomicUsize::new(0),
+        secret: std::env::var("COUNTER_SECRET").unwrap_or_default(),
+        held: Mutex::new(Vec::new()),
+    });
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -218,6 +233,14 @@ fn handle(req: &Request, state: &State) -> (Status, &'static str, Vec<u8>) {
         Route::Time => {
             let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
             (Status::OK, TEXT, ms.to_string().into_bytes())
+        }
+        Route::Secret => (Status::OK, TEXT, state.secret.clone().into_bytes()),
+        Route::Alloc(mib) => {
+            let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
+            // Written, not just reserved: every page is really resident.
+            held.push(vec![0xa5u8; (mib as usize) << 20]);
+            let total: usize = held.iter().map(Vec::len).sum();
+            (Status::OK, TEXT, format!("{}\n", total >> 20).into_bytes())
         }
         Route::MethodNotAllowed => (Status::METHOD_NOT_ALLOWED, TEXT, b"method not allowed\n".to_vec()),
         Route::NotFound => (Status::NOT_FOUND, TEXT, b"not found\n".to_vec()),

@@ -273,6 +273,14 @@ pub async fn hit(endpoint: &str) -> Count {
     }
 }
 
+/// `GET path` on the workload through its loopback endpoint; the body as text (status 200).
+pub async fn get_text(endpoint: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    let (status, body) = ateom_runtime::probe::http_get(&mut s, endpoint, path).await.unwrap();
+    assert_eq!(status, 200, "{path}");
+    String::from_utf8(body).unwrap()
+}
+
 /// Sends one byte per count to a serial console (`tcp://...`) and returns the counters the
 /// guest answers, one line each.
 pub async fn drive(console: &str, n: usize) -> Vec<u64> {
