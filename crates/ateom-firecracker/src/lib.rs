@@ -603,7 +603,7 @@ impl Sandbox for FcSandbox {
     }
 
     fn console(&self) -> Option<String> {
-        self.vmm.as_ref().map(|v| format!("tcp://{}", v.console.addr()))
+        self.vmm.as_ref().map(|v| v.console.addr())
     }
 
     fn exited(&self) -> Option<String> {

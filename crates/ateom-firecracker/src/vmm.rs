@@ -237,7 +237,7 @@ impl Vmm {
             route_lines(metrics_fifo, "metrics", id.clone(), tail.clone()),
             route_lines(stderr, "stderr", id.clone(), tail.clone()),
         ];
-        let console = Console::start(stdout, stdin, id.clone())
+        let console = Console::start(stdout, stdin, id.clone(), &opts.work_dir.join("serial.sock"))
             .await
             .map_err(|e| failed(format!("console listener: {e}")))?;
         let exited = Arc::new(Mutex::new(None));

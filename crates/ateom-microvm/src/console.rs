@@ -1,35 +1,43 @@
-//! The serial console of a VM, reachable from the host through a loopback TCP port.
+//! The serial console of a VM, reachable from the host through a unix socket (mode 0600:
+//! root's only) in the sandbox's work directory.
 //!
-//! The VMM's serial port is a pair of pipes (its stdin/stdout). The hub keeps reading the
-//! guest's output (so the VMM never blocks on a full pipe), remembers the last 64 KiB of it,
-//! lets the backend wait for a line (readiness of guests without a network), and connects
-//! one TCP client at a time to the port: what the client sends goes to the guest, what the
-//! guest prints goes to the client. A new client replaces the previous one.
+//! The hub keeps reading the guest's output (so the VMM never blocks on it), remembers the
+//! last 64 KiB of it, lets the backend wait for a line (readiness of guests without a
+//! network), and connects one client at a time to the socket: what the client sends goes to
+//! the guest, what the guest prints goes to the client. A new client replaces the previous
+//! one. A client that does not keep up (more than [`CLIENT_BACKLOG`] chunks behind) is
+//! disconnected: a slow reader never holds up the guest's output (it can reattach; the
+//! history is kept).
+//!
+//! Clients name the socket as `unix://<path>`; [`connect`] reaches it even when the path is
+//! longer than a socket address allows.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::UnixListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
 const HISTORY: usize = 64 << 10;
+/// Chunks of guest output queued for a client before it counts as too slow.
+pub const CLIENT_BACKLOG: usize = 256;
 
 struct Inner {
     /// The last bytes the guest printed, and how many it printed in all.
     history: Mutex<(VecDeque<u8>, u64)>,
     printed: Notify,
-    client: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    /// The attached client's queue of guest output.
+    client: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
 }
 
-/// A running console hub. Dropping it stops its tasks (the VMM's pipes close with it).
+/// A running console hub. Dropping it stops its tasks and removes its socket.
 pub struct Console {
-    addr: SocketAddr,
+    path: PathBuf,
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -39,23 +47,43 @@ impl Drop for Console {
         for t in &self.tasks {
             t.abort();
         }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
+/// Connects to a console hub's `unix://` address.
+pub async fn connect(addr: &str) -> std::io::Result<tokio::net::UnixStream> {
+    let path = addr.strip_prefix("unix://").ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?} is not a unix:// console"))
+    })?;
+    let short = crate::SocketPath::new(Path::new(path))?;
+    tokio::net::UnixStream::connect(short.path()).await
+}
+
 impl Console {
-    /// Starts the hub on `from_guest` / `to_guest` with a listener on 127.0.0.1 (port 0:
-    /// any free port).
-    pub async fn start<R, W>(from_guest: R, to_guest: W, label: String) -> std::io::Result<Console>
+    /// Starts the hub on `from_guest` / `to_guest`, serving clients on the unix socket `path`
+    /// (created with mode 0600; a stale file there is replaced).
+    pub async fn start<R, W>(
+        from_guest: R,
+        to_guest: W,
+        label: String,
+        path: &Path,
+    ) -> std::io::Result<Console>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+        let _ = std::fs::remove_file(path);
+        let short = crate::SocketPath::new(path)?;
+        // Created private: no window in which another user could connect.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let listener = UnixListener::bind(short.path());
+        nix::sys::stat::umask(old);
+        let listener = listener?;
         let inner = Arc::new(Inner {
             history: Mutex::new((VecDeque::with_capacity(4096), 0)),
             printed: Notify::new(),
-            client: tokio::sync::Mutex::new(None),
+            client: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
         let tasks = vec![
@@ -63,12 +91,12 @@ impl Console {
             tokio::spawn(pump_input(rx, to_guest)),
             tokio::spawn(accept(listener, inner.clone(), tx)),
         ];
-        Ok(Console { addr, inner, tasks })
+        Ok(Console { path: path.to_owned(), inner, tasks })
     }
 
-    /// The loopback address clients connect to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address clients connect to: `unix://<path>`.
+    pub fn addr(&self) -> String {
+        format!("unix://{}", self.path.display())
     }
 
     /// How many bytes the guest has printed so far (a mark for [`Console::wait_for`]).
@@ -129,15 +157,20 @@ async fn pump_output<R: AsyncRead + Unpin>(mut from_guest: R, inner: Arc<Inner>,
         }
         debug!(target: "ateom_microvm::console", vm = %label, text = %String::from_utf8_lossy(chunk).trim_end(), "guest console");
         {
-            let mut client = inner.client.lock().await;
-            if let Some(w) = client.as_mut()
-                && w.write_all(chunk).await.is_err()
-            {
-                *client = None;
+            let mut client = inner.client.lock().expect("console lock");
+            if let Some(tx) = client.as_ref() {
+                match tx.try_send(chunk.to_vec()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        warn!(vm = %label, "console client too slow; disconnected (the guest is never held up)");
+                        *client = None;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => *client = None,
+                }
             }
         }
-        // Waiters learn of output only after it went to the client attached at the time, so
-        // a client that attaches once a wait returned never sees that output again.
+        // Waiters learn of output only after it was queued for the client attached at the
+        // time, so a client that attaches once a wait returned never sees that output again.
         inner.printed.notify_waiters();
     }
 }
@@ -150,18 +183,25 @@ async fn pump_input<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Vec<u8>>, mut 
     }
 }
 
-async fn accept(listener: TcpListener, inner: Arc<Inner>, tx: mpsc::Sender<Vec<u8>>) {
-    let mut reader: Option<JoinHandle<()>> = None;
-    while let Ok((stream, peer)) = listener.accept().await {
-        let _ = stream.set_nodelay(true);
-        let (mut r, w) = stream.into_split();
-        *inner.client.lock().await = Some(w);
-        if let Some(old) = reader.take() {
-            old.abort();
+async fn accept(listener: UnixListener, inner: Arc<Inner>, tx: mpsc::Sender<Vec<u8>>) {
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        for t in tasks.drain(..) {
+            t.abort();
         }
-        debug!(%peer, "console client attached");
+        let (mut r, mut w) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(CLIENT_BACKLOG);
+        *inner.client.lock().expect("console lock") = Some(out_tx);
+        debug!("console client attached");
+        tasks.push(tokio::spawn(async move {
+            while let Some(chunk) = out_rx.recv().await {
+                if w.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }));
         let tx = tx.clone();
-        reader = Some(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 1024];
             loop {
                 match r.read(&mut buf).await {
@@ -187,7 +227,13 @@ mod tests {
         // A fake "guest": answers each byte with its count.
         let (guest_out_w, guest_out_r) = tokio::io::duplex(1024);
         let (guest_in_w, mut guest_in_r) = tokio::io::duplex(1024);
-        let console = Console::start(guest_out_r, guest_in_w, "test".into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let console = Console::start(guest_out_r, guest_in_w, "test".into(), &dir.path().join("serial.sock"))
+            .await
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("serial.sock")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "root's only");
         let guest = tokio::spawn(async move {
             let mut out = guest_out_w;
             out.write_all(b"booting\nREADY\n").await.unwrap();
@@ -205,7 +251,7 @@ mod tests {
             "only new output counts"
         );
 
-        let client = tokio::net::TcpStream::connect(console.addr()).await.unwrap();
+        let client = connect(&console.addr()).await.unwrap();
         let (r, mut w) = client.into_split();
         let mut lines = BufReader::new(r).lines();
         // Give the hub a moment to register the client before the guest answers.
@@ -218,5 +264,30 @@ mod tests {
         assert!(console.tail(64).ends_with("2\n3\n"));
         drop(console);
         guest.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_never_holds_up_the_guest() {
+        let (mut guest_out, guest_out_r) = tokio::io::duplex(4096);
+        let (guest_in_w, _guest_in_r) = tokio::io::duplex(64);
+        let dir = tempfile::tempdir().unwrap();
+        let console = Console::start(guest_out_r, guest_in_w, "test".into(), &dir.path().join("serial.sock"))
+            .await
+            .unwrap();
+        // Attached, never reading.
+        let _stuck = connect(&console.addr()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // 16 MiB of output: far more than socket buffers and the client's backlog.
+        let line = vec![b'x'; 4095];
+        let written = tokio::time::timeout(Duration::from_secs(20), async {
+            for _ in 0..4096 {
+                guest_out.write_all(&line).await.unwrap();
+                guest_out.write_all(b"\n").await.unwrap();
+            }
+            guest_out.write_all(b"DONE\n").await.unwrap();
+        })
+        .await;
+        assert!(written.is_ok(), "the guest's output was held up by a client that does not read");
+        console.wait_for("DONE", 0, Duration::from_secs(5)).await.unwrap();
     }
 }

@@ -55,6 +55,8 @@ pub const MEMORY: &str = "memory";
 pub const DISK: &str = "rootfs.ext4";
 /// QEMU serves the serial console on this unix socket in the work directory.
 pub const CONSOLE_SOCKET: &str = "console.sock";
+/// The console hub's socket for clients (`ateom console`), in the work directory.
+const SERIAL_SOCKET: &str = "serial.sock";
 /// QEMU's stderr, in the work directory.
 const QEMU_LOG: &str = "qemu.log";
 const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem";
@@ -693,7 +695,7 @@ impl QemuProcess {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let (from_guest, to_guest) = console.into_split();
-        let console = Console::start(from_guest, to_guest, label.into())
+        let console = Console::start(from_guest, to_guest, label.into(), &work_dir.join(SERIAL_SOCKET))
             .await
             .map_err(|e| BackendError::failed("starting QEMU", format!("console: {e}")))?;
         Ok(QemuProcess { console, pid, exited, waiter, qmp_path, qmp: Some(qmp) })
@@ -852,7 +854,7 @@ impl Sandbox for QemuSandbox {
     }
 
     fn console(&self) -> Option<String> {
-        self.proc.as_ref().map(|p| format!("tcp://{}", p.console.addr()))
+        self.proc.as_ref().map(|p| p.console.addr())
     }
 
     fn exited(&self) -> Option<String> {

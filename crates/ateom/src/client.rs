@@ -342,15 +342,15 @@ pub async fn console(a: ConsoleArgs) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut c = connect(&a.socket).await?;
     let r = c.get_capabilities(pb::GetCapabilitiesRequest {}).await.map_err(status_error)?.into_inner();
-    let Some(addr) = r.console.strip_prefix("tcp://") else {
+    if r.console.is_empty() {
         if r.running_actor.is_empty() {
             bail!("nothing is running on this worker");
         }
         bail!("the running workload ({}, {} backend) has no serial console", r.running_actor, r.backend);
-    };
-    let stream = tokio::net::TcpStream::connect(addr)
+    }
+    let stream = ateom_microvm::console::connect(&r.console)
         .await
-        .with_context(|| format!("connecting to the console at {addr}"))?;
+        .with_context(|| format!("connecting to the console at {}", r.console))?;
     eprintln!("attached to the console of {} (close stdin, e.g. Ctrl-D, to detach)", r.running_actor);
     let (mut from, mut to) = stream.into_split();
     let mut stdin = tokio::io::stdin();

@@ -203,7 +203,7 @@ async fn a_restarted_worker_adopts_its_running_microvm() {
         "{}",
         w2.log_text()
     );
-    assert!(caps.console.starts_with("tcp://"), "{caps:?}");
+    assert!(caps.console.starts_with("unix:///"), "{caps:?}");
     assert_eq!(drive(&caps.console, 1).await, vec![4], "the adopted guest's RAM state continues");
     let ck =
         c2.checkpoint_workload(checkpoint_req("q1")).await.expect("checkpoint the adopted VM").into_inner();

@@ -281,12 +281,11 @@ pub async fn get_text(endpoint: &str, path: &str) -> String {
     String::from_utf8(body).unwrap()
 }
 
-/// Sends one byte per count to a serial console (`tcp://...`) and returns the counters the
+/// Sends one byte per count to a serial console (`unix://...`) and returns the counters the
 /// guest answers, one line each.
 pub async fn drive(console: &str, n: usize) -> Vec<u64> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let stream =
-        tokio::net::TcpStream::connect(console.strip_prefix("tcp://").expect("tcp console")).await.unwrap();
+    let stream = ateom_microvm::console::connect(console).await.expect("the console hub answers");
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     let mut out = vec![];
