@@ -70,7 +70,8 @@ fn store_code(e: &StoreError) -> Code {
         | StoreError::ArtifactDigestMismatch { .. }
         | StoreError::InconsistentChunk { .. }
         | StoreError::ObjectTooLarge { .. } => Code::DataLoss,
-        StoreError::SymlinkInStore { .. } => Code::FailedPrecondition,
+        StoreError::SymlinkInStore { .. } | StoreError::Unsigned { .. } => Code::FailedPrecondition,
+        StoreError::BadSignature { .. } => Code::DataLoss,
         StoreError::Remote { .. } => Code::Unavailable,
         StoreError::InvalidLocation { .. }
         | StoreError::UnsupportedScheme { .. }

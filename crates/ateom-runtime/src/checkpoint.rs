@@ -251,7 +251,7 @@ impl Runtime {
                 }
                 info!(actor = %active.actor, "the workload was resumed and keeps running");
                 self.back_to_running(active, guard);
-                RuntimeError::CommitFailedResumed { snapshot: id.to_string(), source: e }
+                RuntimeError::CommitFailedResumed { snapshot: id.to_string(), source: Box::new(e) }
             }
             other => {
                 if let Err(a) = other {
@@ -268,7 +268,7 @@ impl Runtime {
                     None => RuntimeError::Quarantined {
                         snapshot: id.to_string(),
                         dir: dir.display().to_string(),
-                        source: e,
+                        source: Box::new(e),
                     },
                 }
             }
@@ -359,6 +359,6 @@ fn quarantined(
     RuntimeError::Quarantined {
         snapshot: id.to_string(),
         dir: captured.dir().display().to_string(),
-        source: e,
+        source: Box::new(e),
     }
 }

@@ -19,15 +19,26 @@ use crate::RuntimeError;
 #[derive(Default)]
 pub struct Stores {
     open: Mutex<HashMap<String, Store>>,
+    /// Keys that sign what this worker pushes and that everything it pulls must be signed
+    /// with (see `ateom_store::sign`).
+    signing: Option<ateom_store::SigningKeys>,
 }
 
 impl Stores {
+    pub fn new(signing: Option<ateom_store::SigningKeys>) -> Self {
+        Stores { open: Mutex::default(), signing }
+    }
+
     pub fn get(&self, uri_prefix: &str) -> Result<Store, RuntimeError> {
         let mut open = self.open.lock().expect("stores lock");
         if let Some(s) = open.get(uri_prefix) {
             return Ok(s.clone());
         }
-        let s = Store::open(uri_prefix)?;
+        let mut s = Store::open(uri_prefix)?;
+        if let Some(keys) = &self.signing {
+            let cfg = ateom_store::StoreConfig { signing: Some(keys.clone()), ..s.config().clone() };
+            s = s.with_config(cfg)?;
+        }
         open.insert(uri_prefix.to_owned(), s.clone());
         Ok(s)
     }

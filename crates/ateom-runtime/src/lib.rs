@@ -65,6 +65,9 @@ pub struct RuntimeOptions {
     /// Free space a checkpoint leaves on the state directory's file system, on top of what it
     /// expects to write: below it, it refuses before freezing anything.
     pub min_free_bytes: u64,
+    /// Sign durable snapshots with these keys, and restore only durable snapshots signed
+    /// with one of them (`None`: no signatures written or required).
+    pub signing: Option<ateom_store::SigningKeys>,
 }
 
 impl RuntimeOptions {
@@ -78,6 +81,7 @@ impl RuntimeOptions {
             ready_timeout: Duration::from_secs(30),
             keep_snapshots: 2,
             min_free_bytes: 64 << 20,
+            signing: None,
         }
     }
 }
@@ -125,7 +129,7 @@ pub enum RuntimeError {
     CommitFailedResumed {
         snapshot: String,
         #[source]
-        source: SnapshotError,
+        source: Box<SnapshotError>,
     },
     /// The capture could not be committed and the workload cannot be taken back: the capture
     /// is kept whole, and `RecoverSnapshots` commits it later.
@@ -137,7 +141,7 @@ pub enum RuntimeError {
         snapshot: String,
         dir: String,
         #[source]
-        source: SnapshotError,
+        source: Box<SnapshotError>,
     },
     #[error("the push of snapshot {snapshot} was stopped by a delete of actor {actor}")]
     PushCancelled { snapshot: String, actor: String },

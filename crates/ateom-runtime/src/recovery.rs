@@ -38,6 +38,7 @@ pub(crate) async fn start(
         source,
     })?;
     let state = opts.state_dir.clone();
+    let signing = opts.signing.clone();
     create_private_dir(&state)?;
     restrict(&state);
     let lock = ateom_sys::StateLock::acquire(&state).map_err(|e| RuntimeError::Locked(e.to_string()))?;
@@ -113,7 +114,7 @@ pub(crate) async fn start(
         snapshots,
         shared,
         forwarder,
-        stores: crate::durable::Stores::default(),
+        stores: crate::durable::Stores::new(signing),
         journal,
         _lock: lock,
         slot: Mutex::new(Slot::Idle),

@@ -7,6 +7,18 @@ use std::time::Duration;
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Signatures are required (signing keys are configured) and this object has none.
+    #[error(
+        "{object} under {prefix} is not signed; this store requires signed snapshots (refusing it before reading anything else)"
+    )]
+    Unsigned { object: String, prefix: String },
+
+    /// The object's signature does not verify with any configured key.
+    #[error(
+        "{object} under {prefix} has a signature (key {key_id}) that does not verify with this worker's keys: refusing it"
+    )]
+    BadSignature { object: String, prefix: String, key_id: String },
+
     /// The URI given to [`Store::open`](crate::Store::open) cannot be used.
     #[error("invalid store location {uri:?}: {reason}")]
     InvalidLocation { uri: String, reason: String },

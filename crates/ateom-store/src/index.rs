@@ -169,6 +169,9 @@ pub struct SnapshotIndex {
     /// Opaque caller data (ateom stores its snapshot manifest here).
     #[serde(default)]
     pub meta: serde_json::Value,
+    /// The writer's signature of this index without this field (see [`crate::sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::sign::Signature>,
 }
 
 /// Why bytes are not a valid version-1 index.
@@ -447,11 +450,14 @@ pub struct LatestPointer {
     pub version: u32,
     /// The snapshot the pointer names.
     pub snapshot_id: String,
+    /// The writer's signature of `snapshot_id` (see [`crate::sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::sign::Signature>,
 }
 
 impl LatestPointer {
     pub(crate) fn new(id: &str) -> Self {
-        LatestPointer { format: LATEST_FORMAT.into(), version: 1, snapshot_id: id.into() }
+        LatestPointer { format: LATEST_FORMAT.into(), version: 1, snapshot_id: id.into(), signature: None }
     }
 
     /// Decode and validate; the error is a human-readable reason.
@@ -506,6 +512,7 @@ mod tests {
                 ],
             }],
             meta: serde_json::json!({"backend": "gvisor"}),
+            signature: None,
         }
     }
 

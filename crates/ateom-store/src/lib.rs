@@ -186,12 +186,14 @@ mod location;
 mod pull;
 mod push;
 mod retry;
+pub mod sign;
 mod store;
 
 pub use admin::{DeleteReport, Garbage, GarbageReason, GcOptions, GcReport, SnapshotInfo};
 pub use error::{ChunkFault, RemoteError, StoreError};
 pub use index::{ArtifactEntry, ChunkEntry, Digest, IndexError, SnapshotIndex};
 pub use retry::RetryPolicy;
+pub use sign::SigningKeys;
 pub use store::{
     DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_LEVEL, KnownChunks, Progress, PullOptions, PullReport,
     PushOptions, PushReport, Store, StoreConfig,

@@ -298,6 +298,14 @@ impl Store {
             compression: Compression { codec: crate::index::CODEC_ZSTD.into(), level: cfg.compression_level },
             artifacts: entries,
             meta,
+            signature: None,
+        };
+        let index = match &cfg.signing {
+            Some(keys) => {
+                let sig = keys.sign(crate::sign::INDEX_DOMAIN, &inner.display, &index.encode()?);
+                SnapshotIndex { signature: Some(sig), ..index }
+            }
+            None => index,
         };
         let encoded = index.encode()?;
         report.index_bytes = encoded.len() as u64;
@@ -376,7 +384,11 @@ async fn update_latest(inner: &Inner, id: &str, force: bool) -> Result<String, S
             Err(e) => return Err(e),
         }
     }
-    let ptr = serde_json::to_vec(&LatestPointer::new(id)).map_err(StoreError::EncodeIndex)?;
+    let mut pointer = LatestPointer::new(id);
+    if let Some(keys) = &inner.config.signing {
+        pointer.signature = Some(keys.sign(crate::sign::LATEST_DOMAIN, &inner.display, id.as_bytes()));
+    }
+    let ptr = serde_json::to_vec(&pointer).map_err(StoreError::EncodeIndex)?;
     inner.put("put LATEST", &inner.latest_key(), Bytes::from(ptr)).await?;
     Ok(id.to_string())
 }

@@ -55,6 +55,9 @@ pub struct StoreConfig {
     pub cpu_workers: usize,
     /// Retries of every remote operation.
     pub retry: RetryPolicy,
+    /// Sign indexes and `LATEST` on push, and refuse unsigned or mis-signed ones on read
+    /// (see [`crate::sign`]). `None`: signatures are neither written nor required.
+    pub signing: Option<crate::sign::SigningKeys>,
 }
 
 impl Default for StoreConfig {
@@ -65,6 +68,7 @@ impl Default for StoreConfig {
             concurrency: DEFAULT_CONCURRENCY,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retry: RetryPolicy::default(),
+            signing: None,
         }
     }
 }
@@ -154,17 +158,11 @@ impl Default for PushOptions {
 }
 
 /// Options of one pull.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct PullOptions {
     /// Progress receiver. (There is no option to verify less: every pull checks every chunk
     /// and every whole-file sha256; see "What each digest covers" in the crate docs.)
     pub progress: Option<Arc<dyn Progress>>,
-}
-
-impl Default for PullOptions {
-    fn default() -> Self {
-        PullOptions { progress: None }
-    }
 }
 
 impl std::fmt::Debug for PushOptions {
@@ -451,11 +449,25 @@ impl Inner {
             Err(GetError::NotFound) => return Err(self.not_found(id)),
             Err(GetError::Store(e)) => return Err(e),
         };
-        let index = SnapshotIndex::decode(&bytes).map_err(|source| StoreError::CorruptIndex {
+        let mut index = SnapshotIndex::decode(&bytes).map_err(|source| StoreError::CorruptIndex {
             id: id.to_string(),
             prefix: self.display.clone(),
             source,
         })?;
+        if let Some(keys) = &self.config.signing {
+            let object = format!("{id}/{INDEX_OBJECT}");
+            let Some(sig) = index.signature.take() else {
+                return Err(StoreError::Unsigned { object, prefix: self.display.clone() });
+            };
+            let signed = index.encode()?;
+            if !keys.verify(&sig, crate::sign::INDEX_DOMAIN, &self.display, &signed) {
+                return Err(StoreError::BadSignature {
+                    object,
+                    prefix: self.display.clone(),
+                    key_id: sig.key_id,
+                });
+            }
+        }
         if index.snapshot_id != id {
             return Err(StoreError::CorruptIndex {
                 id: id.to_string(),
@@ -475,8 +487,21 @@ impl Inner {
             Err(GetError::NotFound) => return Err(self.not_found(LATEST_OBJECT)),
             Err(GetError::Store(e)) => return Err(e),
         };
-        LatestPointer::decode(&bytes)
-            .map(|p| p.snapshot_id)
-            .map_err(|reason| StoreError::CorruptLatest { prefix: self.display.clone(), reason })
+        let mut p = LatestPointer::decode(&bytes)
+            .map_err(|reason| StoreError::CorruptLatest { prefix: self.display.clone(), reason })?;
+        if let Some(keys) = &self.config.signing {
+            let object = LATEST_OBJECT.to_owned();
+            let Some(sig) = p.signature.take() else {
+                return Err(StoreError::Unsigned { object, prefix: self.display.clone() });
+            };
+            if !keys.verify(&sig, crate::sign::LATEST_DOMAIN, &self.display, p.snapshot_id.as_bytes()) {
+                return Err(StoreError::BadSignature {
+                    object,
+                    prefix: self.display.clone(),
+                    key_id: sig.key_id,
+                });
+            }
+        }
+        Ok(p.snapshot_id)
     }
 }

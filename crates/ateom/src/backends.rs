@@ -128,6 +128,11 @@ pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAd
         ready_timeout: args.ready_timeout,
         keep_snapshots: args.keep_snapshots,
         min_free_bytes: args.min_free_mib << 20,
+        signing: if args.snapshot_key_files.is_empty() {
+            None
+        } else {
+            Some(ateom_store::SigningKeys::from_files(&args.snapshot_key_files).map_err(anyhow::Error::msg)?)
+        },
     };
     Ok(Runtime::start(backend, opts).await?)
 }

@@ -140,13 +140,13 @@ pub struct CapsArgs {
     json: bool,
 }
 
-async fn connect(socket: &std::path::Path) -> Result<pb::AteomClient<tonic::transport::Channel>> {
+pub async fn connect(socket: &std::path::Path) -> Result<pb::AteomClient<tonic::transport::Channel>> {
     ateom_grpc::connect_unix(socket).await.with_context(|| {
         format!("connecting to the worker at {} (is `ateom serve` running?)", socket.display())
     })
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 

@@ -130,6 +130,11 @@ pub struct WorkerArgs {
     /// expected size; below it the checkpoint is refused and the workload keeps running.
     #[arg(long = "min-free-mib", default_value_t = 64)]
     pub min_free_mib: u64,
+    /// Sign every durable snapshot with this key and restore only durable snapshots signed
+    /// with it (repeat for rotation: the first signs, any verifies). The key is a file of at
+    /// least 32 random bytes kept outside the store (`ateom snapshots keygen` makes one).
+    #[arg(long = "snapshot-key-file", env = "ATEOM_SNAPSHOT_KEY_FILE", value_delimiter = ',')]
+    pub snapshot_key_files: Vec<PathBuf>,
     /// The firecracker binary (default: `firecracker` on PATH).
     #[arg(long, env = "ATEOM_FIRECRACKER_BIN", help_heading = "microVM backends")]
     pub firecracker: Option<PathBuf>,

@@ -1,5 +1,6 @@
 //! `ateom snapshots`: list local and durable snapshots, promote LOCAL to DURABLE, pull,
-//! delete, and collect garbage left by interrupted uploads.
+//! delete, collect garbage left by interrupted uploads; on a running worker, prune local
+//! snapshots and commit quarantined ones; make a snapshot signing key.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub enum SnapshotsCommand {
         /// Object-store URI prefix: file:///dir, s3://bucket/prefix, gs://..., az://...
         #[arg(long)]
         store: String,
+        /// Sign the pushed snapshot with this key (as the worker's --snapshot-key-file).
+        #[arg(long, env = "ATEOM_SNAPSHOT_KEY_FILE")]
+        snapshot_key_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -50,6 +54,9 @@ pub enum SnapshotsCommand {
     Pull {
         #[arg(long)]
         store: String,
+        /// Refuse a snapshot not signed with this key (as the worker's --snapshot-key-file).
+        #[arg(long, env = "ATEOM_SNAPSHOT_KEY_FILE")]
+        snapshot_key_file: Option<PathBuf>,
         /// Default: the prefix's LATEST.
         #[arg(long)]
         snapshot_id: Option<String>,
@@ -77,6 +84,41 @@ pub enum SnapshotsCommand {
         delete: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// On a running worker: delete local snapshots that are neither pinned by the control
+    /// plane nor among the newest --keep of their actor (the worker also does this after
+    /// every checkpoint).
+    Prune {
+        /// The worker's unix socket.
+        #[arg(long, env = "ATEOM_SOCKET")]
+        socket: PathBuf,
+        /// Only this actor (namespace:template:actor_id); default: every actor on the worker.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Snapshots kept per actor besides the pinned ones (default: the worker's --keep-snapshots).
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// On a running worker: commit the snapshots kept in quarantine because a checkpoint
+    /// could not commit them (a full disk, say). Free space first.
+    Recover {
+        /// The worker's unix socket.
+        #[arg(long, env = "ATEOM_SOCKET")]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a new snapshot signing key (32 random bytes, hex, mode 0600) for
+    /// --snapshot-key-file. Keep it outside the store; give every worker (and `ate`) the same.
+    Keygen {
+        /// Where to write it (refused if the file exists).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -114,8 +156,16 @@ impl Progress for Bar {
 }
 
 fn open_store(uri: &str) -> Result<Store> {
+    open_signed_store(uri, None)
+}
+
+/// A store that signs and requires signatures with `key` when given.
+fn open_signed_store(uri: &str, key: Option<&PathBuf>) -> Result<Store> {
     let uri = ateom_core::parse_uri_prefix("--store", uri)?;
-    Ok(Store::open(&uri)?)
+    let store = Store::open(&uri)?;
+    let Some(key) = key else { return Ok(store) };
+    let keys = ateom_store::SigningKeys::from_files(std::slice::from_ref(key)).map_err(anyhow::Error::msg)?;
+    Ok(store.with_config(ateom_store::StoreConfig { signing: Some(keys), ..store.config().clone() })?)
 }
 
 pub async fn main(cmd: SnapshotsCommand) -> Result<()> {
@@ -163,7 +213,7 @@ pub async fn main(cmd: SnapshotsCommand) -> Result<()> {
             }
             Ok(())
         }
-        SnapshotsCommand::Push { state_dir, actor, snapshot_id, store, json } => {
+        SnapshotsCommand::Push { state_dir, actor, snapshot_id, store, snapshot_key_file, json } => {
             let actor = parse_actor(&actor)?;
             let local = LocalSnapshots::new(state_dir.join("actors"));
             let snap = match snapshot_id {
@@ -172,7 +222,7 @@ pub async fn main(cmd: SnapshotsCommand) -> Result<()> {
             };
             let s = snap.clone();
             tokio::task::spawn_blocking(move || s.verify()).await??;
-            let store = open_store(&store)?;
+            let store = open_signed_store(&store, snapshot_key_file.as_ref())?;
             let bar = Bar::new("push", json);
             let pushed = ateom_runtime::durable::push(&store, &snap, Some(bar.clone())).await?;
             bar.0.finish();
@@ -197,10 +247,10 @@ pub async fn main(cmd: SnapshotsCommand) -> Result<()> {
             }
             Ok(())
         }
-        SnapshotsCommand::Pull { store, snapshot_id, out, json } => {
-            let store = open_store(&store)?;
+        SnapshotsCommand::Pull { store, snapshot_key_file, snapshot_id, out, json } => {
+            let store = open_signed_store(&store, snapshot_key_file.as_ref())?;
             let bar = Bar::new("pull", json);
-            let opts = PullOptions { progress: Some(bar.clone()), ..PullOptions::default() };
+            let opts = PullOptions { progress: Some(bar.clone()) };
             let report = store.pull_with(snapshot_id.as_deref(), &out, &opts).await?;
             bar.0.finish();
             let index = store.read_index(&report.snapshot_id).await?;
@@ -256,6 +306,90 @@ pub async fn main(cmd: SnapshotsCommand) -> Result<()> {
                     }
                 );
             }
+            Ok(())
+        }
+        SnapshotsCommand::Prune { socket, actor, keep, dry_run, json } => {
+            let actor = actor.as_deref().map(parse_actor).transpose()?;
+            let mut c = crate::client::connect(&socket).await?;
+            let (ns, tpl, id) = match &actor {
+                Some(a) => (a.namespace.to_string(), a.template.to_string(), a.actor_id.to_string()),
+                None => Default::default(),
+            };
+            let r = c
+                .prune_snapshots(ateom_proto::PruneSnapshotsRequest {
+                    actor_template_namespace: ns,
+                    actor_template_name: tpl,
+                    actor_id: id,
+                    keep: keep.unwrap_or(0),
+                    dry_run,
+                })
+                .await
+                .map_err(crate::client::status_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"deleted": r.deleted, "freed_bytes": r.freed_bytes, "dry_run": dry_run})
+                );
+            } else {
+                for d in &r.deleted {
+                    println!("{} {d}", if dry_run { "would delete" } else { "deleted" });
+                }
+                println!(
+                    "{} snapshots, {} bytes{}",
+                    r.deleted.len(),
+                    r.freed_bytes,
+                    if dry_run { " (dry run)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        SnapshotsCommand::Recover { socket, json } => {
+            let mut c = crate::client::connect(&socket).await?;
+            let r = c
+                .recover_snapshots(ateom_proto::RecoverSnapshotsRequest {})
+                .await
+                .map_err(crate::client::status_error)?
+                .into_inner();
+            if json {
+                println!("{}", json!({"recovered": r.recovered, "still_quarantined": r.still_quarantined}));
+            } else {
+                for s in &r.recovered {
+                    println!("committed {s}");
+                }
+                for s in &r.still_quarantined {
+                    println!("still quarantined: {s}");
+                }
+                if r.recovered.is_empty() && r.still_quarantined.is_empty() {
+                    println!("nothing in quarantine");
+                }
+            }
+            if !r.still_quarantined.is_empty() {
+                bail!(
+                    "{} snapshots are still quarantined (free more space and run this again)",
+                    r.still_quarantined.len()
+                );
+            }
+            Ok(())
+        }
+        SnapshotsCommand::Keygen { out } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| {
+                    format!("creating {} (an existing key is never overwritten)", out.display())
+                })?;
+            f.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
+            f.sync_all()?;
+            let id = ateom_store::SigningKeys::from_files(std::slice::from_ref(&out))
+                .map_err(anyhow::Error::msg)?
+                .key_ids();
+            println!("wrote snapshot signing key {} to {} (mode 0600)", id[0], out.display());
             Ok(())
         }
     }

@@ -235,3 +235,73 @@ async fn an_unreachable_store_fails_in_bounded_time_and_keeps_the_local_snapshot
     assert_eq!(hit(&r.host_endpoint).await.memory, 2);
     c.checkpoint_workload(checkpoint_req("d4")).await.unwrap();
 }
+
+/// Signed snapshots: workers sharing a key restore each other's snapshots; a worker with
+/// another key, or a snapshot pushed without a key, is refused before anything starts; and a
+/// signed snapshot copied into another actor's prefix does not verify there.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_snapshots_signed_with_the_workers_key_are_restored() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let keygen = |name: &str| {
+        let path = tmp.path().join(name);
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_ateom"))
+            .args(["snapshots", "keygen", "--out"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        path.display().to_string()
+    };
+    let (key, other_key) = (keygen("key"), keygen("other-key"));
+    let bucket = tmp.path().join("bucket");
+    let prefix = format!("file://{}/actors/s1", bucket.display());
+    let node_a = Worker::start(&tmp.path().join("node-a"), &["--snapshot-key-file", &key]);
+    let (before, _) = run_and_suspend(&node_a, &image, "s1", &prefix).await;
+
+    // Same key: restores and continues.
+    let node_b = Worker::start(&tmp.path().join("node-b"), &["--snapshot-key-file", &key]);
+    let mut b = node_b.client().await;
+    let r = b.restore_workload(durable_restore("s1", &prefix)).await.expect("same key").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.sha, before.sha);
+    b.checkpoint_workload(checkpoint_req("s1")).await.unwrap();
+
+    // Another key: refused, nothing pulled, nothing started.
+    let node_c = Worker::start(&tmp.path().join("node-c"), &["--snapshot-key-file", &other_key]);
+    let mut c = node_c.client().await;
+    let err = c.restore_workload(durable_restore("s1", &prefix)).await.expect_err("another key");
+    assert!(matches!(err.code(), Code::DataLoss | Code::FailedPrecondition), "{err:?}");
+    assert!(err.message().contains("signature"), "{}", err.message());
+    assert!(node_c.namespaces().is_empty() && node_c.runsc_processes().is_empty());
+    assert!(
+        !node_c.state_dir.join("actors/test:counter:s1/snapshots").exists()
+            || std::fs::read_dir(node_c.state_dir.join("actors/test:counter:s1/snapshots")).unwrap().count()
+                == 0,
+        "nothing was pulled"
+    );
+
+    // Unsigned (pushed by a worker without a key): refused by a keyed worker.
+    let unsigned_prefix = format!("file://{}/actors/u1", bucket.display());
+    let node_d = Worker::start(&tmp.path().join("node-d"), &[]);
+    run_and_suspend(&node_d, &image, "u1", &unsigned_prefix).await;
+    let err = b.restore_workload(durable_restore("u1", &unsigned_prefix)).await.expect_err("unsigned");
+    assert!(err.message().contains("not signed"), "{}", err.message());
+
+    // A signed snapshot copied under another actor's prefix does not verify there.
+    let copied = bucket.join("actors/other");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(bucket.join("actors/s1"))
+        .arg(&copied)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let err = b
+        .restore_workload(durable_restore("s1", &format!("file://{}", copied.display())))
+        .await
+        .expect_err("copied to another prefix");
+    assert!(err.message().contains("signature"), "{}", err.message());
+}
