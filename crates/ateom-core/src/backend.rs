@@ -59,6 +59,8 @@ pub struct LaunchContext {
     pub work_dir: PathBuf,
     /// A directory for caches shared by all sandboxes of this worker (images, rootfs).
     pub cache_dir: PathBuf,
+    /// Limits of the sandbox: the request's, completed with the worker's defaults.
+    pub resources: crate::Resources,
 }
 
 /// A snapshot a restore starts from: files in a directory, described by `manifest` (read and

@@ -251,6 +251,29 @@ pub struct RunRequest {
     pub spec: WorkloadSpec,
     pub runtime: Option<RuntimeConfig>,
     pub asset_paths: BTreeMap<String, String>,
+    /// Limits asked for (the worker fills in its defaults).
+    pub resources: Resources,
+}
+
+/// What a sandbox may use of the host. `None`: not limited by the request (the worker's
+/// default applies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU time in thousandths of a CPU.
+    pub cpu_milli: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u32>,
+}
+
+impl Resources {
+    /// These limits, with `defaults` where these have none.
+    pub fn or(self, defaults: Resources) -> Resources {
+        Resources {
+            cpu_milli: self.cpu_milli.or(defaults.cpu_milli),
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            pids: self.pids.or(defaults.pids),
+        }
+    }
 }
 
 /// A validated `CheckpointWorkload`.
@@ -280,6 +303,8 @@ pub struct RestoreRequest {
     pub snapshot_id: Option<SnapshotId>,
     /// Snapshots of this actor the caller still references (retention keeps them).
     pub keep: Vec<SnapshotId>,
+    /// Limits asked for (the worker fills in its defaults).
+    pub resources: Resources,
 }
 
 /// Checks an object-store URI prefix: a scheme ateom knows and something after it.

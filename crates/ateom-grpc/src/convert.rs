@@ -222,12 +222,41 @@ fn scope(value: i32) -> Result<Scope, InvalidArgument> {
     }
 }
 
+/// Limits: CPU 10 millicores - 256 CPUs, memory 16 MiB - 1 TiB, pids 8 - 1,000,000.
+pub fn resources(r: Option<&pb::Resources>) -> Result<core::Resources, InvalidArgument> {
+    let Some(r) = r else { return Ok(core::Resources::default()) };
+    let cpu_milli = match r.cpu_milli {
+        0 => None,
+        n @ 10..=256_000 => Some(n as u32),
+        n => return Err(InvalidArgument::new("resources.cpu_milli", format!("{n} is outside 10-256000"))),
+    };
+    const MIN_MEMORY: u64 = 16 << 20;
+    const MAX_MEMORY: u64 = 1 << 40;
+    let memory_bytes = match r.memory_bytes {
+        0 => None,
+        n @ MIN_MEMORY..=MAX_MEMORY => Some(n),
+        n => {
+            return Err(InvalidArgument::new(
+                "resources.memory_bytes",
+                format!("{n} is outside 16 MiB - 1 TiB"),
+            ));
+        }
+    };
+    let pids = match r.pids {
+        0 => None,
+        n @ 8..=1_000_000 => Some(n),
+        n => return Err(InvalidArgument::new("resources.pids", format!("{n} is outside 8-1000000"))),
+    };
+    Ok(core::Resources { cpu_milli, memory_bytes, pids })
+}
+
 pub fn run_request(r: &pb::RunWorkloadRequest) -> Result<core::RunRequest, InvalidArgument> {
     Ok(core::RunRequest {
         actor: ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?,
         spec: workload(r.spec.as_ref(), true)?,
         runtime: runtime(&r.runsc_path, r.runtime.as_ref())?,
         asset_paths: asset_paths(&r.runtime_asset_paths)?,
+        resources: resources(r.resources.as_ref())?,
     })
 }
 
@@ -319,6 +348,7 @@ pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRe
             Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?)
         },
         keep: snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?,
+        resources: resources(r.resources.as_ref())?,
     })
 }
 

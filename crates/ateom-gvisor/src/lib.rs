@@ -199,7 +199,8 @@ impl GvisorBackend {
         // 1. Network namespaces (removing any leftovers of ours first).
         let net = SandboxNet::create(&self.netns_prefix()).await?;
 
-        // 2. Root file system and OCI spec.
+        // 2. Root file system and OCI spec (with the sandbox's limits and its own cgroup).
+        let cid = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
         let bundle_dir = ctx.work_dir.join("bundle");
         let prepared = {
             let container = container.clone();
@@ -208,8 +209,9 @@ impl GvisorBackend {
             let bundle_dir = bundle_dir.clone();
             let netns_path = net.sandbox.path().to_owned();
             let hostname = ctx.actor.actor_id.to_string();
+            let limits = Limits { resources: ctx.resources, cgroups_path: format!("/ateom/{cid}") };
             tokio::task::spawn_blocking(move || {
-                prepare_bundle(&container, &source, &cache, &bundle_dir, &netns_path, &hostname)
+                prepare_bundle(&container, &source, &cache, &bundle_dir, &netns_path, &hostname, &limits)
             })
             .await
             .map_err(|e| BackendError::failed("preparing bundle", e.to_string()))?
@@ -239,7 +241,6 @@ impl GvisorBackend {
         //    process stays our child and is the parent of the sandbox and gofer, so it reaps
         //    them the moment they exit. (With --detach they are orphaned to PID 1, and on hosts
         //    whose init reaps lazily `runsc delete` waits ~2 s for the zombie to go away.)
-        let cid = format!("ateom-{}-{:08x}", self.opts.instance, rand::random::<u32>());
         let console = ctx.work_dir.join("console.log");
         let mut args = self.global_args(&runsc, Some(&ctx.work_dir));
         match snapshot {
@@ -370,6 +371,7 @@ fn prepare_bundle(
     bundle_dir: &Path,
     netns_path: &Path,
     hostname: &str,
+    limits: &Limits,
 ) -> Result<(String, bool), BackendError> {
     let image_err = |detail: String| BackendError::Image { container: container.name.to_string(), detail };
     std::fs::create_dir_all(bundle_dir)
@@ -409,8 +411,43 @@ fn prepare_bundle(
             (spec, format!("bundle-sha256:{}", hex::encode(Sha256::digest(&config))), true)
         }
     };
+    let mut spec = spec;
+    apply_limits(&mut spec, limits).map_err(|e| image_err(format!("setting the sandbox's limits: {e}")))?;
     ateom_image::write_bundle(bundle_dir, &spec).map_err(|e| image_err(e.to_string()))?;
     Ok((digest, hit))
+}
+
+/// A sandbox's limits and the cgroup runsc puts it in.
+struct Limits {
+    resources: ateom_core::Resources,
+    cgroups_path: String,
+}
+
+/// Sets the spec's cgroup path and its memory, CPU and pids limits (runsc enforces them on
+/// the whole sandbox through that cgroup, which `runsc delete` removes). A node agent's
+/// bundle keeps its own limits where the request sets none.
+fn apply_limits(spec: &mut oci_spec::runtime::Spec, limits: &Limits) -> Result<(), oci_spec::OciSpecError> {
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder};
+    let r = &limits.resources;
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(limits.cgroups_path.clone().into()));
+    let mut res = linux.resources().clone().unwrap_or_default();
+    if let Some(bytes) = r.memory_bytes {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        // No swap beyond the limit: memory+swap equals memory.
+        res.set_memory(Some(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build()?));
+    }
+    if let Some(milli) = r.cpu_milli {
+        const PERIOD: u64 = 100_000;
+        let quota = i64::from(milli) * PERIOD as i64 / 1000;
+        res.set_cpu(Some(LinuxCpuBuilder::default().quota(quota).period(PERIOD).build()?));
+    }
+    if let Some(pids) = r.pids {
+        res.set_pids(Some(LinuxPidsBuilder::default().limit(i64::from(pids)).build()?));
+    }
+    linux.set_resources(Some(res));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 /// Points the spec's network namespace at ours (adding one if the node agent left it out).
@@ -880,6 +917,16 @@ impl Backend for GvisorBackend {
                 done.push(format!("runsc process {pid}"));
             }
         }
+        // Cgroups runsc made for sandboxes of ours that no `runsc delete` removed.
+        let prefix = format!("ateom-{}-", self.opts.instance);
+        for dir in sandbox_cgroups(&prefix) {
+            if keep.as_ref().is_some_and(|k| dir.ends_with(&k.cid)) {
+                continue;
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                done.push(format!("cgroup {}", dir.display()));
+            }
+        }
         let names = Netns::list_with_prefix(&self.netns_prefix())
             .map_err(|e| BackendError::Network(e.to_string()))?;
         let kept: Vec<&str> = keep
@@ -927,4 +974,30 @@ fn processes_using_root(root: &Path, keep: Option<&Handle>) -> Vec<i32> {
 
 fn nix_kill(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok()
+}
+
+/// The cgroup directories (any hierarchy, v1 or v2) runsc created for containers whose id
+/// starts with `prefix`: under ateom's `/ateom` cgroup, and at the top of a hierarchy (where
+/// runsc puts a container that names no cgroup path, as earlier ateom versions did).
+pub fn sandbox_cgroups(prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+    for root in roots {
+        for parent in [root.join("ateom"), root] {
+            let Ok(entries) = std::fs::read_dir(&parent) else { continue };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(prefix) && e.path().is_dir() {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

@@ -68,6 +68,8 @@ pub struct RuntimeOptions {
     /// Sign durable snapshots with these keys, and restore only durable snapshots signed
     /// with one of them (`None`: no signatures written or required).
     pub signing: Option<ateom_store::SigningKeys>,
+    /// Limits of every sandbox where a request sets none.
+    pub default_resources: ateom_core::Resources,
 }
 
 impl RuntimeOptions {
@@ -82,6 +84,7 @@ impl RuntimeOptions {
             keep_snapshots: 2,
             min_free_bytes: 64 << 20,
             signing: None,
+            default_resources: ateom_core::Resources::default(),
         }
     }
 }
@@ -432,6 +435,7 @@ impl Runtime {
         spec: &WorkloadSpec,
         runtime: Option<ateom_core::RuntimeConfig>,
         asset_paths: BTreeMap<String, String>,
+        resources: ateom_core::Resources,
     ) -> Result<LaunchContext, RuntimeError> {
         let actor_dir = self.actor_dir(actor);
         let mut containers = Vec::with_capacity(spec.containers.len());
@@ -453,14 +457,23 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(&work_dir);
         create_private_dir(&work_dir)?;
         let cache_dir = self.opts.state_dir.join("cache");
-        Ok(LaunchContext { actor: actor.clone(), containers, runtime, asset_paths, work_dir, cache_dir })
+        let resources = resources.or(self.opts.default_resources);
+        Ok(LaunchContext {
+            actor: actor.clone(),
+            containers,
+            runtime,
+            asset_paths,
+            work_dir,
+            cache_dir,
+            resources,
+        })
     }
 
     /// Starts a workload and waits until it is ready.
     pub async fn run(&self, req: RunRequest) -> Result<Started, RuntimeError> {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "starting")?;
-        let ctx = self.launch_context(&req.actor, &req.spec, req.runtime, req.asset_paths)?;
+        let ctx = self.launch_context(&req.actor, &req.spec, req.runtime, req.asset_paths, req.resources)?;
         let work_dir = ctx.work_dir.clone();
         info!(actor = %req.actor, "run: starting sandbox");
         let sandbox = match self.backend.run(ctx).await {
@@ -638,7 +651,7 @@ impl Runtime {
         };
         let spec =
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
-        let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths)?;
+        let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths, req.resources)?;
         let work_dir = ctx.work_dir.clone();
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
         let backend_start = Instant::now();
@@ -868,6 +881,41 @@ impl Runtime {
 
     fn checkpoint_in_progress(&self, id: &SnapshotId) -> bool {
         matches!(&*self.slot.lock().expect("slot lock"), Slot::Busy { snapshot: Some(s), .. } if s == id)
+    }
+
+    /// Watches the running workload: when its sandbox stops on its own (it crashed, or was
+    /// killed past a limit), connections forwarded into it are cut at once (a dead peer
+    /// never answers them), its leftovers are removed, the worker is free again and the actor
+    /// is reported lost with the reason. Runs until the process ends.
+    pub async fn supervise(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let dead = {
+                let mut slot = self.slot.lock().expect("slot lock");
+                match std::mem::replace(&mut *slot, Slot::Idle) {
+                    Slot::Running(a) => match a.sandbox.exited() {
+                        Some(why) => {
+                            *slot = Slot::Busy { actor: a.actor.clone(), state: "deleting", snapshot: None };
+                            Some((a, why))
+                        }
+                        None => {
+                            *slot = Slot::Running(a);
+                            None
+                        }
+                    },
+                    other => {
+                        *slot = other;
+                        None
+                    }
+                }
+            };
+            if let Some((a, why)) = dead {
+                warn!(actor = %a.actor, reason = %why, "the workload died on its own");
+                self.forwarder.set_target(None);
+                self.forwarder.abort_all().await;
+                self.forget_dead(a, &format!("the workload died: {why}")).await;
+            }
+        }
     }
 
     /// Deletes local snapshots that are neither pinned nor among the newest `keep` of their

@@ -128,6 +128,15 @@ pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAd
         ready_timeout: args.ready_timeout,
         keep_snapshots: args.keep_snapshots,
         min_free_bytes: args.min_free_mib << 20,
+        // microVMs are sized by --memory-mib / --vcpus (or a request's resources).
+        default_resources: match args.backend {
+            BackendKind::Gvisor => ateom_core::Resources {
+                cpu_milli: (args.default_cpu_milli > 0).then_some(args.default_cpu_milli),
+                memory_bytes: (args.default_memory_mib > 0).then_some(args.default_memory_mib << 20),
+                pids: (args.default_pids > 0).then_some(args.default_pids),
+            },
+            _ => ateom_core::Resources::default(),
+        },
         signing: if args.snapshot_key_files.is_empty() {
             None
         } else {

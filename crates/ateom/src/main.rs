@@ -118,6 +118,16 @@ pub struct WorkerArgs {
     /// How long Run/Restore wait for the workload's readiness probe.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Memory limit of a gVisor sandbox whose request sets none (0: none). Past it, the
+    /// sandbox is killed (the host is not affected).
+    #[arg(long, default_value_t = 2048)]
+    pub default_memory_mib: u64,
+    /// CPU limit (thousandths of a CPU) of a gVisor sandbox whose request sets none (0: none).
+    #[arg(long, default_value_t = 2000)]
+    pub default_cpu_milli: u32,
+    /// Processes/threads limit of a gVisor sandbox whose request sets none (0: none).
+    #[arg(long, default_value_t = 4096)]
+    pub default_pids: u32,
     /// Raise runsc's log (kept in each sandbox's work directory, and with a failed sandbox
     /// under <state-dir>/failures/) from warnings to debug.
     #[arg(long)]
@@ -245,6 +255,7 @@ fn init_logging(filter: &str, format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<()> {
     let runtime = backends::start_runtime(&args.worker, &args.state_dir, args.listen).await?;
     let runtime = std::sync::Arc::new(runtime);
+    tokio::spawn(runtime.clone().supervise());
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");

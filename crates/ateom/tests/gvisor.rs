@@ -558,3 +558,60 @@ async fn delete_stops_the_actor_and_removes_its_local_snapshots_only() {
     c.delete_workload(delete_req("d3", false)).await.unwrap();
     assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
 }
+
+/// A workload's limits hold: its memory limit is the sandbox's cgroup limit, a workload that
+/// allocates past it is killed (the worker and the host are not affected, the actor is
+/// reported lost when its checkpoint finds it dead), and nothing of it is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_past_its_memory_limit_is_contained() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let w = Worker::start(&tmp.path().join("state"), &[]);
+    let mut c = w.client().await;
+    let mut req = run_req("hog", &image);
+    req.resources = Some(ateom_proto::Resources { memory_bytes: 256 << 20, cpu_milli: 500, pids: 64 });
+    let run = c.run_workload(req).await.expect("run with limits").into_inner();
+    // The cgroup runsc made for the sandbox carries the limits.
+    let prefix = format!("ateom-{}-", instance_id(&w.state_dir));
+    let cgroups = ateom_gvisor::sandbox_cgroups(&prefix);
+    assert!(!cgroups.is_empty(), "the sandbox has a cgroup");
+    let read = |name: &str| {
+        cgroups.iter().find_map(|d| std::fs::read_to_string(d.join(name)).ok()).map(|s| s.trim().to_owned())
+    };
+    let limit = read("memory.limit_in_bytes").or_else(|| read("memory.max")).expect("a memory limit file");
+    assert_eq!(limit, (256u64 << 20).to_string());
+    let pids = read("pids.max").expect("a pids limit file");
+    assert_eq!(pids, "64");
+    assert_eq!(get_text(&run.host_endpoint, "/alloc?mib=32").await.trim(), "32", "within the limit");
+    // Past it: the sandbox dies, the request fails; the worker stays healthy.
+    let mut s = tokio::net::TcpStream::connect(&run.host_endpoint).await.unwrap();
+    let past = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        ateom_runtime::probe::http_get(&mut s, &run.host_endpoint, "/alloc?mib=1024"),
+    )
+    .await
+    .expect("the hog is stopped, and its request cut, in bounded time");
+    assert!(!matches!(past, Ok((200, _))), "1 GiB past a 256 MiB limit must not succeed: {past:?}");
+    // The worker is fine, noticed on its own, and says what happened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let caps = loop {
+        let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+        if caps.state == "idle" || std::time::Instant::now() > deadline {
+            break caps;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(caps.state, "idle", "{caps:?}");
+    let lost = caps.lost_actors.last().expect("reported lost");
+    assert_eq!(lost.actor, "test/counter/hog");
+    eprintln!("the hog past its limit: {}", lost.reason);
+    let err = c.checkpoint_workload(checkpoint_req("hog")).await.expect_err("its state died with it");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
+    assert!(ateom_gvisor::sandbox_cgroups(&prefix).is_empty(), "no cgroup left");
+    // The next workload runs.
+    let run = c.run_workload(run_req("next", &image)).await.expect("next run").into_inner();
+    assert_eq!(hit(&run.host_endpoint).await.memory, 1);
+    c.checkpoint_workload(checkpoint_req("next")).await.unwrap();
+}
