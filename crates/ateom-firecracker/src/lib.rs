@@ -164,7 +164,11 @@ impl FirecrackerBackend {
     }
 
     /// The request's microVM settings over the worker's defaults.
-    fn effective(&self, runtime: &Option<RuntimeConfig>) -> Result<MicroVmConfig, BackendError> {
+    fn effective(
+        &self,
+        runtime: &Option<RuntimeConfig>,
+        resources: &ateom_core::Resources,
+    ) -> Result<MicroVmConfig, BackendError> {
         let req = match runtime {
             None => MicroVmConfig::default(),
             Some(RuntimeConfig::MicroVm(m)) => m.clone(),
@@ -183,8 +187,9 @@ impl FirecrackerBackend {
             kernel_image: req.kernel_image.or_else(|| d.kernel_image.clone()),
             rootfs_image: req.rootfs_image.or_else(|| d.rootfs_image.clone()),
             kernel_cmdline: req.kernel_cmdline.or_else(|| d.kernel_cmdline.clone()),
-            vcpus: req.vcpus.or(d.vcpus),
-            memory_mib: req.memory_mib.or(d.memory_mib),
+            // The microVM config's own numbers, else the request's resources, else the worker's.
+            vcpus: req.vcpus.or(ateom_microvm::vcpus_for(resources)).or(d.vcpus),
+            memory_mib: req.memory_mib.or(ateom_microvm::memory_mib_for(resources)).or(d.memory_mib),
             cpu_template: req.cpu_template.or_else(|| d.cpu_template.clone()),
             network: req.network.or_else(|| d.network.clone()),
             jailer_path: req.jailer_path.or_else(|| self.opts.jailer.as_ref().map(|j| j.binary.clone())),
@@ -341,7 +346,7 @@ impl FirecrackerBackend {
         ctx: LaunchContext,
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        let mut cfg = self.effective(&ctx.runtime)?;
+        let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
         let mut image_digests = BTreeMap::new();
         let mut ateom_init = false;
         if snapshot.is_none() {

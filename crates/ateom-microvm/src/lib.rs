@@ -124,6 +124,16 @@ pub struct Spare {
     pub netns: Option<String>,
 }
 
+/// vCPUs for a request's CPU limit: whole CPUs, rounded up (1000 milli = 1 vCPU).
+pub fn vcpus_for(r: &ateom_core::Resources) -> Option<u8> {
+    r.cpu_milli.map(|m| u8::try_from(m.div_ceil(1000).clamp(1, 32)).unwrap_or(32))
+}
+
+/// Guest memory for a request's memory limit, in MiB (at least 16).
+pub fn memory_mib_for(r: &ateom_core::Resources) -> Option<u32> {
+    r.memory_bytes.map(|b| u32::try_from((b >> 20).max(16)).unwrap_or(u32::MAX))
+}
+
 /// What a restarted worker removes before serving: processes `ours` recognises (from their
 /// `/proc/<pid>` directory; they were started for this worker's state directory, so they are
 /// its to kill) and network namespaces named `<prefix>*`, except what `spare` names. Returns

@@ -163,7 +163,11 @@ impl QemuBackend {
         format!("ateom-{}-vm", self.opts.instance)
     }
 
-    fn effective(&self, runtime: &Option<RuntimeConfig>) -> Result<MicroVmConfig, BackendError> {
+    fn effective(
+        &self,
+        runtime: &Option<RuntimeConfig>,
+        resources: &ateom_core::Resources,
+    ) -> Result<MicroVmConfig, BackendError> {
         let req = match runtime {
             None => MicroVmConfig::default(),
             Some(RuntimeConfig::MicroVm(m)) => m.clone(),
@@ -181,8 +185,9 @@ impl QemuBackend {
             kernel_image: req.kernel_image.or_else(|| d.kernel_image.clone()),
             rootfs_image: req.rootfs_image.or_else(|| d.rootfs_image.clone()),
             kernel_cmdline: req.kernel_cmdline.or_else(|| d.kernel_cmdline.clone()),
-            vcpus: req.vcpus.or(d.vcpus),
-            memory_mib: req.memory_mib.or(d.memory_mib),
+            // The microVM config's own numbers, else the request's resources, else the worker's.
+            vcpus: req.vcpus.or(ateom_microvm::vcpus_for(resources)).or(d.vcpus),
+            memory_mib: req.memory_mib.or(ateom_microvm::memory_mib_for(resources)).or(d.memory_mib),
             cpu_template: None,
             network: req
                 .network
@@ -283,7 +288,7 @@ impl QemuBackend {
         ctx: LaunchContext,
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        let mut cfg = self.effective(&ctx.runtime)?;
+        let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
