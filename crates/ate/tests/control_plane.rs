@@ -958,3 +958,117 @@ async fn redis_a_dead_replicas_operations_are_taken_over() {
     }
     a_dead_replicas_operations_are_taken_over(StoreKind::Redis).await;
 }
+
+/// A tmpfs mounted for a worker's state directory; unmounted when dropped (after the worker
+/// it holds was stopped: declare it before the lab).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+
+    fn available(&self) -> u64 {
+        let out =
+            std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(&self.0).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// Fills it until only `leave` bytes are free.
+    fn fill_leaving(&self, leave: u64) {
+        let n = self.available().saturating_sub(leave);
+        let st = std::process::Command::new("fallocate")
+            .args(["-l", &n.to_string()])
+            .arg(self.0.join("filler"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A worker whose disk fills up: its pause is refused before anything is frozen and the
+/// actor keeps RUNNING with its memory; afterwards no new placement goes there (the other
+/// worker is used, evicting if needed), while it stays in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_worker_keeps_its_workload_and_gets_no_new_placements() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED a_full_worker_keeps_its_workload_and_gets_no_new_placements: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let scratch = tempfile::Builder::new().prefix("ate-tmpfs-").tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&scratch.path().join("w2"), "1g");
+    let mut lab = Lab::start(StoreKind::Sqlite, 1);
+    lab.workers.push(ate::cluster::WorkerProc::start(&ateom_bin(), &tmpfs.0, "w2", "node-2").unwrap());
+    lab.apply_counter(None);
+    let names = lab.create_actors(3);
+    let router = lab.serve.router;
+    let mut expected = HashMap::new();
+    traffic(router, &names[..2], &mut expected, 2).await;
+    let on = |v: &ActorView| v.actor.worker.clone().unwrap_or_default();
+    let (a, b) = (actor(&lab, &names[0]).await, actor(&lab, &names[1]).await);
+    let full = if on(&a) == "w2" { a.actor.name.clone() } else { b.actor.name.clone() };
+    assert_eq!(on(&actor(&lab, &full).await), "w2", "one actor runs on each worker");
+
+    // The disk fills: the pause is refused before the freeze; the actor keeps running.
+    tmpfs.fill_leaving(24 << 20);
+    let err = lab.serve.api.action(&full, "pause").await.unwrap_err().to_string();
+    assert!(err.contains("not enough free space") && err.contains("keeps running"), "{err}");
+    let v = actor(&lab, &full).await;
+    assert_eq!((v.actor.state, on(&v).as_str()), (ActorState::Running, "w2"));
+    traffic(router, std::slice::from_ref(&full), &mut expected, 1).await;
+
+    // Once the worker is observed full, nothing new is placed there: its actor is deleted
+    // (w2 free but full), and the others share w1.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (ok, out, err) = lab.serve.cli(&["delete", "actor", &full]);
+    assert!(ok, "{out}{err}");
+    expected.remove(&full);
+    let others: Vec<String> = names.iter().filter(|n| **n != full).cloned().collect();
+    for _ in 0..2 {
+        for n in &others {
+            traffic(router, std::slice::from_ref(n), &mut expected, 1).await;
+            let v = actor(&lab, n).await;
+            assert_eq!(on(&v), "w1", "{n} placed on the full worker: {}", ids_of(&v));
+            let w2 = lab.serve.api.workers().await.unwrap().into_iter().find(|w| w.name == "w2").unwrap();
+            assert!(w2.holder.is_none() && w2.healthy, "{w2:?}");
+            let caps = Workers::default()
+                .caps("w2", &lab.worker("w2").socket.display().to_string(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(caps.running.is_empty(), "w2 runs {}", caps.running);
+            assert!(
+                caps.snapshot_bytes_free.is_some_and(|f| f < 256 << 20),
+                "{:?}",
+                caps.snapshot_bytes_free
+            );
+        }
+    }
+    assert!(metric(&lab.serve.metrics().await, "ate_evictions_total") >= 1.0);
+    // Space again: w2 takes new placements again (a suspended actor, while w1 is busy).
+    std::fs::remove_file(tmpfs.0.join("filler")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    suspend(&lab, &others[0]).await;
+    traffic(router, &others[1..], &mut expected, 1).await;
+    traffic(router, &others[..1], &mut expected, 1).await;
+    assert_eq!(on(&actor(&lab, &others[0]).await), "w2", "with space again, w2 is used");
+    assert_eq!(on(&actor(&lab, &others[1]).await), "w1");
+    for w in &mut lab.workers {
+        w.stop();
+    }
+    drop(lab);
+    drop(tmpfs);
+}
