@@ -784,10 +784,11 @@ async fn lost_answers_are_settled_from_the_workers_state() {
     assert_consistent(&lab, 20).await;
 }
 
-/// SIGKILL of the `ateom` worker process at different moments of a pause, then a restart on
-/// the same state directory: the actor ends RUNNING with its memory intact, or PAUSED at
-/// exactly the snapshot its intent named, or CRASHED naming the newest snapshot that exists;
-/// the counter (kept in memory) never goes back unless the operator chooses older state.
+/// SIGKILL of the `ateom` worker process at different moments of a pause or a suspend (the
+/// freeze, the commit, the push), then a restart on the same state directory: the actor ends
+/// RUNNING with its memory intact, or PAUSED/SUSPENDED at exactly the snapshot its intent
+/// named, or CRASHED naming the newest snapshot that exists; the counter (kept in memory)
+/// never goes back unless the operator chooses older state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_pause_never_yields_older_state() {
     if let Some(why) = unavailable(false) {
@@ -800,8 +801,10 @@ async fn a_worker_killed_mid_pause_never_yields_older_state() {
     let a = lab.create_actors(1).remove(0);
     let ateom = ateom_bin();
     let mut last = count(lab.serve.router, &a).await.0;
-    let mut outcomes: HashMap<&'static str, usize> = HashMap::new();
-    for delay in [0u64, 10, 25, 40, 60, 90, 130, 200] {
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    let cases = [0u64, 10, 25, 40, 60, 90, 130, 200].map(|d| ("pause", d));
+    let cases = cases.into_iter().chain([0u64, 30, 60, 100, 150, 250].map(|d| ("suspend", d)));
+    for (verb, delay) in cases {
         // RUNNING first.
         let (c, _) = count(lab.serve.router, &a).await;
         assert_eq!(c, last + 1, "the counter continues");
@@ -810,7 +813,7 @@ async fn a_worker_killed_mid_pause_never_yields_older_state() {
             lab.local_snapshots("w1", &a).await.into_iter().map(|s| s.snapshot_id).collect();
         let api = lab.serve.api.clone();
         let name = a.clone();
-        let pause = tokio::spawn(async move { api.action(&name, "pause").await });
+        let op = tokio::spawn(async move { api.action(&name, verb).await });
         // Catch the intent (its snapshot id) as early as it shows, then kill at `delay`.
         let started = Instant::now();
         let mut intended = None;
@@ -825,30 +828,41 @@ async fn a_worker_killed_mid_pause_never_yields_older_state() {
         lab.worker_mut("w1").kill_daemon();
         tokio::time::sleep(Duration::from_millis(300)).await;
         lab.worker_mut("w1").restart(&ateom).unwrap();
-        let _ = pause.await;
+        let _ = op.await;
         let end = settled(&lab, 60).await.remove(0);
         let after = lab.local_snapshots("w1", &a).await;
+        let what = format!("{verb} killed after {delay} ms");
+        *outcomes.entry(format!("{verb}: {}", end.actor.state)).or_default() += 1;
         match end.actor.state {
             ActorState::Running => {
-                *outcomes.entry("running").or_default() += 1;
                 let (c, f) = count(lab.serve.router, &a).await;
-                assert_eq!((c, f), (last + 1, last + 1), "delay {delay}: RUNNING with memory intact");
+                assert_eq!((c, f), (last + 1, last + 1), "{what}: RUNNING with memory intact");
                 last = c;
             }
-            ActorState::Paused => {
-                *outcomes.entry("paused").or_default() += 1;
-                let id = end.actor.local.clone().unwrap().snapshot_id;
+            ActorState::Paused | ActorState::Suspended => {
+                let id = match end.actor.state {
+                    ActorState::Paused => end.actor.local.clone().unwrap().snapshot_id,
+                    _ => {
+                        let d = end.actor.durable.clone().unwrap().snapshot_id;
+                        assert!(
+                            index_path(&lab, &a, &d).is_file(),
+                            "{what}: SUSPENDED at a shipped snapshot"
+                        );
+                        d
+                    }
+                };
                 if let Some(i) = &intended {
-                    assert_eq!(&id, i, "delay {delay}: PAUSED at exactly the intended snapshot");
+                    assert_eq!(&id, i, "{what}: at exactly the intended snapshot");
                 }
-                assert!(!before.contains(&id), "delay {delay}: not an older snapshot");
-                assert!(after.iter().any(|s| s.snapshot_id == id && s.state == "complete"), "{after:?}");
+                assert!(!before.contains(&id), "{what}: not an older snapshot");
+                if end.actor.state == ActorState::Paused {
+                    assert!(after.iter().any(|s| s.snapshot_id == id && s.state == "complete"), "{after:?}");
+                }
                 let (c, _) = count(lab.serve.router, &a).await;
-                assert_eq!(c, last + 1, "delay {delay}: resumed from the pause, nothing lost");
+                assert_eq!(c, last + 1, "{what}: resumed from it, nothing lost");
                 last = c;
             }
             ActorState::Crashed => {
-                *outcomes.entry("crashed").or_default() += 1;
                 let reason = end.actor.reason.clone().unwrap();
                 let newest = after
                     .iter()
@@ -871,9 +885,11 @@ async fn a_worker_killed_mid_pause_never_yields_older_state() {
                 assert!(c <= last, "explicitly older state");
                 last = c;
             }
-            s => panic!("delay {delay}: {s}"),
+            s => panic!("{what}: {s}"),
         }
-        eprintln!("delay {delay} ms: {} ({})", end.actor.state, ids_of(&end));
+        // The count above resumed it: RUNNING for the next case.
+        assert_eq!(actor(&lab, &a).await.actor.state, ActorState::Running);
+        eprintln!("{what}: {} ({})", end.actor.state, ids_of(&end));
     }
     eprintln!("outcomes: {outcomes:?}");
     assert_consistent(&lab, 20).await;
