@@ -6,9 +6,11 @@
 //! * [`actor`]: the actor record and its state machine as pure transitions, including the
 //!   lease invariant that ties an actor to the worker it occupies;
 //! * [`placement`]: which worker may restore which snapshot, from worker capabilities,
-//!   host fingerprints and snapshot provenance;
+//!   host fingerprints, snapshot provenance and free snapshot space;
+//! * [`snapshot`]: snapshot ids chosen before a checkpoint, and the reasons that name the
+//!   newest existing snapshot when a recorded one is missing;
 //! * [`store`]: the store contract (versioned records, one atomic multi-record
-//!   compare-and-set per transition) and the typed records.
+//!   compare-and-set per transition, replica liveness leases) and the typed records.
 //!
 //! Nothing here knows a backend, a wire format or a database: the `ate` binary speaks the
 //! ateom gRPC contract and `ate-store` implements the store.
@@ -16,6 +18,7 @@
 pub mod actor;
 pub mod placement;
 pub mod resource;
+pub mod snapshot;
 pub mod store;
 
 pub use actor::{

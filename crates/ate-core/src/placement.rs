@@ -14,6 +14,10 @@
 //!   vendor; and if the snapshot says `restore_requires_same_host`, the same host — host id,
 //!   CPU model and flags, host kernel. Among fitting free workers, one that already holds the
 //!   snapshot locally is preferred (no data moves);
+//! * a new placement (anything but a PAUSED actor going home) avoids a worker whose free
+//!   snapshot space is below the caller's threshold: its next checkpoint would be refused
+//!   (RESOURCE_EXHAUSTED) or end in quarantine. A PAUSED actor's own node is where its
+//!   snapshot is, however full;
 //! * no fitting worker at all → the actor is CRASHED with a reason listing, per worker, why
 //!   it does not fit.
 
@@ -43,9 +47,11 @@ pub struct Candidate {
     pub pool: String,
     /// Answered `GetCapabilities` recently.
     pub healthy: bool,
-    /// Its lease is free.
+    /// Its lease is free (and it is not seen busy with an operation nobody holds it for).
     pub free: bool,
     pub info: Option<WorkerInfo>,
+    /// Free bytes on its snapshot file system, as last reported (None: unknown).
+    pub snapshot_bytes_free: Option<u64>,
 }
 
 /// Why a worker cannot take a snapshot.
@@ -97,6 +103,8 @@ pub struct Request<'a> {
     pub prefer: Option<&'a str>,
     /// The caller has waited its bounded time for the local snapshot's worker.
     pub waited: bool,
+    /// A new placement needs at least this much free snapshot space on the worker.
+    pub min_free_bytes: u64,
 }
 
 /// Placement's answer.
@@ -185,7 +193,26 @@ pub fn place(req: &Request<'_>, workers: &[Candidate]) -> Decision {
             },
         };
     }
-    let free: Vec<&&Candidate> = fitting.iter().filter(|w| w.healthy && w.free).collect();
+    let roomy = |w: &&&Candidate| w.snapshot_bytes_free.is_none_or(|f| f >= req.min_free_bytes);
+    let free_any: Vec<&&Candidate> = fitting.iter().filter(|w| w.healthy && w.free).collect();
+    let free: Vec<&&Candidate> = free_any.iter().copied().filter(|w| roomy(w)).collect();
+    if free.is_empty() && !free_any.is_empty() {
+        let full: Vec<String> = free_any
+            .iter()
+            .map(|w| format!("{} ({} MiB free)", w.name, w.snapshot_bytes_free.unwrap_or(0) >> 20))
+            .collect();
+        let busy: Vec<String> =
+            fitting.iter().filter(|w| w.healthy && !w.free && roomy(w)).map(|w| w.name.clone()).collect();
+        return Decision::Wait {
+            reason: format!(
+                "the free fitting workers of pool {} are low on snapshot space (below {} MiB): {}",
+                req.pool,
+                req.min_free_bytes >> 20,
+                full.join(", ")
+            ),
+            busy,
+        };
+    }
     if let Some(p) = req.prefer
         && let Some(w) = free.iter().find(|w| w.name == p)
     {
@@ -196,7 +223,7 @@ pub fn place(req: &Request<'_>, workers: &[Candidate]) -> Decision {
     }
     Decision::Wait {
         reason: format!("every fitting worker of pool {} is busy", req.pool),
-        busy: fitting.iter().filter(|w| w.healthy).map(|w| w.name.clone()).collect(),
+        busy: fitting.iter().filter(|w| w.healthy && roomy(w)).map(|w| w.name.clone()).collect(),
     }
 }
 
@@ -239,11 +266,26 @@ mod tests {
     }
 
     fn cand(name: &str, host_id: &str, free: bool) -> Candidate {
-        Candidate { name: name.into(), pool: "p".into(), healthy: true, free, info: Some(info(host_id)) }
+        Candidate {
+            name: name.into(),
+            pool: "p".into(),
+            healthy: true,
+            free,
+            info: Some(info(host_id)),
+            snapshot_bytes_free: None,
+        }
     }
 
     fn req<'a>(p: Option<&'a Provenance>) -> Request<'a> {
-        Request { pool: "p", backend: "gvisor", local_on: None, durable: p, prefer: None, waited: false }
+        Request {
+            pool: "p",
+            backend: "gvisor",
+            local_on: None,
+            durable: p,
+            prefer: None,
+            waited: false,
+            min_free_bytes: 256 << 20,
+        }
     }
 
     #[test]
@@ -302,15 +344,45 @@ mod tests {
         let p = prov("a", true);
         let ws = [
             cand("w1", "b", true),
-            Candidate { name: "w2".into(), pool: "p".into(), healthy: false, free: true, info: None },
+            Candidate {
+                name: "w2".into(),
+                pool: "p".into(),
+                healthy: false,
+                free: true,
+                info: None,
+                snapshot_bytes_free: None,
+            },
         ];
         assert!(matches!(place(&req(Some(&p)), &ws), Decision::Wait { .. }));
         assert!(matches!(place(&req(None), &ws), Decision::Crash { .. }));
     }
 
+    #[test]
+    fn new_placements_avoid_full_workers_but_a_paused_actor_goes_home() {
+        let p = prov("a", false);
+        let mut full = cand("w1", "a", true);
+        full.snapshot_bytes_free = Some(100 << 20);
+        let mut roomy = cand("w2", "b", true);
+        roomy.snapshot_bytes_free = Some(10 << 30);
+        let ws = [full.clone(), roomy.clone()];
+        let mut r = req(Some(&p));
+        r.prefer = Some("w1"); // even the worker holding a copy
+        assert_eq!(place(&r, &ws), Decision::Use { worker: "w2".into(), local: false });
+        // Only full workers free: wait (space may be freed), naming them; the roomy busy one
+        // is the eviction candidate.
+        roomy.free = false;
+        let Decision::Wait { reason, busy } = place(&r, &[full.clone(), roomy]) else { panic!() };
+        assert!(reason.contains("low on snapshot space") && reason.contains("w1 (100 MiB free)"), "{reason}");
+        assert_eq!(busy, ["w2"]);
+        // A PAUSED actor's snapshot is on w1: it goes home regardless.
+        let mut home = req(None);
+        home.local_on = Some("w1");
+        assert_eq!(place(&home, &[full]), Decision::Use { worker: "w1".into(), local: true });
+    }
+
     fn arb_candidate() -> impl Strategy<Value = Candidate> {
-        (0u8..4, 0u8..3, any::<bool>(), any::<bool>(), 0u8..3, any::<bool>(), 0u8..2).prop_map(
-            |(n, h, healthy, free, version, known, pool)| {
+        (0u8..4, 0u8..3, any::<bool>(), any::<bool>(), 0u8..3, any::<bool>(), 0u8..2, 0u8..3).prop_map(
+            |(n, h, healthy, free, version, known, pool, space)| {
                 let mut i = info(&format!("h{h}"));
                 if version == 2 {
                     i.runtime_version = "runsc 2".into();
@@ -321,6 +393,7 @@ mod tests {
                     healthy,
                     free,
                     info: known.then_some(i),
+                    snapshot_bytes_free: [None, Some(1 << 20), Some(1 << 40)][space as usize],
                 }
             },
         )
@@ -347,6 +420,7 @@ mod tests {
                 durable: has_durable.then_some(&p),
                 prefer: None,
                 waited,
+                min_free_bytes: 256 << 20,
             };
             if let Decision::Use { worker, local: is_local } = place(&r, &ws) {
                 let w = ws.iter().find(|c| c.name == worker && c.pool == "p" && c.healthy && c.free);
@@ -355,6 +429,9 @@ mod tests {
                     prop_assert_eq!(Some(&worker), local_name.as_ref());
                 } else {
                     prop_assert!(has_durable);
+                    // A new placement never lands on a worker known to be low on space.
+                    prop_assert!(ws.iter().filter(|c| c.name == worker && c.pool == "p" && c.healthy && c.free)
+                        .any(|c| c.snapshot_bytes_free.is_none_or(|f| f >= 256 << 20)));
                     // Some matching candidate entry fits.
                     let fit = ws.iter().filter(|c| c.name == worker).any(|c| c.info.as_ref().is_some_and(|i| fits(&p, i).is_empty()));
                     prop_assert!(fit);

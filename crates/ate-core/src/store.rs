@@ -12,6 +12,14 @@
 //! control planes racing to claim a worker cannot both succeed; a control plane killed between
 //! two writes leaves a record that says exactly what it was doing.
 //!
+//! **Replica liveness.** Besides records, a store keeps one short lease per control-plane
+//! replica ([`Store::heartbeat`]): a live replica renews it every second or so with a TTL of a
+//! few seconds; an intent whose owner's lease has expired was abandoned (that replica died)
+//! and any other replica may finish or roll it back at once ([`Store::replica_alive`]).
+//! Leases are not versioned records and are not part of any write's expectations: they only
+//! decide *when* another replica starts reconciling; the compare-and-set of the actor record
+//! still decides *what* is written.
+//!
 //! Implementations (`ate-store`): SQLite (one table, `BEGIN IMMEDIATE`) and Redis/Valkey (a
 //! Lua script). Both run the same conformance suite.
 
@@ -104,6 +112,12 @@ pub trait Store: Send + Sync {
     fn list(&self, kind: Kind) -> Result<Vec<(String, Record)>, StoreError>;
     /// Applies every change or none; returns the revision all written records now carry.
     fn commit(&self, changes: &[Change]) -> Result<u64, StoreError>;
+    /// Creates or renews `replica`'s liveness lease for `ttl` from now.
+    fn heartbeat(&self, replica: &str, ttl: std::time::Duration) -> Result<(), StoreError>;
+    /// Whether `replica` holds an unexpired liveness lease.
+    fn replica_alive(&self, replica: &str) -> Result<bool, StoreError>;
+    /// Gives `replica`'s lease up at once (a replica that stops cleanly).
+    fn release_replica(&self, replica: &str) -> Result<(), StoreError>;
 }
 
 /// A decoded record with its version.
@@ -198,6 +212,13 @@ pub struct WorkerRecord {
     /// What the worker said runs on it, "namespace/template/actor" or empty.
     #[serde(default)]
     pub running: String,
+    /// Its slot state as reported (`idle`, `restoring`, `running`, `checkpointing`,
+    /// `pushing`, ...; empty when unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// Free bytes on its snapshot file system (rounded down to 16 MiB), when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_bytes_free: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub observed_ms: u64,

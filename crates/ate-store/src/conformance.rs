@@ -13,7 +13,7 @@ pub type Check = fn(&Arc<dyn Store>, &Arc<dyn Store>);
 
 /// Runs every check; panics with a description on the first failure.
 pub fn run_all(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("create_get_and_absent", create_get_and_absent),
         ("writes_are_all_or_nothing", writes_are_all_or_nothing),
         ("versions_never_repeat", versions_never_repeat),
@@ -22,6 +22,7 @@ pub fn run_all(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
         ("exactly_one_claim_wins", exactly_one_claim_wins),
         ("cas_increments_are_linearizable", cas_increments_are_linearizable),
         ("typed_access", typed_access),
+        ("replica_leases_expire_unless_renewed", replica_leases_expire_unless_renewed),
     ];
     for (name, check) in checks {
         let (a, b) = open();
@@ -231,4 +232,37 @@ pub fn typed_access(s: &Arc<dyn Store>, _: &Arc<dyn Store>) {
     s.commit(&[change(Kind::Lease, "bad", Expect::Absent, "{not json")]).unwrap();
     let err = s.list_as::<Lease>(Kind::Lease).unwrap_err();
     assert!(err.to_string().contains("lease bad"), "{err}");
+}
+
+/// A replica's liveness lease is seen by every handle while renewed, expires by itself once
+/// its owner stops renewing it (a replica SIGKILLed), and is gone at once when released.
+pub fn replica_leases_expire_unless_renewed(s: &Arc<dyn Store>, other: &Arc<dyn Store>) {
+    use std::time::{Duration, Instant};
+    assert!(!other.replica_alive("r1").unwrap(), "no lease before the first heartbeat");
+    s.heartbeat("r1", Duration::from_millis(600)).unwrap();
+    assert!(other.replica_alive("r1").unwrap());
+    assert!(!other.replica_alive("r2").unwrap(), "leases are per replica");
+    // Renewed before it expires: alive past the first TTL.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1200) {
+        s.heartbeat("r1", Duration::from_millis(600)).unwrap();
+        assert!(other.replica_alive("r1").unwrap(), "renewed lease lapsed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Not renewed: expires within its TTL (and not much later).
+    let stopped = Instant::now();
+    while other.replica_alive("r1").unwrap() {
+        assert!(stopped.elapsed() < Duration::from_secs(3), "an unrenewed lease never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The last renewal was at most ~100 ms (plus scheduling) before `stopped`.
+    assert!(stopped.elapsed() >= Duration::from_millis(300), "expired early: {:?}", stopped.elapsed());
+    // A heartbeat after expiry brings it back; a release ends it at once.
+    other.heartbeat("r2", Duration::from_secs(30)).unwrap();
+    assert!(s.replica_alive("r2").unwrap());
+    s.release_replica("r2").unwrap();
+    assert!(!other.replica_alive("r2").unwrap());
+    s.release_replica("never-seen").unwrap();
+    // Leases are not records.
+    assert!(s.list(Kind::Actor).unwrap().is_empty());
 }

@@ -6,6 +6,7 @@
 //! <prefix>rec:<kind>:<name>   hash { v: <version>, b: <body> }
 //! <prefix>idx:<kind>          set of names of that kind
 //! <prefix>rev                 the store-wide revision counter
+//! <prefix>replica:<name>      a replica's liveness lease (SET ... PX <ttl>: Redis expires it)
 //! ```
 //!
 //! A write is one Lua script (`COMMIT` below), which Redis runs atomically: it checks every
@@ -115,6 +116,10 @@ impl RedisStore {
         format!("{}rec:{}:{name}", self.prefix, kind.as_str())
     }
 
+    fn replica_key(&self, replica: &str) -> String {
+        format!("{}replica:{replica}", self.prefix)
+    }
+
     fn idx_key(&self, kind: Kind) -> String {
         format!("{}idx:{}", self.prefix, kind.as_str())
     }
@@ -203,5 +208,21 @@ impl Store for RedisStore {
             expected: c.expect,
             found: found.parse().ok(),
         })
+    }
+
+    fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.replica_key(replica);
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        self.with_conn(|c| redis::cmd("SET").arg(&key).arg("alive").arg("PX").arg(ttl_ms).query::<()>(c))
+    }
+
+    fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
+        let key = self.replica_key(replica);
+        self.with_conn(|c| redis::cmd("EXISTS").arg(&key).query::<bool>(c))
+    }
+
+    fn release_replica(&self, replica: &str) -> Result<(), StoreError> {
+        let key = self.replica_key(replica);
+        self.with_conn(|c| redis::cmd("DEL").arg(&key).query::<()>(c))
     }
 }

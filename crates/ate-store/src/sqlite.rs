@@ -6,7 +6,12 @@
 //! CREATE TABLE records (kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
 //!                       body BLOB NOT NULL, PRIMARY KEY (kind, name)) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'revision', 'schema_version'
+//! CREATE TABLE replicas (name TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);  -- liveness leases
 //! ```
+//!
+//! Replica leases are timestamps of this host's wall clock (every process sharing the file
+//! runs on the same machine): a lease is alive while `expires_ms` is in the future. The table
+//! is additive, so databases of schema 1 written before it simply gain it.
 //!
 //! A write is one `BEGIN IMMEDIATE` transaction (so several processes sharing the file
 //! serialize on SQLite's write lock): check every expectation, bump `revision`, apply every
@@ -59,6 +64,7 @@ impl SqliteStore {
                  kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
                  PRIMARY KEY (kind, name)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS replicas (name TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
              INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);",
         )
         .map_err(backend)?;
@@ -165,6 +171,36 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)?;
         Ok(revision as u64)
     }
+
+    fn heartbeat(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+        let expires = now_ms().saturating_add(ttl.as_millis() as i64);
+        self.lock()
+            .execute(
+                "INSERT INTO replicas (name, expires_ms) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET expires_ms = excluded.expires_ms",
+                params![replica, expires],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn replica_alive(&self, replica: &str) -> Result<bool, StoreError> {
+        let expires: Option<i64> = self
+            .lock()
+            .query_row("SELECT expires_ms FROM replicas WHERE name = ?1", [replica], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        Ok(expires.is_some_and(|e| e > now_ms()))
+    }
+
+    fn release_replica(&self, replica: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM replicas WHERE name = ?1", [replica]).map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl SqliteStore {

@@ -6,7 +6,8 @@
 //! | `POST /v1/apply` (body: YAML or JSON resources) | apply pools, templates, actors |
 //! | `GET /v1/actors`, `GET /v1/actors/<name>` | actor records |
 //! | `POST /v1/actors` `{"name":…,"template":…}` | create an actor (SUSPENDED on the golden snapshot) |
-//! | `POST /v1/actors/<name>/resume\|pause\|suspend` | explicit transitions (resume also retries a CRASHED actor) |
+//! | `POST /v1/actors/<name>/resume\|pause\|suspend` | explicit transitions (resume also retries a CRASHED actor; with body `{"from_snapshot": ID}` it restores exactly that snapshot, possibly older state) |
+//! | `GET /v1/actors/<name>/snapshots` | the actor's snapshots that exist: local on each worker (complete or quarantined), durable, golden; newest first, with ages |
 //! | `DELETE /v1/actors/<name>` | delete it and its durable snapshots |
 //! | `GET /v1/workers`, `GET /v1/templates`, `GET /v1/pools` | the rest of the state |
 //! | `GET /metrics` | Prometheus text |
@@ -146,9 +147,29 @@ async fn handle(req: Request<Incoming>, ctl: Arc<Controller>) -> Response<Full<B
                 Ok((StatusCode::CREATED, view(a)))
             }
             (&Method::GET, ["v1", "actors", name]) => Ok((StatusCode::OK, view(ctl.actor(name).await?))),
+            (&Method::GET, ["v1", "actors", name, "snapshots"]) => Ok((
+                StatusCode::OK,
+                serde_json::to_value(ctl.actor_snapshots(name).await?).unwrap_or_default(),
+            )),
             (&Method::POST, ["v1", "actors", name, verb]) => {
+                #[derive(Deserialize, Default)]
+                #[serde(deny_unknown_fields)]
+                struct ResumeBody {
+                    #[serde(default)]
+                    from_snapshot: Option<String>,
+                }
+                let resume_body: ResumeBody = if body.iter().all(u8::is_ascii_whitespace) {
+                    ResumeBody::default()
+                } else if *verb == "resume" {
+                    serde_json::from_slice(&body).map_err(|e| CtlError::Invalid(format!("body: {e}")))?
+                } else {
+                    return Err(CtlError::Invalid(format!("{verb} takes no body")));
+                };
                 match *verb {
-                    "resume" => ctl.resume(name).await?,
+                    "resume" => match resume_body.from_snapshot.as_deref() {
+                        Some(id) => ctl.resume_from(name, id).await?,
+                        None => ctl.resume(name).await?,
+                    },
                     "pause" => ctl.pause(name).await?,
                     "suspend" => ctl.suspend(name).await?,
                     v => {
@@ -289,6 +310,25 @@ impl ApiClient {
 
     pub async fn apply(&self, text: &str) -> anyhow::Result<Value> {
         self.call_raw(Method::POST, "/v1/apply", text.as_bytes().to_vec()).await
+    }
+
+    /// `ate resume actor NAME --from-snapshot ID`.
+    pub async fn resume_from(&self, name: &str, snapshot_id: &str) -> anyhow::Result<ActorView> {
+        Ok(serde_json::from_value(
+            self.call(
+                Method::POST,
+                &format!("/v1/actors/{name}/resume"),
+                Some(json!({ "from_snapshot": snapshot_id })),
+            )
+            .await?,
+        )?)
+    }
+
+    /// The actor's snapshots that exist, newest first.
+    pub async fn snapshots(&self, name: &str) -> anyhow::Result<crate::controller::ActorSnapshots> {
+        Ok(serde_json::from_value(
+            self.call(Method::GET, &format!("/v1/actors/{name}/snapshots"), None).await?,
+        )?)
     }
 
     pub async fn action(&self, name: &str, verb: &str) -> anyhow::Result<ActorView> {

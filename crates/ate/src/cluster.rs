@@ -70,19 +70,7 @@ impl WorkerProc {
         std::fs::create_dir_all(state_dir)?;
         let socket = state_dir.join("ateom.sock");
         let log = state_dir.join("worker.log");
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new(ateom)
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(["--host-id", host_id])
-            .env("ATEOM_LOG", std::env::var("ATEOM_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("spawning {}", ateom.display()))?;
+        let child = spawn(ateom, state_dir, &socket, host_id, std::fs::File::create(&log)?)?;
         let mut w = WorkerProc {
             name: name.into(),
             child,
@@ -91,18 +79,42 @@ impl WorkerProc {
             log,
             host_id: host_id.into(),
         };
+        if let Err(e) = w.wait_ready() {
+            w.stop();
+            return Err(e);
+        }
+        Ok(w)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !w.socket.exists() {
-            if let Ok(Some(st)) = w.child.try_wait() {
-                bail!("worker {name} exited at start ({st}): {}", w.log_text());
+        while !self.socket.exists() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                bail!("worker {} exited at start ({st}): {}", self.name, self.log_text());
             }
             if Instant::now() > deadline {
-                w.stop();
-                bail!("worker {name} did not start: {}", w.log_text());
+                bail!("worker {} did not start: {}", self.name, self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(w)
+        Ok(())
+    }
+
+    /// SIGKILL of the `ateom` process only (a crash of the daemon): its sandbox keeps
+    /// running, as it does when a worker process dies.
+    pub fn kill_daemon(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts `ateom serve` again on the same state directory, socket and host id (after
+    /// [`Self::kill_daemon`], or killing it now): the new process adopts what the old one
+    /// left running. Its log is appended to the same file.
+    pub fn restart(&mut self, ateom: &Path) -> Result<()> {
+        self.kill_daemon();
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        self.child = spawn(ateom, &self.state_dir, &self.socket, &self.host_id, log)?;
+        self.wait_ready()
     }
 
     pub fn log_text(&self) -> String {
@@ -159,6 +171,23 @@ impl WorkerProc {
         }
         pids
     }
+}
+
+/// `ateom serve --socket <socket> --state-dir <dir> --host-id <id>`, logging to `log`.
+fn spawn(ateom: &Path, state_dir: &Path, socket: &Path, host_id: &str, log: std::fs::File) -> Result<Child> {
+    let _ = std::fs::remove_file(socket);
+    Command::new(ateom)
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--host-id", host_id])
+        .env("ATEOM_LOG", std::env::var("ATEOM_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawning {}", ateom.display()))
 }
 
 impl Drop for WorkerProc {

@@ -224,21 +224,22 @@ async fn traffic_round(
 async fn baseline(
     lab: &Lab,
     t: &ate_core::store::TemplateRecord,
-    actors: &[(String, String)],
+    actors: &[(String, String, String)],
 ) -> Result<Vec<f64>> {
     let workers = Workers::default();
     let mut out = Vec::new();
-    for (actor, worker) in actors {
+    for (actor, worker, id) in actors {
         let w = lab.workers.iter().find(|w| &w.name == worker).ok_or_else(|| anyhow!("worker {worker}"))?;
         let socket = w.socket.display().to_string();
         let start = Instant::now();
-        let r = workers.restore(worker, &socket, t, actor, None, None, Duration::from_secs(60)).await?;
+        let keep = [id.clone()];
+        let r = workers.restore(worker, &socket, t, actor, None, id, &keep, Duration::from_secs(60)).await?;
         let (s, b) = get_direct(&r.endpoint).await?;
         out.push(start.elapsed().as_secs_f64());
         if s != 200 {
             bail!("baseline {actor}: HTTP {s}: {b}");
         }
-        workers.checkpoint(worker, &socket, t, actor, None, Duration::from_secs(60)).await?;
+        workers.checkpoint(worker, &socket, t, actor, None, None, &keep, Duration::from_secs(60)).await?;
     }
     Ok(out)
 }
@@ -261,15 +262,15 @@ async fn get_direct(endpoint: &str) -> Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Paused actors and the node holding their snapshot.
-async fn paused_on(lab: &Lab) -> Result<Vec<(String, String)>> {
+/// Paused actors, the node holding their snapshot, and its id.
+async fn paused_on(lab: &Lab) -> Result<Vec<(String, String, String)>> {
     Ok(lab
         .ctl()
         .actors()
         .await?
         .into_iter()
         .filter(|a| a.value.state == ActorState::Paused)
-        .filter_map(|a| a.value.local.map(|l| (a.value.name, l.worker)))
+        .filter_map(|a| a.value.local.map(|l| (a.value.name, l.worker, l.snapshot_id)))
         .collect())
 }
 
@@ -389,7 +390,7 @@ async fn run_bench(lab: &mut Lab, a: &BenchArgs) -> Result<Value> {
     //    control plane adds to a restore.
     let mut local = Vec::new();
     let mut measured = Vec::new();
-    for (actor, worker) in paused_on(lab).await?.into_iter().cycle().take(a.samples) {
+    for (actor, worker, _) in paused_on(lab).await?.into_iter().cycle().take(a.samples) {
         let t = Instant::now();
         let (s, b) = get(lab.router(), &actor, SUFFIX).await?;
         local.push(t.elapsed().as_secs_f64());

@@ -22,6 +22,8 @@ suspended while idle, resumed when traffic arrives, with their state intact.
   ate create actor a1 --template counter
   curl -H 'Host: a1.actors.local' http://127.0.0.1:7080/     # resumes a1, forwards
   ate get actors; ate get workers; ate pause actor a1; ate suspend actor a1
+  ate snapshots actor a1                 # every snapshot of a1 that exists, with ages
+  ate resume actor a1 --from-snapshot ID # explicitly restore that one (maybe older state)
 
 `ate demo --json` and `ate bench --json` bring up 3 local gVisor workers themselves.";
 
@@ -56,7 +58,7 @@ enum Output {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the control plane: store, controller, router, admin API, metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply resources (WorkerPool, ActorTemplate, Actor) from a YAML file.
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -82,8 +84,11 @@ enum Cmd {
     Pause(ActorArg),
     /// Suspend a RUNNING or PAUSED actor (DURABLE snapshot).
     Suspend(ActorArg),
-    /// Resume an actor now (also retries a CRASHED one).
-    Resume(ActorArg),
+    /// Resume an actor now (also retries a CRASHED one from its recorded snapshot).
+    Resume(ResumeArgs),
+    /// List an actor's snapshots that exist (local on each worker, durable, golden), newest
+    /// first, with their ages: the candidates for `resume --from-snapshot`.
+    Snapshots(ActorArg),
     /// Delete an actor and its durable snapshots.
     Delete(ActorArg),
     /// 3 gVisor workers, 30 actors, traffic through the router through pause/suspend cycles.
@@ -117,6 +122,19 @@ struct ActorArg {
     #[arg(value_parser = ["actor"])]
     kind: String,
     name: String,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ResumeArgs {
+    #[arg(value_parser = ["actor"])]
+    kind: String,
+    name: String,
+    /// Restore exactly this snapshot (see `ate snapshots actor NAME`), even if it is older
+    /// than the actor's newest state. Without it, only the recorded snapshot is used.
+    #[arg(long)]
+    from_snapshot: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -156,11 +174,41 @@ struct ServeArgs {
     /// Do not pause idle actors to make room for a resume.
     #[arg(long)]
     no_evict: bool,
-    /// An operation another replica began this long ago and did not finish is taken as
-    /// abandoned (that replica died) and is finished or rolled back here. It must exceed the
-    /// longest checkpoint or restore.
+    /// This replica's liveness lease in the store lasts this long unless renewed (it is
+    /// renewed every fifth of it). When a replica dies, the others take over its unfinished
+    /// operations once its lease has expired.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    replica_ttl: Duration,
+    /// Last resort: an operation of a replica that is alive (renews its lease) but has not
+    /// finished it after this long is finished or rolled back here. It must exceed the longest
+    /// checkpoint or restore.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     stale_op: Duration,
+    /// Deadline of one call to a worker. A call past it is not a failure: its outcome is read
+    /// from the worker's state.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    rpc_timeout: Duration,
+    /// New placements avoid workers with less free snapshot space than this (e.g. 256MiB,
+    /// 1GiB, 0 to disable). A PAUSED actor still goes back to its own node.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    min_snapshot_free: u64,
+}
+
+/// Sizes on the command line: `1048576`, `512KiB`, `256MiB`, `2GiB`, `1G` (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 256MiB, 1GiB or 1048576"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
@@ -196,12 +244,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn age(ms: u64) -> String {
-    let s = ate::controller::now_ms().saturating_sub(ms) / 1000;
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
-    }
+    ate_core::snapshot::format_age(ate::controller::now_ms().saturating_sub(ms))
 }
 
 fn print_actors(actors: &[ActorView], output: Output) -> Result<()> {
@@ -214,9 +257,8 @@ fn print_actors(actors: &[ActorView], output: Output) -> Result<()> {
         .map(|v| {
             let a = &v.actor;
             let snapshot = match (&a.local, &a.durable) {
-                (Some(l), _) => {
-                    format!("local@{}:{}", l.worker, l.snapshot_id.as_deref().unwrap_or("newest"))
-                }
+                (Some(l), _) if l.snapshot_id.is_empty() => format!("local@{}:(unnamed)", l.worker),
+                (Some(l), _) => format!("local@{}:{}", l.worker, l.snapshot_id),
                 (None, Some(d)) => format!("{}:{}", d.tier.as_str(), d.snapshot_id),
                 _ => "-".into(),
             };
@@ -233,6 +275,41 @@ fn print_actors(actors: &[ActorView], output: Output) -> Result<()> {
         })
         .collect();
     table(&["NAME", "TEMPLATE", "STATE", "WORKER", "SNAPSHOT", "RESUMES", "AGE", "REASON"], rows);
+    Ok(())
+}
+
+fn print_snapshots(s: &ate::controller::ActorSnapshots, output: Output) -> Result<()> {
+    use ate_core::snapshot::Place;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let rows = s
+        .snapshots
+        .iter()
+        .map(|x| {
+            let (tier, worker, state) = match &x.seen.place {
+                Place::Local { worker, quarantined } => {
+                    ("local", worker.clone(), if *quarantined { "quarantined" } else { "complete" })
+                }
+                Place::Durable => ("durable", "-".into(), "complete"),
+                Place::Golden => ("golden", "-".into(), "complete"),
+            };
+            vec![
+                x.seen.id.clone(),
+                tier.into(),
+                worker,
+                state.into(),
+                x.seen.created_ms.map_or_else(|| "?".into(), age),
+                x.bytes.map_or_else(|| "-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0)),
+                x.referenced_as.join(","),
+            ]
+        })
+        .collect();
+    table(&["SNAPSHOT", "TIER", "WORKER", "STATE", "AGE", "SIZE", "RECORD"], rows);
+    for u in &s.unreachable {
+        eprintln!("not asked (snapshots there are missing from this list): {u}");
+    }
     Ok(())
 }
 
@@ -278,6 +355,9 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
             local_wait: a.local_wait,
             evict: !a.no_evict,
             stale_op: a.stale_op,
+            replica_ttl: a.replica_ttl,
+            rpc_timeout: a.rpc_timeout,
+            min_snapshot_free: a.min_snapshot_free,
             shared_store,
             ..Config::default()
         },
@@ -296,7 +376,7 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
-    running.stop();
+    running.shutdown().await;
     Ok(())
 }
 
@@ -307,7 +387,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         let c = ApiClient::new(&cli.api);
         match cli.cmd {
-            Cmd::Serve(a) => serve(&cli.api, a).await,
+            Cmd::Serve(a) => serve(&cli.api, *a).await,
             Cmd::Apply { file, output } => {
                 let text = std::fs::read_to_string(&file)?;
                 let v = c.apply(&text).await?;
@@ -366,7 +446,14 @@ fn main() -> Result<()> {
             Cmd::List { output, .. } => print_actors(&c.actors().await?, output),
             Cmd::Pause(a) => print_actors(&[c.action(&a.name, "pause").await?], a.output),
             Cmd::Suspend(a) => print_actors(&[c.action(&a.name, "suspend").await?], a.output),
-            Cmd::Resume(a) => print_actors(&[c.action(&a.name, "resume").await?], a.output),
+            Cmd::Resume(a) => {
+                let v = match &a.from_snapshot {
+                    Some(id) => c.resume_from(&a.name, id).await?,
+                    None => c.action(&a.name, "resume").await?,
+                };
+                print_actors(&[v], a.output)
+            }
+            Cmd::Snapshots(a) => print_snapshots(&c.snapshots(&a.name).await?, a.output),
             Cmd::Delete(a) => {
                 let v = c.call(Method::DELETE, &format!("/v1/actors/{}", a.name), None).await?;
                 if a.output == Output::Json {
@@ -380,4 +467,21 @@ fn main() -> Result<()> {
             Cmd::Bench(a) => ate::demo::bench(a).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024_and_refuse_nonsense() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        for bad in ["", "MiB", "-1", "1.5GiB", "3 parsecs", "99999999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! * `ate_resume_seconds{tier="local|durable|golden"}` — histogram of resume latency (from
 //!   the decision to resume to the worker's ready answer);
 //! * `ate_resume_failures_total{tier}`, `ate_pauses_total`, `ate_suspends_total`,
-//!   `ate_evictions_total`, `ate_router_requests_total{code}`;
+//!   `ate_evictions_total`, `ate_reconciled_total`, `ate_lost_answers_total` (worker calls
+//!   whose answer was lost, settled from the worker's state), `ate_takeovers_total` (intents of
+//!   dead replicas finished here), `ate_router_requests_total{code}`;
 //! * `ate_actors{state}` and `ate_workers{pool,state="busy|free|unhealthy"}` — gauges read from
 //!   the store at scrape time (so every replica reports the shared truth).
 
@@ -115,6 +117,8 @@ impl Metrics {
             ("evictions", "Running actors paused to make room for a resume."),
             ("golden_builds", "Golden snapshots built."),
             ("reconciled", "Intermediate states finished or rolled back after a restart."),
+            ("lost_answers", "Worker calls whose answer was lost, settled from the worker's state."),
+            ("takeovers", "Operations of dead replicas (expired liveness lease) taken over."),
         ] {
             let _ = writeln!(out, "# HELP ate_{name}_total {help}\n# TYPE ate_{name}_total counter");
             let _ = writeln!(out, "ate_{name}_total {}", g.counters.get(name).copied().unwrap_or(0));

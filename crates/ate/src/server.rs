@@ -39,9 +39,20 @@ pub struct Running {
 
 impl Running {
     /// Stops every task of this control plane (the store and the workers stay as they are).
+    /// Its liveness lease expires by itself.
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
+        }
+    }
+
+    /// Stops every task, then gives this replica's liveness lease up, so that other replicas
+    /// take over its unfinished operations at once.
+    pub async fn shutdown(self) {
+        let ctl = self.ctl.clone();
+        self.stop();
+        if let Err(e) = ctl.release_replica_lease().await {
+            warn!(error = %e, "giving up the liveness lease (it expires by itself)");
         }
     }
 }
@@ -55,6 +66,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         .with_context(|| format!("opening store {}", opts.store))?;
     info!(store = %opts.store, replica = %opts.controller.owner, "control plane starting");
     let ctl = Controller::new(store, opts.controller.clone());
+    // Alive before anything else: other replicas must not take over what this one is about
+    // to reconcile itself.
+    if let Err(e) = ctl.heartbeat().await {
+        warn!(error = %e, "first liveness heartbeat");
+    }
     if let Err(e) = ctl.health_once().await {
         warn!(error = %e, "first observation of the workers");
     }
@@ -79,6 +95,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let api = TcpListener::bind(opts.api).await.with_context(|| format!("binding API {}", opts.api))?;
     let (router_addr, api_addr) = (router.local_addr()?, api.local_addr()?);
     let mut tasks = vec![
+        tokio::spawn(ctl.clone().heartbeat_loop()),
         tokio::spawn(crate::router::serve(router, ctl.clone(), opts.suffix.clone())),
         tokio::spawn(crate::api::serve(api, ctl.clone())),
         tokio::spawn(ctl.clone().health_loop()),
@@ -87,11 +104,20 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     ];
     let ctl2 = ctl.clone();
     tasks.push(tokio::spawn(async move {
-        // Intents whose worker did not answer at start, and abandoned intents of others.
+        // Intents whose worker did not answer yet, and intents of replicas that died (their
+        // liveness lease expired): settled in tasks of their own, so a slow worker never
+        // delays the takeover of another actor.
+        let mut last_golden = std::time::Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            if let Err(e) = ctl2.reconcile().await {
+            tokio::time::sleep(ctl2.cfg.reconcile_interval).await;
+            if let Err(e) = ctl2.reconcile_pass().await {
                 warn!(error = %e, "reconcile");
+            }
+            if last_golden.elapsed() >= Duration::from_secs(5) {
+                last_golden = std::time::Instant::now();
+                if let Err(e) = ctl2.reconcile_golden().await {
+                    warn!(error = %e, "reconcile golden builds");
+                }
             }
         }
     }));

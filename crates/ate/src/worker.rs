@@ -23,11 +23,55 @@ pub struct WorkerError {
     pub message: String,
 }
 
+/// What a failed worker call means for the actor, from the gRPC code and ateom's messages
+/// (`ateom-grpc::status` maps each runtime error to one code; the messages below are
+/// `ateom_runtime::RuntimeError`'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No verdict arrived (transport error, our own deadline): the operation may have
+    /// completed, may still be running, or never started; only the worker's state says which.
+    LostAnswer,
+    /// A checkpoint refused or undone: "the workload keeps running" / "was resumed and keeps
+    /// running" (a full disk before the freeze, a commit that failed and was taken back).
+    WorkloadKeepsRunning,
+    /// A capture could not be committed and is "kept whole in quarantine": `ateom snapshots
+    /// recover` on that worker commits it under the same id once there is space.
+    Quarantined,
+    /// A DURABLE checkpoint committed locally but was not shipped ("kept on this node").
+    KeptLocal,
+    /// The worker is busy with another operation (refused before doing anything).
+    Busy,
+    /// The snapshot asked for does not exist there.
+    SnapshotMissing,
+    /// The snapshot exists but does not fit this host, or its bytes are damaged.
+    SnapshotRefused,
+    /// Any other verdict (readiness timeout, sandbox failure, ...).
+    Failed,
+}
+
 impl WorkerError {
-    /// The worker refused the snapshot itself (incompatible, damaged, missing): the actor
-    /// cannot resume from it anywhere without a change.
-    pub fn snapshot_refused(&self) -> bool {
-        matches!(self.code, tonic::Code::FailedPrecondition | tonic::Code::DataLoss | tonic::Code::NotFound)
+    /// What this failure means (see [`Failure`]).
+    pub fn failure(&self) -> Failure {
+        use tonic::Code;
+        if self.lost_in_transit() {
+            return Failure::LostAnswer;
+        }
+        let m = &self.message;
+        if m.contains("kept whole in quarantine") {
+            Failure::Quarantined
+        } else if m.contains("keeps running") {
+            Failure::WorkloadKeepsRunning
+        } else if m.contains("kept on this node") {
+            Failure::KeptLocal
+        } else if self.code == Code::FailedPrecondition && m.starts_with("worker is busy") {
+            Failure::Busy
+        } else if self.code == Code::NotFound {
+            Failure::SnapshotMissing
+        } else if matches!(self.code, Code::FailedPrecondition | Code::DataLoss) {
+            Failure::SnapshotRefused
+        } else {
+            Failure::Failed
+        }
     }
 
     /// The call failed on the way (connection reset, HTTP/2 error, cancelled), not with the
@@ -80,6 +124,28 @@ pub struct Checkpointed {
     pub location: String,
 }
 
+/// An actor whose workload a restarted worker found dead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// "namespace/template/actor"
+    pub actor: String,
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// One local snapshot as ListSnapshots reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSnapshot {
+    pub id: String,
+    /// From the manifest (None when unknown, e.g. quarantined).
+    pub created_ms: Option<u64>,
+    pub bytes: u64,
+    pub pinned: bool,
+    /// Captured whole but not committed (`ateom snapshots recover` commits it).
+    pub quarantined: bool,
+}
+
 /// What GetCapabilities reported.
 #[derive(Clone, Debug)]
 pub struct Caps {
@@ -87,11 +153,23 @@ pub struct Caps {
     /// "namespace/template/actor" or empty.
     pub running: String,
     /// The worker's slot: `idle`, `starting`, `restoring`, `running`, `checkpointing`,
-    /// `deleting` (empty from workers that predate the field).
+    /// `pushing`, `deleting` (empty from workers that predate the field).
     pub state: String,
+    /// Free bytes on the snapshot file system (None from workers that predate the field).
+    pub snapshot_bytes_free: Option<u64>,
+    pub snapshot_bytes_used: u64,
+    /// Actors found dead by a restarted worker, newest last.
+    pub lost: Vec<Lost>,
+    /// The snapshot a checkpoint (or push) under way writes.
+    pub checkpoint_snapshot_id: String,
 }
 
 impl Caps {
+    /// Why the worker says `name` was lost (the newest entry), if it does.
+    pub fn lost_reason(&self, name: &str) -> Option<&str> {
+        self.lost.iter().rev().find(|l| l.actor == name).map(|l| l.reason.as_str())
+    }
+
     /// The actor `name` ("namespace/template/actor") is running there, ready for traffic.
     pub fn runs(&self, name: &str) -> bool {
         self.running == name && (self.state == "running" || self.state.is_empty())
@@ -198,6 +276,16 @@ impl Workers {
             },
             running: r.running_actor,
             state: r.state,
+            // 0 free and 0 used: a worker that does not report disk usage.
+            snapshot_bytes_free: (r.snapshot_bytes_free > 0 || r.snapshot_bytes_used > 0)
+                .then_some(r.snapshot_bytes_free),
+            snapshot_bytes_used: r.snapshot_bytes_used,
+            lost: r
+                .lost_actors
+                .into_iter()
+                .map(|l| Lost { actor: l.actor, reason: l.reason, at: l.at })
+                .collect(),
+            checkpoint_snapshot_id: r.checkpoint_snapshot_id,
         })
     }
 
@@ -227,8 +315,8 @@ impl Workers {
         Ok(r.into_inner().host_endpoint)
     }
 
-    /// RestoreWorkload: `prefix` None restores a LOCAL snapshot (`snapshot_id` None: the
-    /// actor's newest on that worker).
+    /// RestoreWorkload of exactly `snapshot_id`: `prefix` None restores a LOCAL snapshot.
+    /// `keep`: every snapshot of the actor the control plane references (retention keeps them).
     #[allow(clippy::too_many_arguments)]
     pub async fn restore(
         &self,
@@ -237,7 +325,8 @@ impl Workers {
         t: &TemplateRecord,
         actor: &str,
         prefix: Option<&str>,
-        snapshot_id: Option<&str>,
+        snapshot_id: &str,
+        keep: &[String],
         timeout: Duration,
     ) -> Result<Restored, WorkerError> {
         let (ns, tpl, id) = actor_ref(t, actor);
@@ -247,7 +336,8 @@ impl Workers {
             actor_id: id,
             spec: Some(spec(t)),
             snapshot_uri_prefix: prefix.unwrap_or_default().to_owned(),
-            snapshot_id: snapshot_id.unwrap_or_default().to_owned(),
+            snapshot_id: snapshot_id.to_owned(),
+            keep_snapshot_ids: keep.to_vec(),
             scope: scope(t),
             ..Default::default()
         });
@@ -261,7 +351,10 @@ impl Workers {
         Ok(Restored { endpoint: r.host_endpoint, snapshot_id: r.snapshot_id, pulled_bytes: r.pulled_bytes })
     }
 
-    /// CheckpointWorkload: `prefix` Some → DURABLE there, None → LOCAL.
+    /// CheckpointWorkload: `prefix` Some → DURABLE there, None → LOCAL; into exactly
+    /// `snapshot_id` when given (the id an intent recorded), else the worker picks one.
+    /// `keep`: every snapshot of the actor the control plane references.
+    #[allow(clippy::too_many_arguments)]
     pub async fn checkpoint(
         &self,
         name: &str,
@@ -269,6 +362,8 @@ impl Workers {
         t: &TemplateRecord,
         actor: &str,
         prefix: Option<&str>,
+        snapshot_id: Option<&str>,
+        keep: &[String],
         timeout: Duration,
     ) -> Result<Checkpointed, WorkerError> {
         let (ns, tpl, id) = actor_ref(t, actor);
@@ -281,6 +376,8 @@ impl Workers {
             snapshot_uri_prefix: prefix.unwrap_or_default().to_owned(),
             scope: scope(t),
             destination: destination as i32,
+            snapshot_id: snapshot_id.unwrap_or_default().to_owned(),
+            keep_snapshot_ids: keep.to_vec(),
             ..Default::default()
         });
         req.set_timeout(timeout);
@@ -292,6 +389,45 @@ impl Workers {
             .into_inner();
         let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
         Ok(Checkpointed { snapshot_id, location: r.location })
+    }
+
+    /// ListSnapshots: the actor's local snapshots on that worker (complete and quarantined).
+    pub async fn list_snapshots(
+        &self,
+        name: &str,
+        socket: &str,
+        t: &TemplateRecord,
+        actor: &str,
+        timeout: Duration,
+    ) -> Result<Vec<LocalSnapshot>, WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let mut req = tonic::Request::new(pb::ListSnapshotsRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+        });
+        req.set_timeout(timeout);
+        let r = match tokio::time::timeout(timeout, self.client(name, socket).list_snapshots(req)).await {
+            Ok(r) => r.map_err(|s| Self::err(name, "ListSnapshots", s))?.into_inner(),
+            Err(_) => {
+                return Err(WorkerError {
+                    worker: name.into(),
+                    op: "ListSnapshots",
+                    code: tonic::Code::DeadlineExceeded,
+                    message: format!("no answer within {timeout:?}"),
+                });
+            }
+        };
+        Ok(r.snapshots
+            .into_iter()
+            .map(|s| LocalSnapshot {
+                created_ms: ate_core::snapshot::parse_rfc3339_ms(&s.created_at),
+                quarantined: s.state == "quarantined",
+                id: s.snapshot_id,
+                bytes: s.bytes,
+                pinned: s.pinned,
+            })
+            .collect())
     }
 
     /// DeleteWorkload: stops the actor if it runs on `name` (state discarded) and deletes its
@@ -341,5 +477,43 @@ mod transit_tests {
             !err(tonic::Code::Unavailable, "snapshot x is kept on this node at /d, but shipping it failed")
                 .lost_in_transit()
         );
+    }
+
+    /// The messages are `ateom_runtime::RuntimeError`'s, the codes `ateom_grpc::status`'s.
+    #[test]
+    fn failures_are_classified_from_the_workers_verdicts() {
+        use super::Failure::*;
+        use tonic::Code;
+        let cases = [
+            (Code::Cancelled, "Timeout expired", LostAnswer),
+            (
+                Code::ResourceExhausted,
+                "not enough free space for a snapshot of a/b/c in /s: 1 bytes free, the checkpoint needs about 9 (expected size + the reserve of --min-free); the workload keeps running",
+                WorkloadKeepsRunning,
+            ),
+            (
+                Code::ResourceExhausted,
+                "committing snapshot s1 failed (No space left on device); the workload was resumed and keeps running",
+                WorkloadKeepsRunning,
+            ),
+            (
+                Code::ResourceExhausted,
+                "snapshot s1 was captured but could not be committed (No space left on device); it is kept whole in quarantine at /s/.quarantine-s1: free space, then run `ateom snapshots recover`",
+                Quarantined,
+            ),
+            (
+                Code::Unavailable,
+                "snapshot s1 is kept on this node at /d, but shipping it failed: x",
+                KeptLocal,
+            ),
+            (Code::FailedPrecondition, "worker is busy: actor a/b/c is restoring", Busy),
+            (Code::NotFound, "snapshot s1 of actor a/b/c not found", SnapshotMissing),
+            (Code::DataLoss, "artifact memory is corrupt", SnapshotRefused),
+            (Code::FailedPrecondition, "snapshot s1 cannot be restored on this host: x", SnapshotRefused),
+            (Code::DeadlineExceeded, "workload not ready within 30s", Failed),
+        ];
+        for (code, message, want) in cases {
+            assert_eq!(err(code, message).failure(), want, "{code:?} {message}");
+        }
     }
 }

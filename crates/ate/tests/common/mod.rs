@@ -120,6 +120,21 @@ impl Serve {
         *self = fresh;
     }
 
+    /// Starts it again with `extra` arguments added (new ports).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let fresh = Serve::start(&args, &self.log);
+        *self = fresh;
+    }
+
+    /// Its metrics as text.
+    pub async fn metrics(&self) -> String {
+        let (_, body) = self.api.raw(hyper::Method::GET, "/metrics", vec![]).await.unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -153,6 +168,9 @@ pub struct Lab {
     pub bucket: PathBuf,
     pub location: String,
     pub redis: Option<RedisServer>,
+    /// The store arguments of `ate serve` (`--db PATH` or `--redis URL`): another replica
+    /// started with them shares the store.
+    pub store_args: Vec<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -184,13 +202,52 @@ impl Lab {
                 (Some(r), args)
             }
         };
-        let mut args = store_args;
+        let mut args = store_args.clone();
         args.extend(
             ["--router", "127.0.0.1:0", "--replica-id", "test", "--resume-timeout", "60s"].map(str::to_owned),
         );
         args.extend(["--api".to_owned(), "127.0.0.1:0".to_owned()]);
         let serve = Serve::start(&args, &dir.path().join("ate.log"));
-        Lab { workers, serve, image, bucket, location, redis, dir }
+        Lab { workers, serve, image, bucket, location, redis, store_args, dir }
+    }
+
+    /// Another replica on the same store (its own replica id, ports and log), with `extra`
+    /// arguments.
+    pub fn replica(&self, id: &str, extra: &[&str]) -> Serve {
+        let mut args = self.store_args.clone();
+        args.extend(
+            [
+                "--router",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--replica-id",
+                id,
+                "--resume-timeout",
+                "60s",
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Serve::start(&args, &self.dir.path().join(format!("ate-{id}.log")))
+    }
+
+    pub fn worker_mut(&mut self, name: &str) -> &mut WorkerProc {
+        self.workers.iter_mut().find(|w| w.name == name).unwrap()
+    }
+
+    /// The actor's local snapshots on a worker, as the worker lists them (gRPC).
+    pub async fn local_snapshots(&self, worker: &str, actor: &str) -> Vec<ateom_proto::LocalSnapshotInfo> {
+        let mut c = ate::worker::connect_lazy(&self.worker(worker).socket);
+        c.list_snapshots(ateom_proto::ListSnapshotsRequest {
+            actor_template_namespace: "default".into(),
+            actor_template_name: "counter".into(),
+            actor_id: actor.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
     }
 
     pub fn worker(&self, name: &str) -> &WorkerProc {
