@@ -124,6 +124,19 @@ pub struct Spare {
     pub netns: Option<String>,
 }
 
+/// The unprivileged uid (and gid) the VMMs of one worker run as: 200000 + a number derived
+/// from the worker's instance id (below 300000: no account a distribution creates, and never
+/// root). One worker runs one VM at a time, so this is a uid per VM; workers on one host get
+/// different ones (a collision only makes two workers' VMs share a uid).
+pub fn sandbox_uid(instance: &str) -> u32 {
+    let n = u32::from_str_radix(
+        &instance.chars().filter(char::is_ascii_hexdigit).take(6).collect::<String>(),
+        16,
+    )
+    .unwrap_or(0);
+    200_000 + n % 100_000
+}
+
 /// vCPUs for a request's CPU limit: whole CPUs, rounded up (1000 milli = 1 vCPU).
 pub fn vcpus_for(r: &ateom_core::Resources) -> Option<u8> {
     r.cpu_milli.map(|m| u8::try_from(m.div_ceil(1000).clamp(1, 32)).unwrap_or(32))

@@ -32,6 +32,7 @@ pub mod qmp;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ pub const MEMORY: &str = "memory";
 pub const DISK: &str = "rootfs.ext4";
 /// QEMU serves the serial console on this unix socket in the work directory.
 pub const CONSOLE_SOCKET: &str = "console.sock";
+/// The name under which QEMU receives the migration file's descriptor (`getfd`).
+const MIGRATION_FD: &str = "ateom-migration";
 /// The console hub's socket for clients (`ateom console`), in the work directory.
 const SERIAL_SOCKET: &str = "serial.sock";
 /// QEMU's stderr, in the work directory.
@@ -76,6 +79,11 @@ pub struct QemuOptions {
     pub cpu: String,
     /// How long a console readiness line may take.
     pub ready_timeout: Duration,
+    /// Confine every QEMU (default): `-sandbox` (seccomp: no spawning, no obsolete or
+    /// resource-control system calls), `-runas` an unprivileged uid:gid of this worker's own
+    /// ([`ateom_microvm::sandbox_uid`]) and `-chroot` into the sandbox's work directory, all
+    /// taking effect before the guest runs. `false` runs QEMU as root, unconfined.
+    pub confine: bool,
 }
 
 /// The QEMU backend.
@@ -336,15 +344,44 @@ impl QemuBackend {
         let work = ctx.work_dir.clone();
         let mem_src = snap_dir.map(|d| d.join(MEMORY));
         let disk_src = base.clone();
+        // A confined QEMU reopens its disk as its own user (block-device permission changes at
+        // the end of a migration): its copies belong to that user (still 0600).
+        let owner = self.opts.confine.then(|| ateom_microvm::sandbox_uid(&self.opts.instance));
         tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
+            let give = |path: &Path| match owner {
+                Some(id) => std::os::unix::fs::chown(path, Some(id), Some(id))
+                    .map_err(|e| BackendError::io(format!("handing {} to the VM's user", path.display()), e)),
+                None => Ok(()),
+            };
+            if let Some(id) = owner {
+                // The work directory becomes the confined QEMU's root: its group may enter it
+                // (0710), nobody else.
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&work, None, Some(id))
+                    .and_then(|()| std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o710)))
+                    .map_err(|e| BackendError::io("opening the work directory to the VM's group", e))?;
+            }
             if let Some(src) = disk_src {
                 ateom_microvm::copy_sparse(&src, &work.join(DISK))
                     .map_err(|e| BackendError::failed("copying the root disk", e.to_string()))?;
+                give(&work.join(DISK))?;
             }
-            if let Some(src) = mem_src {
-                ateom_microvm::copy_sparse(&src, &work.join(MEMORY))
-                    .map_err(|e| BackendError::failed("copying the guest RAM", e.to_string()))?;
+            match mem_src {
+                Some(src) => {
+                    ateom_microvm::copy_sparse(&src, &work.join(MEMORY))
+                        .map_err(|e| BackendError::failed("copying the guest RAM", e.to_string()))?;
+                }
+                None => {
+                    // Created here, private, rather than by QEMU with its umask: QEMU sizes it.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(work.join(MEMORY))
+                        .map_err(|e| BackendError::io("creating the guest RAM file", e))?;
+                }
             }
+            give(&work.join(MEMORY))?;
             Ok(())
         })
         .await
@@ -353,6 +390,10 @@ impl QemuBackend {
         let net = cfg.network.clone().expect("qemu guests always get a network");
         let (ns, dialer) = self.network(&net).await?;
         let mut args = qemu_args(self.accel, &self.opts.cpu, &cfg, &kernel, &cmdline, base.is_some());
+        if self.opts.confine {
+            let id = ateom_microvm::sandbox_uid(&self.opts.instance);
+            args.extend(confinement_args(id, id, &ctx.work_dir));
+        }
         // Stopped until the console hub is connected (a boot prints nothing unseen) or the
         // incoming migration is done.
         args.push("-S".into());
@@ -479,8 +520,13 @@ impl QemuBackend {
         )
         .await
         .map_err(fail("restoring (migration capabilities)"))?;
-        let uri = format!("exec:cat {}", shell_quote(&s.verified_dir().await?.join(VMSTATE)));
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        let state = std::fs::File::open(s.verified_dir().await?.join(VMSTATE))
+            .map_err(|e| BackendError::io("opening the snapshot's device state", e))?;
+        qmp.pass_fd(MIGRATION_FD, std::os::fd::AsFd::as_fd(&state))
+            .await
+            .map_err(fail("restoring (passing the state file)"))?;
+        drop(state);
+        qmp.execute("migrate-incoming", Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })))
             .await
             .map_err(fail("restoring (incoming migration)"))?;
         qmp.wait_migration(Duration::from_secs(60)).await.map_err(fail("restoring (device state)"))?;
@@ -495,6 +541,21 @@ impl QemuBackend {
         }
         Ok(())
     }
+}
+
+/// What confines a QEMU: seccomp (`-sandbox`: obsolete system calls, spawning processes and
+/// resource control denied; its snapshots go through descriptors passed over QMP, so it never
+/// needs to spawn), then, just before the guest runs (every file, device and socket QEMU needs
+/// is open by then), `-runas uid:gid` and `-chroot` into the work directory.
+pub fn confinement_args(uid: u32, gid: u32, work_dir: &Path) -> Vec<String> {
+    vec![
+        "-sandbox".into(),
+        "on,obsolete=deny,spawn=deny,resourcecontrol=deny".into(),
+        "-runas".into(),
+        format!("{uid}:{gid}"),
+        "-chroot".into(),
+        work_dir.display().to_string(),
+    ]
 }
 
 /// The QEMU command line of a microVM (relative paths: QEMU runs in the work directory).
@@ -905,8 +966,17 @@ impl Sandbox for QemuSandbox {
             )
             .await
             .map_err(fail("checkpoint (migration capabilities)"))?;
-            let uri = format!("exec:cat > {}", shell_quote(&dir.join(VMSTATE)));
-            qmp.execute("migrate", Some(json!({ "uri": uri })))
+            let state = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(VMSTATE))
+                .map_err(|e| BackendError::io("creating the snapshot's device state", e))?;
+            qmp.pass_fd(MIGRATION_FD, std::os::fd::AsFd::as_fd(&state))
+                .await
+                .map_err(fail("checkpoint (passing the state file)"))?;
+            drop(state);
+            qmp.execute("migrate", Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })))
                 .await
                 .map_err(fail("checkpoint (migrate)"))?;
             qmp.wait_migration(Duration::from_secs(120)).await.map_err(fail("checkpoint (device state)"))

@@ -110,6 +110,55 @@ impl Qmp {
         }
     }
 
+    /// Hands QEMU an open file as `fdname` (`getfd` with the descriptor attached to the
+    /// command's bytes, SCM_RIGHTS): QEMU then reads or writes it itself, for example a
+    /// migration to `fd:<fdname>` — no helper process, so `-sandbox spawn=deny` holds and a
+    /// QEMU that dropped root and chrooted still reaches the snapshot file.
+    pub async fn pass_fd(&mut self, fdname: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), QmpError> {
+        use std::os::fd::AsRawFd;
+        let command = "getfd";
+        let line = format!("{}\n", json!({ "execute": command, "arguments": { "fdname": fdname } }));
+        let proto = |detail: String| QmpError::Protocol { command: command.into(), detail };
+        let stream: &UnixStream = self.w.as_ref();
+        let fds = [fd.as_raw_fd()];
+        loop {
+            stream.writable().await.map_err(|e| proto(e.to_string()))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(line.as_bytes())];
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                nix::sys::socket::sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == line.len() => break,
+                Ok(n) => return Err(proto(format!("sent {n} of {} bytes", line.len()))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(proto(e.to_string())),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.read_value(command, left).await?;
+            if v.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(QmpError::Refused {
+                    command: command.into(),
+                    class: e["class"].as_str().unwrap_or_default().into(),
+                    desc: e["desc"].as_str().unwrap_or_default().into(),
+                });
+            }
+        }
+    }
+
     /// Polls `query-migrate` until it completes (or fails).
     pub async fn wait_migration(&mut self, timeout: Duration) -> Result<Value, QmpError> {
         let deadline = tokio::time::Instant::now() + timeout;

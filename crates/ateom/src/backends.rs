@@ -81,6 +81,7 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                 accel: args.accel.clone(),
                 cpu: args.qemu_cpu.clone(),
                 ready_timeout: args.ready_timeout,
+                confine: !args.qemu_unconfined,
             };
             let b = ateom_qemu::QemuBackend::new(opts).await.context("starting the qemu backend")?;
             Ok(Arc::new(b))

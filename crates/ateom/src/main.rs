@@ -196,6 +196,11 @@ pub struct WorkerArgs {
     /// QEMU accelerator: auto (KVM when a stock Linux guest can boot with it, else TCG), kvm, tcg.
     #[arg(long, default_value = "auto", help_heading = "microVM backends")]
     pub accel: String,
+    /// Run QEMU as root without its seccomp sandbox, uid drop and chroot (by default every
+    /// QEMU is confined: `-sandbox on,spawn=deny,...`, `-runas` a uid of this worker's own,
+    /// `-chroot` into its work directory).
+    #[arg(long, help_heading = "microVM backends")]
+    pub qemu_unconfined: bool,
     /// QEMU guest CPU model (under TCG the same model restores on any host).
     #[arg(long, default_value = "max", help_heading = "microVM backends")]
     pub qemu_cpu: String,

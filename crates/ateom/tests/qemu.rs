@@ -191,6 +191,17 @@ async fn a_restarted_worker_adopts_its_running_microvm() {
     req.spec = Some(guest_spec());
     let run = c.run_workload(req).await.expect("boot").into_inner();
     assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
+    // Confined: not root, seccomp on, chrooted into its work directory.
+    let pid = w.vmm_processes()[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().to_owned()
+    };
+    assert_ne!(field("Uid:"), "0", "QEMU dropped root");
+    assert_ne!(field("Gid:"), "0");
+    assert_eq!(field("Seccomp:"), "2", "QEMU runs under its seccomp filter");
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(root.ends_with("work"), "chrooted into its work dir: {}", root.display());
     w.crash();
     assert_eq!(w.vmm_processes().len(), 1, "the VM outlives the worker");
 
