@@ -198,12 +198,15 @@ impl FirecrackerBackend {
     }
 
     /// The jailer a VMM runs under, if any: the worker's settings, with the request's binary.
+    /// Its uid/gid is the worker's own unprivileged one ([`ateom_microvm::sandbox_uid`]) unless
+    /// configured.
     fn jailer(&self, cfg: &MicroVmConfig) -> Option<vmm::Jailer> {
         let binary = cfg.jailer_path.clone()?;
+        let id = ateom_microvm::sandbox_uid(&self.opts.instance);
         let base = self.opts.jailer.clone().unwrap_or(vmm::Jailer {
             binary: binary.clone(),
-            uid: vmm::DEFAULT_JAIL_UID,
-            gid: vmm::DEFAULT_JAIL_UID,
+            uid: id,
+            gid: id,
             cgroup_version: None,
             cgroups: vec![],
         });
@@ -515,16 +518,111 @@ impl FirecrackerBackend {
         .await
         .map_err(|e| BackendError::failed("loading the snapshot", self.pvm_hint(e.to_string())))?;
         debug!(load_us = phase.elapsed().as_micros() as u64, "snapshot loaded and resumed");
+        // Inside a jail the snapshot's files were linked in by name. The VMM holds what it needs
+        // (the state is read, the memory mapped privately): unlink them, so the next snapshot
+        // this VM writes under the same names creates new files instead of writing through the
+        // links into the snapshot it came from.
+        if let Some(vmm) = vm.vmm.as_ref()
+            && vmm.owner.is_some()
+        {
+            for f in [VMSTATE, MEMORY] {
+                if let Err(e) = std::fs::remove_file(vmm.root.join(f)) {
+                    warn!(file = f, error = %e, "unlinking the snapshot file from the jail");
+                }
+            }
+        }
         // Before the workload sees traffic: the host's clock and fresh entropy.
         vm.sync_guest(Duration::from_secs(10)).await
     }
 }
 
+/// What a Firecracker sandbox records to be found again by a restarted worker.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Handle {
+    pid: u32,
+    id: String,
+    work_dir: PathBuf,
+    root: PathBuf,
+    owner: Option<(u32, u32)>,
+    netns: String,
+    network: Option<TapNetwork>,
+    disk: bool,
+    kernel_id: String,
+    cfg: MicroVmConfig,
+    version: String,
+    snapshot_version: String,
+    accelerator: String,
+    ateom_init: bool,
+    image_digests: BTreeMap<String, String>,
+}
+
+/// A firecracker (or jailer) process of this worker: its `--id` starts with `prefix`.
+fn is_our_vmm(proc_dir: &Path, prefix: &str) -> bool {
+    std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()))
+    })
+}
+
 impl FirecrackerBackend {
-    /// Takes over a VM a previous worker process started (see [`Backend::adopt`]).
+    /// Takes over a VM a previous worker process started (see [`Backend::adopt`]): API socket,
+    /// console and logs reconnected, exit watched through a pidfd; a VM paused by an
+    /// interrupted checkpoint is resumed (its disk moved back first).
     async fn adopt_vm(&self, req: AdoptRequest<'_>) -> Result<Adopted, BackendError> {
-        let _ = req;
-        Ok(Adopted::Gone("adopting a firecracker VM is not implemented yet".into()))
+        let h: Handle = serde_json::from_value(req.handle.0.clone())
+            .map_err(|e| BackendError::Snapshot(format!("the recorded VM handle is unreadable: {e}")))?;
+        let prefix = format!("ateom-{}-", self.opts.instance);
+        if !h.id.starts_with(&prefix) || !is_our_vmm(Path::new(&format!("/proc/{}", h.pid)), &h.id) {
+            return Ok(Adopted::Gone(format!("its firecracker (process {}) is gone", h.pid)));
+        }
+        let ns = match Netns::open(&h.netns) {
+            Ok(ns) => ns,
+            Err(e) => return Ok(Adopted::Gone(format!("its network namespace {} is gone: {e}", h.netns))),
+        };
+        let dialer: Option<Arc<dyn Dialer>> = match &h.network {
+            None => None,
+            Some(n) => match NetnsDialer::new(&ns, IpAddr::V4(n.guest_ip)) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => return Ok(Adopted::Gone(format!("cannot reach it: {e}"))),
+            },
+        };
+        let vmm = match Vmm::adopt(h.pid, &h.work_dir, &h.root, h.owner, &h.id).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Adopted::Gone(e.to_string())),
+        };
+        // A snapshot being written when the worker died: its API call is still running in the
+        // VMM; the next call waits for it.
+        let state = vmm.api.instance_info().await.map(|i| i.state).unwrap_or_default();
+        if req.resume && state == "Paused" {
+            if let Some(dir) = req.interrupted_checkpoint
+                && h.disk
+                && dir.join(DISK).exists()
+                && !h.root.join(DISK).exists()
+            {
+                std::fs::rename(dir.join(DISK), h.root.join(DISK))
+                    .map_err(|e| BackendError::io("moving the disk back to the VM", e))?;
+            }
+            vmm.api
+                .resume()
+                .await
+                .map_err(|e| BackendError::failed("resuming the adopted microVM", e.to_string()))?;
+            info!(pid = h.pid, "resumed the microVM paused by an interrupted checkpoint");
+        }
+        info!(pid = h.pid, id = %h.id, "adopted a running Firecracker microVM");
+        Ok(Adopted::Running(Box::new(FcSandbox {
+            vmm: Some(vmm),
+            ns: Some(ns),
+            dialer,
+            network: h.network,
+            disk: h.disk,
+            kernel_id: h.kernel_id,
+            cfg: h.cfg,
+            version: h.version,
+            snapshot_version: h.snapshot_version,
+            accelerator: h.accelerator,
+            ateom_init: h.ateom_init,
+            image_digests: h.image_digests,
+        })))
     }
 }
 
@@ -616,10 +714,25 @@ impl Sandbox for FcSandbox {
     }
 
     fn handle(&self) -> SandboxHandle {
-        SandboxHandle(serde_json::json!({
-            "pid": self.vmm.as_ref().and_then(Vmm::pid),
-            "netns": self.ns.as_ref().map(|n| n.name().to_owned()),
-        }))
+        let Some(vmm) = self.vmm.as_ref() else { return SandboxHandle::default() };
+        let h = Handle {
+            pid: vmm.pid().unwrap_or(0),
+            id: vmm.id.clone(),
+            work_dir: vmm.work_dir.clone(),
+            root: vmm.root.clone(),
+            owner: vmm.owner,
+            netns: self.ns.as_ref().map(|n| n.name().to_owned()).unwrap_or_default(),
+            network: self.network.clone(),
+            disk: self.disk,
+            kernel_id: self.kernel_id.clone(),
+            cfg: self.cfg.clone(),
+            version: self.version.clone(),
+            snapshot_version: self.snapshot_version.clone(),
+            accelerator: self.accelerator.clone(),
+            ateom_init: self.ateom_init,
+            image_digests: self.image_digests.clone(),
+        };
+        SandboxHandle(serde_json::to_value(h).expect("handle serializes"))
     }
 
     fn snapshot_output(&self) -> CheckpointOutput {
@@ -721,15 +834,24 @@ impl Backend for FirecrackerBackend {
     }
 
     async fn cleanup_stale(&self, keep: Option<&SandboxHandle>) -> Result<Vec<String>, BackendError> {
-        let _ = keep;
+        let keep: Option<Handle> = keep.and_then(|h| serde_json::from_value(h.0.clone()).ok());
+        let spare = ateom_microvm::Spare {
+            pid: keep.as_ref().map(|k| k.pid),
+            netns: keep.as_ref().map(|k| k.netns.clone()),
+        };
         // Our VMMs carry `--id ateom-<instance>-...`.
         let prefix = format!("ateom-{}-", self.opts.instance);
-        ateom_microvm::remove_stale(&prefix, &ateom_microvm::Spare::default(), |proc_dir| {
-            std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                args.windows(2).any(|w| w[0] == b"--id" && w[1].starts_with(prefix.as_bytes()))
-            })
-        })
+        let mut done =
+            ateom_microvm::remove_stale(&prefix, &spare, |proc_dir| is_our_vmm(proc_dir, &prefix))?;
+        for dir in vmm::jail_cgroups(&prefix) {
+            if keep.as_ref().is_some_and(|k| dir.ends_with(&k.id)) {
+                continue;
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                done.push(format!("cgroup {}", dir.display()));
+            }
+        }
+        Ok(done)
     }
 }
 

@@ -1,6 +1,13 @@
 //! One supervised `firecracker` process: spawned in the workload's network namespace with its
 //! working directory in the sandbox's work dir, its serial console on ateom's console hub,
 //! its logger and metrics (FIFOs) routed into ateom's logs, and its exit recorded.
+//!
+//! Nothing ties the process to this worker's: its serial console is a pair of FIFOs in the
+//! work directory (`console.in` as its stdin, `console.out` as its stdout, both opened
+//! read-write for it, so it never sees end-of-file or a broken pipe, and its output is
+//! non-blocking: with no hub reading, the guest's output is dropped, never stalls the guest),
+//! its logger and metrics are FIFOs too, and it runs in its own process group. A restarted
+//! worker reopens all of them ([`Vmm::adopt`]) and watches the process through a pidfd.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -65,6 +72,10 @@ pub struct Vmm {
     pub root: PathBuf,
     /// The uid/gid files it must write belong to (the jailer's, or root's).
     pub owner: Option<(u32, u32)>,
+    /// The sandbox's work directory (console FIFOs, the jail).
+    pub work_dir: PathBuf,
+    /// Firecracker's `--id`.
+    pub id: String,
     pid: Option<u32>,
     exited: Arc<Mutex<Option<String>>>,
     waiter: Option<JoinHandle<()>>,
@@ -176,6 +187,7 @@ impl Vmm {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let log_fifo = make_fifo(&root.join("firecracker.log"), owner)?;
         let metrics_fifo = make_fifo(&root.join("firecracker.metrics"), owner)?;
+        let (vmm_stdin, vmm_stdout) = console_fifos(opts.work_dir)?;
         let fc_args = [
             "--api-sock",
             "firecracker.sock",
@@ -219,7 +231,13 @@ impl Vmm {
                 cmd
             }
         };
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
+        cmd.stdin(vmm_stdin)
+            .stdout(vmm_stdout)
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            // Its own process group: it outlives this worker process (a restarted worker adopts
+            // it), and a terminal's Ctrl-C for the worker does not reach it.
+            .process_group(0);
         let mut child = cmd.spawn().map_err(|e| BackendError::Unavailable {
             what: format!(
                 "firecracker at {}",
@@ -228,8 +246,6 @@ impl Vmm {
             detail: e.to_string(),
         })?;
         let pid = child.id();
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let id = opts.id.to_owned();
         let log_tasks = vec![
@@ -237,9 +253,7 @@ impl Vmm {
             route_lines(metrics_fifo, "metrics", id.clone(), tail.clone()),
             route_lines(stderr, "stderr", id.clone(), tail.clone()),
         ];
-        let console = Console::start(stdout, stdin, id.clone(), &opts.work_dir.join("serial.sock"))
-            .await
-            .map_err(|e| failed(format!("console listener: {e}")))?;
+        let console = console_hub(opts.work_dir, &id).await?;
         let exited = Arc::new(Mutex::new(None));
         let record = exited.clone();
         let tail2 = tail.clone();
@@ -263,6 +277,8 @@ impl Vmm {
             console,
             root,
             owner,
+            work_dir: opts.work_dir.to_owned(),
+            id: id.clone(),
             pid,
             exited,
             waiter: Some(waiter),
@@ -301,6 +317,53 @@ impl Vmm {
         Ok(vmm)
     }
 
+    /// Takes over a firecracker a previous worker process started: its API socket, console,
+    /// logger and metrics FIFOs are reopened and its exit is watched through a pidfd (it is
+    /// not our child). `root` and `owner` are what [`Vmm::spawn`] made of the jail.
+    pub async fn adopt(
+        pid: u32,
+        work_dir: &Path,
+        root: &Path,
+        owner: Option<(u32, u32)>,
+        id: &str,
+    ) -> Result<Vmm, BackendError> {
+        let adopt_err = |detail: String| BackendError::failed("adopting firecracker", detail);
+        let watch =
+            ateom_sys::ProcessWatch::new(pid).map_err(|e| adopt_err(format!("process {pid}: {e}")))?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let open_fifo = |name: &str| {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(root.join(name))
+                .map_err(|e| adopt_err(format!("reopening {name}: {e}")))
+        };
+        let log_tasks = vec![
+            route_lines(open_fifo("firecracker.log")?, "log", id.to_owned(), tail.clone()),
+            route_lines(open_fifo("firecracker.metrics")?, "metrics", id.to_owned(), tail.clone()),
+        ];
+        let console = console_hub(work_dir, id).await?;
+        let exited = Arc::new(Mutex::new(None));
+        let record = exited.clone();
+        let waiter = tokio::spawn(async move {
+            watch.wait().await;
+            *record.lock().expect("exit lock") = Some(format!("firecracker (process {pid}) exited"));
+        });
+        let vmm = Vmm {
+            api: Client::new(root.join("firecracker.sock")),
+            console,
+            root: root.to_owned(),
+            owner,
+            work_dir: work_dir.to_owned(),
+            id: id.to_owned(),
+            pid: Some(pid),
+            exited,
+            waiter: Some(waiter),
+            log_tasks,
+            log_tail: tail,
+        };
+        vmm.api.instance_info().await.map_err(|e| adopt_err(format!("its API does not answer: {e}")))?;
+        Ok(vmm)
+    }
+
     /// Why the process exited, or `None` while it runs.
     pub fn exited(&self) -> Option<String> {
         self.exited.lock().expect("exit lock").clone()
@@ -311,8 +374,17 @@ impl Vmm {
         self.log_tail.lock().expect("log tail").iter().cloned().collect::<Vec<_>>().join(" | ")
     }
 
-    /// SIGKILL and wait until it is gone (bounded).
+    /// SIGKILL, wait until it is gone (bounded), and remove the cgroups the jailer made for it.
     pub async fn kill(&mut self) {
+        self.kill_process().await;
+        for dir in jail_cgroups(&self.id) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                debug!(cgroup = %dir.display(), error = %e, "removing the VMM's cgroup");
+            }
+        }
+    }
+
+    async fn kill_process(&mut self) {
         if self.exited().is_none()
             && let Some(pid) = self.pid
         {
@@ -334,4 +406,93 @@ impl Vmm {
     pub fn socket(&self) -> PathBuf {
         self.api.socket().to_owned()
     }
+}
+
+/// The serial console FIFOs in the work directory, as the VMM's stdin and stdout: both opened
+/// read-write (so the VMM never sees end-of-file on its input nor a broken pipe on its
+/// output, whoever reads or writes the other side), the output non-blocking (with nobody
+/// reading, the guest's output is dropped instead of stalling the vCPU).
+fn console_fifos(work_dir: &Path) -> Result<(std::fs::File, std::fs::File), BackendError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut files = Vec::new();
+    for (name, flags) in [(CONSOLE_IN, 0), (CONSOLE_OUT, libc::O_NONBLOCK)] {
+        let path = work_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| failed(format!("creating fifo {}: {e}", path.display())))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(&path)
+            .map_err(|e| failed(format!("opening fifo {}: {e}", path.display())))?;
+        files.push(f);
+    }
+    let out = files.pop().expect("two");
+    let input = files.pop().expect("two");
+    Ok((input, out))
+}
+
+/// The console hub on the console FIFOs (this worker's side of them).
+async fn console_hub(work_dir: &Path, id: &str) -> Result<Console, BackendError> {
+    let from_guest = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(work_dir.join(CONSOLE_OUT))
+        .map_err(|e| failed(format!("opening {CONSOLE_OUT}: {e}")))?;
+    let to_guest = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(work_dir.join(CONSOLE_IN))
+        .map_err(|e| failed(format!("opening {CONSOLE_IN}: {e}")))?;
+    Console::start(from_guest, to_guest, id.to_owned(), &work_dir.join("serial.sock"))
+        .await
+        .map_err(|e| failed(format!("console listener: {e}")))
+}
+
+/// The VMM's serial input and output FIFOs, in the work directory.
+pub const CONSOLE_IN: &str = "console.in";
+pub const CONSOLE_OUT: &str = "console.out";
+
+/// The cgroup directories the jailer made for VMMs whose id starts with `prefix` (under its
+/// default parent cgroup `firecracker`, in any hierarchy).
+pub fn jail_cgroups(prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root.join("firecracker")) else { continue };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) && e.path().is_dir() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// True when `binary` is a statically linked ELF (no program interpreter): what the jailer's
+/// chroot, which holds no libraries, needs.
+pub fn is_static_elf(binary: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(binary) else { return false };
+    let mut head = vec![0u8; 64];
+    if f.read_exact(&mut head).is_err() || &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return false; // not a 64-bit ELF
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(&head, 54), u16_at(&head, 56));
+    let mut table = vec![0u8; phentsize * phnum];
+    use std::io::Seek;
+    if phentsize < 4
+        || f.seek(std::io::SeekFrom::Start(phoff as u64)).is_err()
+        || f.read_exact(&mut table).is_err()
+    {
+        return false;
+    }
+    const PT_INTERP: u32 = 3;
+    !table.chunks(phentsize).any(|ph| u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == PT_INTERP)
 }

@@ -42,16 +42,32 @@ pub async fn make_backend(args: &WorkerArgs, state_dir: &Path) -> Result<Arc<dyn
                      ATEOM_FIRECRACKER_BIN, or put `firecracker` on PATH",
                 )?,
             };
+            let instance = instance_id(state_dir);
+            // The jailer by default when one sits next to a static firecracker.
+            let jailer_binary = match (&args.jailer, args.no_jailer) {
+                (_, true) => None,
+                (Some(j), _) => Some(j.clone()),
+                (None, false) => binary
+                    .parent()
+                    .map(|d| d.join("jailer"))
+                    .filter(|j| j.is_file() && ateom_firecracker::vmm::is_static_elf(&binary)),
+            };
+            if let Some(j) = &jailer_binary {
+                tracing::info!(jailer = %j.display(), "firecracker VMMs run under the jailer");
+            } else {
+                tracing::warn!("firecracker VMMs run without the jailer (as root, unconfined)");
+            }
+            let uid = args.jailer_uid.unwrap_or_else(|| ateom_microvm::sandbox_uid(&instance));
             let opts = ateom_firecracker::FirecrackerOptions {
                 binary,
                 state_dir: state_dir.to_owned(),
-                instance: instance_id(state_dir),
+                instance,
                 defaults: microvm_defaults(args),
                 guest_init: args.guest_init.clone().or_else(crate::images::default_guest_init),
-                jailer: args.jailer.clone().map(|binary| ateom_firecracker::vmm::Jailer {
+                jailer: jailer_binary.map(|binary| ateom_firecracker::vmm::Jailer {
                     binary,
-                    uid: args.jailer_uid,
-                    gid: args.jailer_gid,
+                    uid,
+                    gid: args.jailer_gid.unwrap_or(uid),
                     cgroup_version: args.jailer_cgroup_version,
                     cgroups: args.jailer_cgroups.clone(),
                 }),

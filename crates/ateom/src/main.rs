@@ -170,15 +170,20 @@ pub struct WorkerArgs {
     #[arg(long, help_heading = "microVM backends")]
     pub ready_console_line: Option<String>,
     /// Run firecracker VMMs under this jailer binary (chroot, privilege drop, namespace,
-    /// cgroups; needs a statically linked firecracker).
+    /// cgroups; needs a statically linked firecracker). Default: a `jailer` next to the
+    /// firecracker binary, when that firecracker is statically linked (see --no-jailer).
     #[arg(long, env = "ATEOM_JAILER_BIN", help_heading = "microVM backends")]
     pub jailer: Option<PathBuf>,
-    /// uid the jailed VMM runs as.
-    #[arg(long, default_value_t = ateom_firecracker::vmm::DEFAULT_JAIL_UID, help_heading = "microVM backends")]
-    pub jailer_uid: u32,
-    /// gid the jailed VMM runs as.
-    #[arg(long, default_value_t = ateom_firecracker::vmm::DEFAULT_JAIL_UID, help_heading = "microVM backends")]
-    pub jailer_gid: u32,
+    /// Run firecracker without its jailer even when one is there (not recommended: the VMM
+    /// then runs as root, unconfined).
+    #[arg(long, conflicts_with = "jailer", help_heading = "microVM backends")]
+    pub no_jailer: bool,
+    /// uid the jailed VMM runs as (default: an unprivileged uid of this worker's own).
+    #[arg(long, help_heading = "microVM backends")]
+    pub jailer_uid: Option<u32>,
+    /// gid the jailed VMM runs as (default: the same number as the uid).
+    #[arg(long, help_heading = "microVM backends")]
+    pub jailer_gid: Option<u32>,
     /// cgroup version for the jailer's --cgroup settings (1 or 2).
     #[arg(long, help_heading = "microVM backends")]
     pub jailer_cgroup_version: Option<u8>,

@@ -103,6 +103,46 @@ fn firecracker_processes(w: &Worker) -> usize {
         .count()
 }
 
+/// A worker process that dies never takes its microVM with it: the next one adopts the
+/// running firecracker (API, console FIFOs, logs reopened) and the guest's RAM state
+/// continues; checkpoint and restore of the adopted VM work. With the static firecracker the
+/// VMM runs under its jailer by default, as an unprivileged uid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_adopts_its_running_microvm() {
+    let bin = require_firecracker!();
+    let guest = test_guest();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let mut w = fc_worker(&state, &bin, &guest, &[]);
+    let mut c = w.client().await;
+    let run = c.run_workload(run_guest("fa1")).await.expect("run").into_inner();
+    assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
+    let jailed = w.log_text().contains("run under the jailer");
+    eprintln!("firecracker under the jailer: {jailed}");
+    w.crash();
+    assert_eq!(firecracker_processes(&w), 1, "the VMM outlives the worker");
+
+    let w2 = fc_worker(&state, &bin, &guest, &[]);
+    let mut c2 = w2.client().await;
+    let caps = c2.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (caps.state.as_str(), caps.running_actor.as_str()),
+        ("running", "test/counter/fa1"),
+        "{}",
+        w2.log_text()
+    );
+    assert_eq!(drive(&caps.console, 1).await, vec![4], "the adopted guest's RAM state continues");
+    let ck =
+        c2.checkpoint_workload(checkpoint_req("fa1")).await.expect("checkpoint the adopted VM").into_inner();
+    assert_eq!(firecracker_processes(&w2), 0);
+    let r = c2.restore_workload(restore_req("fa1")).await.expect("restore").into_inner();
+    assert_eq!(r.snapshot_id, ck.manifest.unwrap().snapshot_id);
+    assert_eq!(drive(&r.console, 1).await, vec![5]);
+    c2.checkpoint_workload(checkpoint_req("fa1")).await.unwrap();
+    assert_eq!(firecracker_processes(&w2), 0);
+    assert!(w2.namespaces().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn freestanding_guest_counter_survives_checkpoint_and_restore() {
     let bin = require_firecracker!();
