@@ -305,3 +305,165 @@ async fn only_snapshots_signed_with_the_workers_key_are_restored() {
         .expect_err("copied to another prefix");
     assert!(err.message().contains("signature"), "{}", err.message());
 }
+
+/// A delete of an actor whose DURABLE checkpoint is still pushing stops the push: the
+/// checkpoint answers ABORTED, no snapshot appears in the store, the local snapshot is gone,
+/// and while the push ran the worker said `pushing` and took no other actor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_stops_a_push_and_leaves_no_snapshot() {
+    require_gvisor!();
+    let Some(s3) = s3server::S3Server::start("a_delete_stops_a_push_and_leaves_no_snapshot") else { return };
+    // Chunk uploads stalled in a fault proxy in front of the real S3 server.
+    let upstream: std::net::SocketAddr = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let proxy = faultproxy::start(faultproxy::Config { listen: any, control: any, upstream }).await.unwrap();
+    let rules =
+        br#"[{"method": "PUT", "path_contains": "/chunks/", "action": {"type": "stall", "ms": 4000}}]"#;
+    proxy.state.set_rules(faultproxy::rules::parse(rules).unwrap());
+    let env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://{}", proxy.listen)),
+        ("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let prefix = format!("s3://{}/ateom/p1", s3server::BUCKET);
+    let w = Worker::start_env(&tmp.path().join("node"), &[], &env);
+    let mut c = w.client().await;
+    let run = c.run_workload(run_req("p1", &image)).await.expect("run").into_inner();
+    hit(&run.host_endpoint).await;
+    let mut ck_client = w.client().await;
+    let pfx = prefix.clone();
+    let checkpoint =
+        tokio::spawn(async move { ck_client.checkpoint_workload(durable_checkpoint("p1", &pfx)).await });
+    // Wait until the worker says it is pushing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let snapshot_id = loop {
+        let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+        if caps.state == "pushing" {
+            assert_eq!(caps.running_actor, "test/counter/p1");
+            break caps.checkpoint_snapshot_id;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw the push: {caps:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!snapshot_id.is_empty());
+    // Busy: another actor is not taken while the push runs.
+    let err = c.run_workload(run_req("other", &image)).await.expect_err("busy while pushing");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("pushing"), "{}", err.message());
+
+    let mut del = delete_req_for("p1");
+    del.keep_snapshots = false;
+    let deleted = c.delete_workload(del).await.expect("delete during the push").into_inner();
+    assert!(deleted.deleted_snapshot_ids.contains(&snapshot_id), "{deleted:?}");
+    let answer = checkpoint.await.unwrap();
+    let err = answer.expect_err("the checkpoint's push was stopped");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.state, "idle");
+    // Nothing of it in the store, even after the stalled uploads would have landed.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(
+        !s3.object_file(&format!("ateom/p1/{snapshot_id}/index.json")).exists(),
+        "no snapshot in the store"
+    );
+    let store = s3.store("ateom/p1");
+    let leftovers =
+        store.gc(&ateom_store::GcOptions { grace: std::time::Duration::ZERO, delete: false }).await.unwrap();
+    assert!(
+        leftovers.garbage.iter().all(|g| !g.key.contains(&snapshot_id)),
+        "the stopped push left objects: {:?}",
+        leftovers.garbage
+    );
+    assert!(w.namespaces().is_empty() && w.runsc_processes().is_empty());
+}
+
+fn delete_req_for(id: &str) -> ateom_proto::DeleteWorkloadRequest {
+    let (a, b, c) = actor(id);
+    ateom_proto::DeleteWorkloadRequest {
+        actor_template_namespace: a,
+        actor_template_name: b,
+        actor_id: c,
+        keep_snapshots: false,
+    }
+}
+
+/// Retention: after each commit a worker keeps the newest two snapshots of the actor plus
+/// those its caller pins (keep_snapshot_ids), and prunes the rest. A snapshot of another actor
+/// (a template's golden snapshot) is pulled once into the worker's shared cache and restored
+/// from there by every actor, not copied into each actor's directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_pins_and_the_newest_and_golden_snapshots_are_shared() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let w = Worker::start(&tmp.path().join("node"), &[]);
+    let mut c = w.client().await;
+    let run = c.run_workload(run_req("r1", &image)).await.expect("run").into_inner();
+    hit(&run.host_endpoint).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut ck = checkpoint_req("r1");
+        if let Some(first) = ids.first() {
+            ck.keep_snapshot_ids = vec![Clone::clone(first)];
+        }
+        let done = c.checkpoint_workload(ck).await.expect("checkpoint").into_inner();
+        ids.push(done.manifest.unwrap().snapshot_id);
+        if i < 4 {
+            let r = c.restore_workload(restore_req("r1")).await.expect("restore").into_inner();
+            hit(&r.host_endpoint).await;
+        }
+    }
+    let (a, b, id) = actor("r1");
+    let list = c
+        .list_snapshots(ateom_proto::ListSnapshotsRequest {
+            actor_template_namespace: a,
+            actor_template_name: b,
+            actor_id: id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots;
+    let kept: Vec<_> = list.iter().map(|s| s.snapshot_id.clone()).collect();
+    assert_eq!(
+        kept,
+        vec![ids[0].clone(), ids[3].clone(), ids[4].clone()],
+        "the pinned one and the newest two"
+    );
+    assert!(list[0].pinned && !list[2].pinned);
+    assert!(list.iter().all(|s| s.state == "complete" && s.bytes > 0 && !s.created_at.is_empty()));
+    let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert!(caps.snapshot_bytes_used > 0 && caps.snapshot_bytes_free > 0, "{caps:?}");
+
+    // A golden snapshot of the template, restored by two actors: pulled once, shared.
+    let prefix = format!("file://{}/bucket/golden", tmp.path().display());
+    let g = c.run_workload(run_req("golden.1", &image)).await.expect("golden run").into_inner();
+    hit(&g.host_endpoint).await;
+    let golden =
+        c.checkpoint_workload(durable_checkpoint("golden.1", &prefix)).await.expect("golden").into_inner();
+    let golden_id = golden.manifest.unwrap().snapshot_id;
+    // Only the durable copy matters for others: drop the golden actor's local one.
+    c.delete_workload(delete_req_for("golden.1")).await.unwrap();
+    for (n, actor_id) in ["x1", "x2"].iter().enumerate() {
+        let mut r = durable_restore(actor_id, &prefix);
+        r.snapshot_id = golden_id.clone();
+        let restored = c.restore_workload(r).await.expect("restore from the golden snapshot").into_inner();
+        assert_eq!(restored.snapshot_id, golden_id);
+        if n == 0 {
+            assert!(restored.pulled_bytes > 0, "the first restore pulls");
+        } else {
+            assert_eq!(restored.pulled_bytes, 0, "the second uses the shared copy");
+        }
+        assert_eq!(hit(&restored.host_endpoint).await.memory, 2, "both start from the golden state");
+        c.checkpoint_workload(checkpoint_req(actor_id)).await.unwrap();
+        assert!(
+            !w.state_dir.join(format!("actors/test:counter:{actor_id}/snapshots/{golden_id}")).exists(),
+            "not copied into the actor's directory"
+        );
+    }
+    assert!(w.state_dir.join(format!("cache/pulled/test:counter:golden.1/snapshots/{golden_id}")).is_dir());
+}
