@@ -30,8 +30,31 @@ cargo test --locked --workspace --no-fail-fast -- --nocapture --test-threads=2 2
 status=${PIPESTATUS[0]}
 set -e
 
+# The standing suites: hostile input (every case, aggregated), and the fault matrix.
+log "security suite (scripts/security-suite.sh --json)"
+set +e
+scripts/security-suite.sh --json >"$out.security" 2>&1
+security_status=$?
+set -e
+tail -n 1 "$out.security" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print({k:v for k,v in d.items() if k!="results"}); [print("SECURITY CASE FAILED:", r["group"], r["name"], r["detail"][:300]) for r in d["results"] if r["outcome"]=="failed"]' >&2 \
+    || { echo "security suite output:" >&2; tail -n 40 "$out.security" >&2; }
+if [[ -x scripts/fault-matrix.sh ]]; then
+    log "fault matrix (scripts/fault-matrix.sh --json)"
+    set +e
+    scripts/fault-matrix.sh --json >"$out.faults" 2>"$out.faults.err"
+    fault_status=$?
+    set -e
+    tail -n 1 "$out.faults" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print({k:v for k,v in d.items() if k!="results"}); [print("FAULT CASE FAILED:", r.get("backend"), r["name"], str(r.get("detail"))[:300]) for r in d["results"] if r["outcome"]=="failed"]; [print("SKIPPED fault case", r.get("backend"), r["name"] + ":", str(r.get("detail"))[:200]) for r in d["results"] if r["outcome"]=="skipped"]' >&2 \
+        || { echo "fault matrix output:" >&2; tail -n 40 "$out.faults.err" >&2; }
+else
+    fault_status=0
+fi
+
 if grep -q '^SKIPPED' "$out"; then
     log "skipped tests (these did NOT pass; they could not run here):"
     grep '^SKIPPED' "$out" | sort -u >&2
 fi
+rm -f "$out.security" "$out.faults" "$out.faults.err"
+if ((status == 0 && security_status != 0)); then status=$security_status; fi
+if ((status == 0 && fault_status != 0)); then status=$fault_status; fi
 exit "$status"

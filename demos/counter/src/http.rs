@@ -203,6 +203,8 @@ pub enum Route {
     Secret,
     /// `GET /alloc?mib=N`: hold N MiB more (N ≤ 4096).
     Alloc(u32),
+    /// `GET /connect?addr=IP:PORT`: try a TCP connection from inside the sandbox.
+    Connect(std::net::SocketAddr),
     /// A known path with a method other than GET.
     MethodNotAllowed,
     /// Anything else.
@@ -217,6 +219,17 @@ pub fn route(req: &Request) -> Route {
         "/random" => Route::Random,
         "/time" => Route::Time,
         "/secret" => Route::Secret,
+        "/connect" => {
+            let addr = req
+                .target
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("addr=")))
+                .and_then(|v| v.parse::<std::net::SocketAddr>().ok());
+            match addr {
+                Some(a) => Route::Connect(a),
+                None => return Route::NotFound,
+            }
+        }
         "/alloc" => {
             let mib = req
                 .target

@@ -12,6 +12,9 @@
 //!   bring it back although manifests never record it), or nothing;
 //! - `GET /alloc?mib=N` allocates N MiB more, writes every page and keeps it, and answers
 //!   the total held (memory-limit tests: past the sandbox's limit this process is killed);
+//! - `GET /connect?addr=IP:PORT` tries a TCP connection from inside the sandbox (2 s) and
+//!   answers `connected` or `failed: <reason>` (isolation tests: a sandbox must not reach the
+//!   host's loopback services);
 //! - anything else 404.
 //!
 //! Environment: `PORT` (default 8080, listens on 0.0.0.0), `COUNTER_DIR` (default
@@ -241,6 +244,13 @@ fn handle(req: &Request, state: &State) -> (Status, &'static str, Vec<u8>) {
             held.push(vec![0xa5u8; (mib as usize) << 20]);
             let total: usize = held.iter().map(Vec::len).sum();
             (Status::OK, TEXT, format!("{}\n", total >> 20).into_bytes())
+        }
+        Route::Connect(addr) => {
+            let outcome = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(_) => "connected".to_owned(),
+                Err(e) => format!("failed: {e}"),
+            };
+            (Status::OK, TEXT, outcome.into_bytes())
         }
         Route::MethodNotAllowed => (Status::METHOD_NOT_ALLOWED, TEXT, b"method not allowed\n".to_vec()),
         Route::NotFound => (Status::NOT_FOUND, TEXT, b"not found\n".to_vec()),
