@@ -266,8 +266,25 @@ pub trait Sandbox: Send + Sync {
     /// True while the sandbox's processes are alive.
     async fn is_alive(&self) -> bool;
 
+    /// What the sandbox uses now (from its cgroup, or its VMM process), when the backend can
+    /// tell. Cheap: a few small reads of kernel files.
+    fn stats(&self) -> Option<SandboxStats> {
+        None
+    }
+
     /// Tears everything down: processes, namespaces, mounts. Idempotent in effect.
     async fn delete(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// What a sandbox uses of the host at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStats {
+    /// Resident memory (the sandbox's cgroup, or the VMM process's RSS).
+    pub memory_bytes: Option<u64>,
+    /// CPU time used since the sandbox started, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
 }
 
 /// Errors of backends, precise enough for the runtime to pick a gRPC status.

@@ -787,6 +787,10 @@ impl Sandbox for FcSandbox {
         true
     }
 
+    fn stats(&self) -> Option<ateom_core::SandboxStats> {
+        ateom_microvm::process_stats(self.vmm.as_ref()?.pid()?)
+    }
+
     async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
         let Some(vmm) = self.vmm.as_mut() else { return Ok(false) };
         if vmm.exited().is_some() {

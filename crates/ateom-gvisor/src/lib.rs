@@ -721,6 +721,23 @@ impl Sandbox for GvisorSandbox {
         self.status().await.as_deref() == Some("running")
     }
 
+    fn stats(&self) -> Option<ateom_core::SandboxStats> {
+        // The sandbox's cgroup (`/ateom/<cid>`), v1 hierarchies or v2.
+        let read = |rel: &str| -> Option<u64> {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(rel)).ok()?.trim().parse().ok()
+        };
+        let cg = format!("ateom/{}", self.cid);
+        let memory = read(&format!("memory/{cg}/memory.usage_in_bytes"))
+            .or_else(|| read(&format!("{cg}/memory.current")));
+        let cpu = read(&format!("cpuacct/{cg}/cpuacct.usage")).or_else(|| {
+            let stat = std::fs::read_to_string(format!("/sys/fs/cgroup/{cg}/cpu.stat")).ok()?;
+            let usec: u64 = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+            Some(usec * 1000)
+        });
+        let pids = read(&format!("pids/{cg}/pids.current")).or_else(|| read(&format!("{cg}/pids.current")));
+        Some(ateom_core::SandboxStats { memory_bytes: memory, cpu_ns: cpu, pids })
+    }
+
     async fn delete(mut self: Box<Self>) -> Result<(), BackendError> {
         let t = std::time::Instant::now();
         // Stop the container first and let the foreground runsc reap it; `runsc delete`

@@ -137,6 +137,28 @@ pub fn sandbox_uid(instance: &str) -> u32 {
     200_000 + n % 100_000
 }
 
+/// What a VMM process uses: its resident memory and CPU time (from `/proc/<pid>`).
+pub fn process_stats(pid: u32) -> Option<ateom_core::SandboxStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| -> Option<u64> {
+        status.lines().find_map(|l| l.strip_prefix(k))?.split_whitespace().next()?.parse().ok()
+    };
+    let rss_kib = field("VmRSS:");
+    let threads = field("Threads:");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ateom_core::SandboxStats {
+        memory_bytes: rss_kib.map(|k| k * 1024),
+        cpu_ns: Some(ticks * 1_000_000_000 / hz),
+        pids: threads,
+    })
+}
+
 /// vCPUs for a request's CPU limit: whole CPUs, rounded up (1000 milli = 1 vCPU).
 pub fn vcpus_for(r: &ateom_core::Resources) -> Option<u8> {
     r.cpu_milli.map(|m| u8::try_from(m.div_ceil(1000).clamp(1, 32)).unwrap_or(32))

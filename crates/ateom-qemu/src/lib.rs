@@ -1006,6 +1006,10 @@ impl Sandbox for QemuSandbox {
         true
     }
 
+    fn stats(&self) -> Option<ateom_core::SandboxStats> {
+        ateom_microvm::process_stats(self.proc.as_ref()?.pid?)
+    }
+
     async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
         let Some(p) = self.proc.as_mut() else { return Ok(false) };
         if p.exited().is_some() {

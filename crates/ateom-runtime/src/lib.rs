@@ -883,6 +883,18 @@ impl Runtime {
         matches!(&*self.slot.lock().expect("slot lock"), Slot::Busy { snapshot: Some(s), .. } if s == id)
     }
 
+    /// What the running workload uses now, with its actor (`None` when nothing runs, or when
+    /// `actor` is given and is not the one running).
+    pub fn stats(&self, actor: Option<&ActorRef>) -> Option<(ActorRef, ateom_core::SandboxStats)> {
+        // A few small reads of kernel files, under the slot lock.
+        let slot = self.slot.lock().expect("slot lock");
+        let Slot::Running(a) = &*slot else { return None };
+        if actor.is_some_and(|want| *want != a.actor) {
+            return None;
+        }
+        Some((a.actor.clone(), a.sandbox.stats().unwrap_or_default()))
+    }
+
     /// Watches the running workload: when its sandbox stops on its own (it crashed, or was
     /// killed past a limit), connections forwarded into it are cut at once (a dead peer
     /// never answers them), its leftovers are removed, the worker is free again and the actor

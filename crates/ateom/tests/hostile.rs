@@ -72,7 +72,10 @@ async fn a_sandbox_cannot_reach_the_hosts_loopback_services() {
     let mut targets = vec![
         ("sandbox_to_host_loopback_listener", format!("127.0.0.1:{port}")),
         ("sandbox_to_gateway_side", format!("169.254.0.1:{port}")),
-        ("sandbox_to_gateway_forwarder_port", format!("169.254.0.1:{}", run.host_endpoint.rsplit(':').next().unwrap())),
+        (
+            "sandbox_to_gateway_forwarder_port",
+            format!("169.254.0.1:{}", run.host_endpoint.rsplit(':').next().unwrap()),
+        ),
     ];
     if let Some((_, redis_port)) = &redis {
         targets.push(("sandbox_to_host_redis", format!("127.0.0.1:{redis_port}")));
@@ -156,9 +159,8 @@ async fn crafted_grpc_requests_are_refused_and_the_worker_survives() {
     cases.push(("megabyte_actor_id", r));
     let mut r = base();
     let one = r.spec.as_ref().unwrap().containers[0].clone();
-    r.spec.as_mut().unwrap().containers = (0..10_000)
-        .map(|i| ateom_proto::Container { name: format!("c{i}"), ..one.clone() })
-        .collect();
+    r.spec.as_mut().unwrap().containers =
+        (0..10_000).map(|i| ateom_proto::Container { name: format!("c{i}"), ..one.clone() }).collect();
     cases.push(("ten_thousand_containers", r));
     let mut r = base();
     r.spec.as_mut().unwrap().containers[0].name = "a/b".into();
@@ -185,8 +187,9 @@ async fn crafted_grpc_requests_are_refused_and_the_worker_survives() {
     r.resources = Some(ateom_proto::Resources { cpu_milli: u64::MAX, memory_bytes: 1, pids: u32::MAX });
     cases.push(("absurd_resources", r));
     let mut r = base();
-    r.spec.as_mut().unwrap().containers[0].readyz =
-        Some(ateom_proto::Readyz { http_get: Some(ateom_proto::HttpGetAction { path: huge.clone(), port: 70000 }) });
+    r.spec.as_mut().unwrap().containers[0].readyz = Some(ateom_proto::Readyz {
+        http_get: Some(ateom_proto::HttpGetAction { path: huge.clone(), port: 70000 }),
+    });
     cases.push(("bad_probe", r));
     for (name, req) in cases {
         let out = c.run_workload(req).await;
@@ -280,16 +283,19 @@ async fn crafted_snapshots_are_refused_before_any_sandbox_exists() {
             "manifest_absolute_artifact" => v["artifacts"][0]["name"] = "/etc/shadow".into(),
             "manifest_forged_backend" => v["backend"] = "firecracker".into(),
             "manifest_forged_runtime_version" => v["runtime_version"] = "9.9.9".into(),
-            "manifest_forged_chunk_digest" => v["artifacts"][0]["chunk_digest"]["root"] = "0".repeat(64).into(),
+            "manifest_forged_chunk_digest" => {
+                v["artifacts"][0]["chunk_digest"]["root"] = "0".repeat(64).into()
+            }
             _ => v["artifacts"][0]["size"] = u64::MAX.into(),
         }
         std::fs::write(&manifest_path, serde_json::to_vec(&v).unwrap()).unwrap();
         let mut rq = restore_req("s1");
         rq.snapshot_id = id.clone();
         let e = c.restore_workload(rq).await;
-        let ok = e.as_ref().is_err_and(|s| {
-            matches!(s.code(), Code::DataLoss | Code::FailedPrecondition | Code::NotFound)
-        }) && w.namespaces().is_empty()
+        let ok = e
+            .as_ref()
+            .is_err_and(|s| matches!(s.code(), Code::DataLoss | Code::FailedPrecondition | Code::NotFound))
+            && w.namespaces().is_empty()
             && w.runsc_processes().is_empty();
         let detail = match &e {
             Err(s) => format!("{:?}: {}", s.code(), s.message()),
