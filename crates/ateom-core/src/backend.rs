@@ -61,6 +61,19 @@ pub struct LaunchContext {
     pub cache_dir: PathBuf,
     /// Limits of the sandbox: the request's, completed with the worker's defaults.
     pub resources: crate::Resources,
+    /// Durable-directory volumes to mount (host directories that outlive the sandbox).
+    pub volumes: Vec<Volume>,
+}
+
+/// A durable-directory volume: a host directory mounted into one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    /// The container it is mounted into.
+    pub container: String,
+    /// Where it appears inside the container (absolute).
+    pub mount_path: String,
+    /// `<actorDir>/durable-dir/<name>/` on the host.
+    pub host_dir: PathBuf,
 }
 
 /// A snapshot a restore starts from: files in a directory, described by `manifest` (read and

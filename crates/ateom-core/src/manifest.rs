@@ -77,6 +77,10 @@ pub struct SnapshotManifest {
     pub workload: crate::WorkloadSpec,
     pub provenance: BTreeMap<String, String>,
     pub artifacts: Vec<Artifact>,
+    /// What it captured: everything (`full`), or only the durable-directory volumes
+    /// (`data`: a restore starts the workload fresh and puts the volumes back).
+    #[serde(default)]
+    pub scope: crate::Scope,
 }
 
 /// Why a manifest was refused when decoding.
@@ -240,6 +244,7 @@ pub(crate) mod tests {
                 sha256: "a".repeat(64),
                 chunk_digest: Some(ChunkDigest { chunk_size: DIGEST_CHUNK_SIZE, root: "b".repeat(64) }),
             }],
+            scope: crate::Scope::Full,
         }
     }
 

@@ -235,6 +235,13 @@ pub enum Destination {
     Durable,
 }
 
+/// The name of a durable-directory volume: its mount path without the leading `/`, each
+/// further `/` replaced by `-` (`/data` → `data`, `/var/lib/app` → `var-lib-app`). Its host
+/// directory is `<actorDir>/durable-dir/<name>/`; in a snapshot it is `durable/<name>/`.
+pub fn volume_name(mount_path: &str) -> String {
+    mount_path.trim_matches('/').replace('/', "-")
+}
+
 /// What a snapshot captures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -288,6 +295,10 @@ pub struct CheckpointRequest {
     pub snapshot_id: Option<SnapshotId>,
     /// Snapshots of this actor the caller still references (retention keeps them).
     pub keep: Vec<SnapshotId>,
+    /// The request carried only substrate's fields: its node agent ships the snapshot, so the
+    /// files are also laid out in `<actorDir>/checkpoint-state/` and answered by relative
+    /// name (see ARCHITECTURE.md, "The node agent's convention").
+    pub node_agent: bool,
 }
 
 /// A validated `RestoreWorkload`.
@@ -305,6 +316,11 @@ pub struct RestoreRequest {
     pub keep: Vec<SnapshotId>,
     /// Limits asked for (the worker fills in its defaults).
     pub resources: Resources,
+    /// What to restore: everything, or only the durable-directory volumes into a fresh start.
+    pub scope: Scope,
+    /// The request carried only substrate's fields: files its node agent placed in
+    /// `<actorDir>/restore-state/` are the snapshot to restore.
+    pub node_agent: bool,
 }
 
 /// Checks an object-store URI prefix: a scheme ateom knows and something after it.

@@ -350,6 +350,15 @@ impl FirecrackerBackend {
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
+        if let Some(v) = ctx.volumes.first() {
+            return Err(BackendError::InvalidConfig {
+                field: "spec.containers.durable_dir_volumes".into(),
+                reason: format!(
+                    "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
+                    v.mount_path
+                ),
+            });
+        }
         let mut image_digests = BTreeMap::new();
         let mut ateom_init = false;
         if snapshot.is_none() {

@@ -269,9 +269,11 @@ pub fn checkpoint_request(
     runtime(&r.runsc_path, r.runtime.as_ref().map(checkpoint_runtime).as_ref())?;
     asset_paths(&r.runtime_asset_paths)?;
     let scope = scope(r.scope)?;
-    if scope == Scope::Data {
-        return Err(InvalidArgument::new("scope", "SNAPSHOT_SCOPE_DATA is not supported yet; use FULL"));
-    }
+    // Only substrate's fields (1-8): its node agent ships the files itself.
+    let node_agent = r.runtime.is_none()
+        && r.destination == 0
+        && r.snapshot_id.is_empty()
+        && r.keep_snapshot_ids.is_empty();
     let prefix = if r.snapshot_uri_prefix.is_empty() {
         None
     } else {
@@ -302,11 +304,12 @@ pub fn checkpoint_request(
             ));
         }
     };
+    let (destination, prefix) = if node_agent { (Destination::Local, None) } else { (destination, prefix) };
     let uri_prefix = if destination == Destination::Durable { prefix } else { None };
     let snapshot_id =
         if r.snapshot_id.is_empty() { None } else { Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?) };
     let keep = snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?;
-    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix, snapshot_id, keep })
+    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix, snapshot_id, keep, node_agent })
 }
 
 /// Most snapshot ids one request may pin.
@@ -331,8 +334,13 @@ pub fn optional_actor(ns: &str, template: &str, id: &str) -> Result<Option<Actor
 }
 
 pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRequest, InvalidArgument> {
-    scope(r.scope)?;
+    let node_agent = r.runtime.is_none()
+        && r.snapshot_id.is_empty()
+        && r.keep_snapshot_ids.is_empty()
+        && r.resources.is_none();
     Ok(core::RestoreRequest {
+        scope: scope(r.scope)?,
+        node_agent,
         actor: ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?,
         spec: workload(r.spec.as_ref(), false)?,
         runtime: runtime(&r.runsc_path, r.runtime.as_ref().map(restore_runtime).as_ref())?,

@@ -209,7 +209,16 @@ impl GvisorBackend {
             let bundle_dir = bundle_dir.clone();
             let netns_path = net.sandbox.path().to_owned();
             let hostname = ctx.actor.actor_id.to_string();
-            let limits = Limits { resources: ctx.resources, cgroups_path: format!("/ateom/{cid}") };
+            let limits = Limits {
+                resources: ctx.resources,
+                cgroups_path: format!("/ateom/{cid}"),
+                volumes: ctx
+                    .volumes
+                    .iter()
+                    .filter(|v| v.container == container.name.as_str())
+                    .cloned()
+                    .collect(),
+            };
             tokio::task::spawn_blocking(move || {
                 prepare_bundle(&container, &source, &cache, &bundle_dir, &netns_path, &hostname, &limits)
             })
@@ -229,11 +238,23 @@ impl GvisorBackend {
             && let Some(want) = s.manifest.image_digests.get(container.name.as_str())
             && *want != digest
         {
-            net.delete();
-            return Err(BackendError::Snapshot(format!(
-                "container {:?}: the snapshot was taken from image {want}, the image given now is {digest}",
-                container.name
-            )));
+            if want.starts_with("bundle-sha256:") && digest.starts_with("bundle-sha256:") {
+                // A node agent prepares its bundles itself and may word the config differently
+                // on each worker (annotations, hostnames): that the image is the same is its
+                // contract, not something ateom can judge from the config.
+                warn!(
+                    container = %container.name,
+                    snapshot_bundle = %want,
+                    bundle = %digest,
+                    "the node agent's bundle differs from the one the snapshot was taken with; restoring anyway"
+                );
+            } else {
+                net.delete();
+                return Err(BackendError::Snapshot(format!(
+                    "container {:?}: the snapshot was taken from image {want}, the image given now is {digest}",
+                    container.name
+                )));
+            }
         }
         debug!(image = %digest, cache_hit = image_cache_hit, "bundle ready");
 
@@ -407,8 +428,14 @@ fn prepare_bundle(
         ContainerSource::Bundle(dir) => {
             let mut spec = ateom_image::load_bundle(dir).map_err(|e| image_err(e.to_string()))?;
             set_network_namespace(&mut spec, netns_path);
-            let config = std::fs::read(dir.join("config.json")).unwrap_or_default();
-            (spec, format!("bundle-sha256:{}", hex::encode(Sha256::digest(&config))), true)
+            // The digest of the config as the node agent wrote it, in canonical form (its
+            // capability sets are unordered).
+            let raw = std::fs::read(dir.join("config.json")).unwrap_or_default();
+            let canonical = serde_json::from_slice::<oci_spec::runtime::Spec>(&raw)
+                .ok()
+                .and_then(|s| ateom_image::canonical_json(&s).ok())
+                .unwrap_or(raw);
+            (spec, format!("bundle-sha256:{}", hex::encode(Sha256::digest(&canonical))), true)
         }
     };
     let mut spec = spec;
@@ -417,10 +444,11 @@ fn prepare_bundle(
     Ok((digest, hit))
 }
 
-/// A sandbox's limits and the cgroup runsc puts it in.
+/// A sandbox's limits, the cgroup runsc puts it in, and its durable-directory volumes.
 struct Limits {
     resources: ateom_core::Resources,
     cgroups_path: String,
+    volumes: Vec<ateom_core::Volume>,
 }
 
 /// Sets the spec's cgroup path and its memory, CPU and pids limits (runsc enforces them on
@@ -447,6 +475,23 @@ fn apply_limits(spec: &mut oci_spec::runtime::Spec, limits: &Limits) -> Result<(
     }
     linux.set_resources(Some(res));
     spec.set_linux(Some(linux));
+    // Durable directories: host directories bind-mounted read-write (not under the memory
+    // overlay, so their data stays on the host; a snapshot copies them in).
+    if !limits.volumes.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for v in &limits.volumes {
+            mounts.retain(|m| m.destination() != Path::new(&v.mount_path));
+            mounts.push(
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(PathBuf::from(&v.mount_path))
+                    .typ("bind")
+                    .source(v.host_dir.clone())
+                    .options(vec!["rbind".to_owned(), "rw".to_owned()])
+                    .build()?,
+            );
+        }
+        spec.set_mounts(Some(mounts));
+    }
     Ok(())
 }
 

@@ -400,9 +400,23 @@ pub fn write_bundle(bundle_dir: &Path, spec: &Spec) -> Result<(), ImageError> {
             .create(bundle_dir)
             .ctx(|| format!("creating {}", bundle_dir.display()))?;
     }
-    let json = serde_json::to_vec_pretty(spec)
-        .map_err(|e| ImageError::Spec { what: "config.json", reason: e.to_string() })?;
+    let json = canonical_json(spec)?;
     crate::private::write_private_file(&bundle_dir.join("config.json"), &json)
+}
+
+/// A spec as JSON that is the same bytes every time for the same spec: the capability sets
+/// (hash sets in oci-spec, iterated in a random order) are written sorted.
+pub fn canonical_json(spec: &Spec) -> Result<Vec<u8>, ImageError> {
+    let err = |e: serde_json::Error| ImageError::Spec { what: "config.json", reason: e.to_string() };
+    let mut v = serde_json::to_value(spec).map_err(err)?;
+    if let Some(caps) = v.pointer_mut("/process/capabilities").and_then(|c| c.as_object_mut()) {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_vec_pretty(&v).map_err(err)
 }
 
 /// Reads a bundle prepared by someone else (a node agent): `config.json` and its root

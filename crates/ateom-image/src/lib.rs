@@ -86,7 +86,7 @@ mod unpack;
 pub use ateom_core::ImageRef;
 pub use bundle::{
     BundleOptions, DEFAULT_CAPABILITIES, DEFAULT_NOFILE, DEFAULT_PATH, OCI_RUNTIME_VERSION, ProcessOverrides,
-    load_bundle, runtime_spec, write_bundle,
+    canonical_json, load_bundle, runtime_spec, write_bundle,
 };
 pub use error::ImageError;
 pub use layout::REF_NAME_ANNOTATION;

@@ -297,6 +297,15 @@ impl QemuBackend {
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
+        if let Some(v) = ctx.volumes.first() {
+            return Err(BackendError::InvalidConfig {
+                field: "spec.containers.durable_dir_volumes".into(),
+                reason: format!(
+                    "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
+                    v.mount_path
+                ),
+            });
+        }
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),

@@ -42,6 +42,13 @@ impl Runtime {
             return Err(ateom_snapshot::SnapshotError::Exists { id: id.to_string() }.into());
         }
         self.record_pins(&req.actor, &req.keep);
+        let volumes = match crate::node_agent::volumes_for(&self.actor_dir(&active.actor), &active.spec) {
+            Ok(v) => v,
+            Err(e) => {
+                self.back_to_running(active, guard);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.check_space(&active).await {
             self.back_to_running(active, guard);
             return Err(e);
@@ -59,6 +66,9 @@ impl Runtime {
         // No connection may be open inside the sandbox while it freezes.
         self.forwarder.set_target(None);
         self.forwarder.abort_all().await;
+        if req.scope == ateom_core::Scope::Data {
+            return self.checkpoint_data(req, active, guard, id, volumes, start, store).await;
+        }
 
         let pending = match self.snapshots.begin(&active.actor, id.clone(), &self.intent(&active, &id)) {
             Ok(p) => p,
@@ -84,6 +94,19 @@ impl Runtime {
         debug!(backend_ms = frozen.elapsed().as_millis() as u64, "backend checkpoint done");
         faults::point("checkpoint-after-freeze");
         let partial_dir = pending.dir().to_owned();
+        // The durable directories live on the host: they join the snapshot while the workload
+        // is frozen.
+        if let Err(e) = crate::node_agent::capture_volumes(&volumes, &partial_dir) {
+            let e = match e {
+                RuntimeError::Io { context, source } => ateom_snapshot::SnapshotError::Io { context, source },
+                other => ateom_snapshot::SnapshotError::Io {
+                    context: "capturing volumes".into(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            };
+            let captured = pending.captured().ok();
+            return Err(self.uncommitted(active, guard, &partial_dir, captured, &id, e).await);
+        }
         let captured = match pending.captured() {
             Ok(c) => c,
             // The files stay in `.partial-`: a restarted worker asks the backend about them.
@@ -146,7 +169,32 @@ impl Runtime {
             "checkpoint complete"
         );
         self.retain(&actor, &id).await;
+        self.finish_checkpoint(req, guard, snap, store, start).await
+    }
 
+    /// What every checkpoint does once its snapshot is committed: lay it out for the node
+    /// agent (when it asked), push it (DURABLE), free the worker, answer.
+    async fn finish_checkpoint(
+        &self,
+        req: CheckpointRequest,
+        guard: crate::SlotGuard<'_>,
+        snap: LocalSnapshot,
+        store: Option<ateom_store::Store>,
+        start: Instant,
+    ) -> Result<Checkpointed, RuntimeError> {
+        let actor = snap.manifest.actor.clone();
+        let relative = if req.node_agent {
+            match crate::node_agent::publish_checkpoint_state(&self.actor_dir(&actor), &snap) {
+                Ok(names) => Some(names),
+                Err(e) => {
+                    let _ = self.journal.clear();
+                    drop(guard);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let (location, pushed) = match (store, &req.uri_prefix) {
             (Some(store), Some(prefix)) => {
                 let pushed = self.push(&actor, &snap, &store, prefix).await;
@@ -171,13 +219,61 @@ impl Runtime {
             }
         };
         Ok(Checkpointed {
-            files: snap.files(),
+            files: match relative {
+                Some(names) => names.into_iter().map(std::path::PathBuf::from).collect(),
+                None => snap.files(),
+            },
             location,
             manifest: snap.manifest,
             destination: req.destination,
             elapsed: start.elapsed(),
             pushed,
         })
+    }
+
+    /// A DATA checkpoint: the workload is stopped (its memory is not part of a DATA snapshot),
+    /// then its durable directories are captured, nothing else. Nothing is lost if this fails:
+    /// the volumes stay in their host directories.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint_data(
+        &self,
+        req: CheckpointRequest,
+        active: Box<Active>,
+        guard: crate::SlotGuard<'_>,
+        id: SnapshotId,
+        volumes: Vec<ateom_core::Volume>,
+        start: Instant,
+        store: Option<ateom_store::Store>,
+    ) -> Result<Checkpointed, RuntimeError> {
+        let mut intent = self.intent(&active, &id);
+        intent.scope = ateom_core::Scope::Data;
+        let Active { sandbox, work_dir, actor, .. } = *active;
+        info!(%actor, snapshot = %id, volumes = volumes.len(), "checkpoint (DATA): stopping the workload, keeping its durable directories");
+        if let Err(e) = sandbox.delete().await {
+            warn!(%actor, error = %e, "deleting the sandbox for a DATA checkpoint");
+        }
+        let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        let snapshots = self.snapshots.clone();
+        let who = actor.clone();
+        let snap_id = id.clone();
+        let committed = tokio::task::spawn_blocking(move || -> Result<LocalSnapshot, RuntimeError> {
+            let pending = snapshots.begin(&who, snap_id, &intent)?;
+            crate::node_agent::capture_volumes(&volumes, pending.dir())?;
+            Ok(pending.captured()?.commit()?)
+        })
+        .await
+        .map_err(task_failed("committing a DATA snapshot"));
+        let snap = match committed.and_then(|r| r) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.journal.clear();
+                drop(guard);
+                return Err(e);
+            }
+        };
+        info!(%actor, snapshot = %id, bytes = snap.manifest.total_bytes(), "checkpoint (DATA) complete");
+        self.retain(&actor, &id).await;
+        self.finish_checkpoint(req, guard, snap, store, start).await
     }
 
     /// The manifest to be, recorded before the freeze.
@@ -199,6 +295,7 @@ impl Runtime {
             workload: active.spec.redacted(),
             provenance: out.provenance.extra,
             artifacts: Vec::new(),
+            scope: ateom_core::Scope::Full,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod durable;
 pub mod faults;
 pub mod host;
 pub mod journal;
+pub mod node_agent;
 pub mod probe;
 mod recovery;
 
@@ -458,6 +459,7 @@ impl Runtime {
         create_private_dir(&work_dir)?;
         let cache_dir = self.opts.state_dir.join("cache");
         let resources = resources.or(self.opts.default_resources);
+        let volumes = node_agent::volumes_for(&actor_dir, spec)?;
         Ok(LaunchContext {
             actor: actor.clone(),
             containers,
@@ -466,6 +468,7 @@ impl Runtime {
             work_dir,
             cache_dir,
             resources,
+            volumes,
         })
     }
 
@@ -625,8 +628,25 @@ impl Runtime {
         let start = Instant::now();
         let guard = self.claim(&req.actor, "restoring")?;
         self.record_pins(&req.actor, &req.keep);
-        let (snap, pulled) = self.find_snapshot(&req).await?;
+        let imported = if req.node_agent { self.import_restore_state(&req)? } else { None };
+        let (snap, pulled) = match imported {
+            Some(s) => (s, None),
+            None => self.find_snapshot(&req).await?,
+        };
         self.check_restorable(&snap)?;
+        let data_only = snap.manifest.scope == ateom_core::Scope::Data;
+        if data_only && req.scope == ateom_core::Scope::Full {
+            return Err(RuntimeError::Unsupported {
+                what: "a FULL restore of a DATA snapshot",
+                detail: format!(
+                    "snapshot {} holds only the durable directories; restore it with scope DATA (the workload starts fresh with them)",
+                    snap.manifest.snapshot_id
+                ),
+            });
+        }
+        if data_only || req.scope == ateom_core::Scope::Data {
+            return self.restore_data(guard, req, snap, pulled, start).await;
+        }
         faults::point("restore-before-sandbox");
         // A pulled snapshot was verified chunk by chunk on arrival. A local one is verified
         // while the backend prepares (namespaces, processes); the backend reads no file of it
@@ -653,6 +673,15 @@ impl Runtime {
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths, req.resources)?;
         let work_dir = ctx.work_dir.clone();
+        // The volumes the snapshot captured go back before the sandbox sees them.
+        if !ctx.volumes.is_empty() {
+            if let Some(task) = &verifying
+                && !task.is_finished()
+            {
+                verification.wait().await.map_err(RuntimeError::Backend)?;
+            }
+            node_agent::restore_volumes(&snap.dir, &ctx.volumes)?;
+        }
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
         let backend_start = Instant::now();
         let input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
@@ -686,6 +715,68 @@ impl Runtime {
         if started.pulled.is_some() {
             self.refresh_usage().await;
         }
+        Ok(started)
+    }
+
+    /// The node agent's restore-state (if it placed one) as a local snapshot of the actor.
+    fn import_restore_state(&self, req: &RestoreRequest) -> Result<Option<LocalSnapshot>, RuntimeError> {
+        let actor_dir = self.actor_dir(&req.actor);
+        let info = self.backend.info().clone();
+        let host = self.host.clone();
+        let spec = req.spec.redacted();
+        let actor = req.actor.clone();
+        node_agent::import_restore_state(&actor_dir, &self.snapshots, &req.actor, |id| SnapshotManifest {
+            format_version: ateom_core::MANIFEST_FORMAT_VERSION,
+            snapshot_id: id,
+            actor,
+            created_at: ateom_core::time::format_rfc3339_utc(std::time::SystemTime::now()),
+            backend: info.name,
+            runtime_version: info.runtime_version,
+            kernel_id: String::new(),
+            cpu_template: String::new(),
+            host,
+            capabilities: info.capabilities,
+            image_digests: BTreeMap::new(),
+            workload: spec,
+            provenance: BTreeMap::new(),
+            artifacts: Vec::new(),
+            scope: ateom_core::Scope::Full,
+        })
+    }
+
+    /// A DATA restore: the workload starts fresh from its image (or bundle), with the
+    /// snapshot's volumes put back first.
+    async fn restore_data(
+        &self,
+        guard: SlotGuard<'_>,
+        req: RestoreRequest,
+        snap: LocalSnapshot,
+        pulled: Option<(u64, Duration)>,
+        start: Instant,
+    ) -> Result<Started, RuntimeError> {
+        if pulled.is_none() {
+            let s = snap.clone();
+            tokio::task::spawn_blocking(move || s.verify())
+                .await
+                .map_err(task_failed("verifying snapshot"))??;
+        }
+        let spec =
+            if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
+        let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths, req.resources)?;
+        node_agent::restore_volumes(&snap.dir, &ctx.volumes)?;
+        let work_dir = ctx.work_dir.clone();
+        info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore (DATA): starting the workload fresh with its volumes");
+        let sandbox = match self.backend.run(ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = self.keep_failure(&req.actor, &work_dir, "restore", e.into());
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return Err(e);
+            }
+        };
+        let id = snap.manifest.snapshot_id.clone();
+        let mut started = self.go_live(guard, req.actor, spec, sandbox, work_dir, start, Some(id)).await?;
+        started.pulled = pulled;
         Ok(started)
     }
 

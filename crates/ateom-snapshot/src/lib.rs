@@ -728,3 +728,56 @@ fn disk_usage(path: &Path) -> u64 {
     let children = fs::read_dir(path).into_iter().flatten().flatten();
     own + children.map(|e| disk_usage(&e.path())).sum::<u64>()
 }
+
+/// Copies a directory tree (regular files, directories, symlinks as links; modes kept) from
+/// `src` into `dst`, which is created. Returns the bytes of file data copied. Device nodes,
+/// FIFOs and sockets are skipped: a durable directory holds data.
+pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dst)?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(fs::metadata(src)?.permissions().mode() & 0o7777))?;
+    let mut bytes = 0;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ty.is_dir() {
+            bytes += copy_tree(&entry.path(), &to)?;
+        } else if ty.is_file() {
+            bytes += fs::copy(entry.path(), &to)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Replaces the contents of `dst` with a copy of `src` (see [`copy_tree`]): the old contents
+/// are moved aside first and removed only once the copy is complete.
+pub fn replace_tree(src: &Path, dst: &Path) -> io::Result<u64> {
+    let aside = dst.with_file_name(format!(
+        ".{}.old-{}",
+        dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let had = dst.exists();
+    if had {
+        let _ = fs::remove_dir_all(&aside);
+        fs::rename(dst, &aside)?;
+    }
+    match copy_tree(src, dst) {
+        Ok(n) => {
+            if had {
+                let _ = fs::remove_dir_all(&aside);
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(dst);
+            if had {
+                let _ = fs::rename(&aside, dst);
+            }
+            Err(e)
+        }
+    }
+}

@@ -26,6 +26,7 @@ fn manifest(id: &SnapshotId, artifacts: Vec<Artifact>) -> SnapshotManifest {
         workload: WorkloadSpec { containers: vec![] },
         provenance: BTreeMap::new(),
         artifacts,
+        scope: ateom_core::Scope::Full,
     }
 }
 

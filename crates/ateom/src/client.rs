@@ -205,7 +205,10 @@ pub async fn checkpoint(a: CheckpointArgs) -> Result<()> {
         (Some(DestinationArg::Durable), None) => bail!("--destination durable needs --store URI"),
         (Some(DestinationArg::Local), _) => pb::SnapshotDestination::Local,
         (Some(DestinationArg::Durable), Some(_)) => pb::SnapshotDestination::Durable,
-        (None, _) => pb::SnapshotDestination::Unspecified,
+        // Always explicit: a request with none of ateom's fields follows substrate's node-agent
+        // convention (the node agent ships the files itself).
+        (None, Some(_)) => pb::SnapshotDestination::Durable,
+        (None, None) => pb::SnapshotDestination::Local,
     };
     let mut c = connect(&a.target.socket).await?;
     let req = pb::CheckpointWorkloadRequest {

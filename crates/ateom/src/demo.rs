@@ -231,6 +231,11 @@ impl Harness {
             actor_template_name: tpl,
             actor_id: id,
             snapshot_uri_prefix: store.unwrap_or_default().to_owned(),
+            destination: if store.is_some() {
+                pb::SnapshotDestination::Durable
+            } else {
+                pb::SnapshotDestination::Local
+            } as i32,
             ..Default::default()
         };
         let r =

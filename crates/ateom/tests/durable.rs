@@ -13,6 +13,7 @@ use tonic::Code;
 fn durable_checkpoint(id: &str, prefix: &str) -> ateom_proto::CheckpointWorkloadRequest {
     let mut r = checkpoint_req(id);
     r.snapshot_uri_prefix = prefix.into();
+    r.destination = ateom_proto::SnapshotDestination::Durable as i32;
     r
 }
 

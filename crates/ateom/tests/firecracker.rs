@@ -224,6 +224,7 @@ async fn durable_restore_on_a_fresh_worker_and_damaged_snapshots() {
     assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
     let mut ck = checkpoint_req("fc2");
     ck.snapshot_uri_prefix = prefix.clone();
+    ck.destination = ateom_proto::SnapshotDestination::Durable as i32;
     let ck = ca.checkpoint_workload(ck).await.expect("durable checkpoint").into_inner();
     assert!(
         ck.stored_bytes > 0 && ck.stored_bytes < 8 << 20,

@@ -448,26 +448,7 @@ async fn node_agent_bundles_run_checkpoint_and_restore() {
     let image = counter_image(tmp.path());
     let state = tmp.path().join("state");
     // Play the node agent: unpack the image into <state>/actors/<ns>:<tpl>:<id>/bundles/counter.
-    let bundle = state.join("actors/test:counter:b1/bundles/counter");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let store = ateom_image::ImageStore::new(tmp.path().join("agent-cache"));
-    let prepared = store.prepare(&ateom_core::ImageRef::parse("image", &image).unwrap()).unwrap();
-    let st =
-        std::process::Command::new("cp").arg("-a").arg(&prepared.rootfs).arg(bundle.join("rootfs")).status();
-    assert!(st.unwrap().success());
-    let opts = ateom_image::BundleOptions {
-        rootfs: bundle.join("rootfs"),
-        hostname: "b1".into(),
-        netns_path: None,
-        readonly_rootfs: false,
-    };
-    let mut spec =
-        ateom_image::runtime_spec(&prepared.config, &ateom_image::ProcessOverrides::default(), &opts)
-            .unwrap();
-    let mut root = spec.root().clone().unwrap();
-    root.set_path("rootfs".into()); // relative, as node agents write it
-    spec.set_root(Some(root));
-    ateom_image::write_bundle(&bundle, &spec).unwrap();
+    let bundle = agent_bundle(tmp.path(), &state, "b1", "counter", &image, &[]);
 
     let w = Worker::start(&state, &[]);
     let mut c = w.client().await;

@@ -147,6 +147,7 @@ async fn linux_guest_state_survives_checkpoint_and_restore_and_moves_nodes() {
     let prefix = format!("file://{}/bucket", tmp.path().display());
     let mut ck = checkpoint_req("q1");
     ck.snapshot_uri_prefix = prefix.clone();
+    ck.destination = ateom_proto::SnapshotDestination::Durable as i32;
     let ck = c.checkpoint_workload(ck).await.expect("durable checkpoint").into_inner();
     assert!(ck.stored_bytes > 0);
     let b_args = args("node-b");

@@ -5,7 +5,8 @@
 //!
 //! - `GET /` increments an in-memory counter and the number in `$COUNTER_DIR/count`, and
 //!   answers `{"memory_count":N,"file_count":M,"file_sha256":"…","pid":P}` where the hash is
-//!   of `$COUNTER_DIR/random.bin` (1 MiB of random bytes written at start) re-read now;
+//!   of `$COUNTER_DIR/random.bin` (1 MiB of random bytes written at start unless the
+//!   directory already holds one, as does `count`) re-read now;
 //! - `GET /readyz` answers `ok`; `GET /random` 16 fresh random bytes as hex; `GET /time` the
 //!   wall clock in unix milliseconds;
 //! - `GET /secret` the value `COUNTER_SECRET` had at start (kept in memory: a restore must
@@ -87,15 +88,26 @@ fn run() -> Result<(), String> {
         .map_or_else(|| PathBuf::from("/var/lib/counter"), PathBuf::from);
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
-    let mut random = vec![0u8; RANDOM_FILE_SIZE];
-    File::open(URANDOM)
-        .and_then(|mut f| f.read_exact(&mut random))
-        .map_err(|e| format!("reading {URANDOM}: {e}"))?;
+    // State already in COUNTER_DIR (a durable directory that outlived an earlier run) is kept;
+    // a fresh directory gets a new random file and a zero count.
     let random_path = dir.join("random.bin");
-    write_replace(&random_path, &random).map_err(|e| format!("writing {}: {e}", random_path.display()))?;
+    let random = match fs::read(&random_path) {
+        Ok(existing) if existing.len() == RANDOM_FILE_SIZE => existing,
+        _ => {
+            let mut random = vec![0u8; RANDOM_FILE_SIZE];
+            File::open(URANDOM)
+                .and_then(|mut f| f.read_exact(&mut random))
+                .map_err(|e| format!("reading {URANDOM}: {e}"))?;
+            write_replace(&random_path, &random)
+                .map_err(|e| format!("writing {}: {e}", random_path.display()))?;
+            random
+        }
+    };
     let digest = hex::encode(Sha256::digest(&random));
     let count_path = dir.join("count");
-    write_replace(&count_path, b"0").map_err(|e| format!("writing {}: {e}", count_path.display()))?;
+    if !count_path.is_file() {
+        write_replace(&count_path, b"0").map_err(|e| format!("writing {}: {e}", count_path.display()))?;
+    }
 
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let listener = TcpListener::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;

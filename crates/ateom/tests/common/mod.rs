@@ -84,6 +84,41 @@ pub fn counter_spec(image: &str) -> pb::WorkloadSpec {
     }
 }
 
+/// Plays substrate's node agent: unpacks `image` into
+/// `<state>/actors/test:counter:<actor>/bundles/<container>/` (rootfs + config.json with the
+/// given environment, root path relative as node agents write it). Returns the bundle dir.
+pub fn agent_bundle(
+    scratch: &Path,
+    state: &Path,
+    actor: &str,
+    container: &str,
+    image: &str,
+    env: &[(&str, &str)],
+) -> PathBuf {
+    let bundle = state.join(format!("actors/test:counter:{actor}/bundles/{container}"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let store = ateom_image::ImageStore::new(scratch.join("agent-cache"));
+    let prepared = store.prepare(&ateom_core::ImageRef::parse("image", image).unwrap()).unwrap();
+    let st = Command::new("cp").arg("-a").arg(&prepared.rootfs).arg(bundle.join("rootfs")).status();
+    assert!(st.unwrap().success());
+    let opts = ateom_image::BundleOptions {
+        rootfs: bundle.join("rootfs"),
+        hostname: actor.into(),
+        netns_path: None,
+        readonly_rootfs: false,
+    };
+    let overrides = ateom_image::ProcessOverrides {
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let mut spec = ateom_image::runtime_spec(&prepared.config, &overrides, &opts).unwrap();
+    let mut root = spec.root().clone().unwrap();
+    root.set_path("rootfs".into());
+    spec.set_root(Some(root));
+    ateom_image::write_bundle(&bundle, &spec).unwrap();
+    bundle
+}
+
 /// A real `ateom serve` child process.
 pub struct Worker {
     pub child: Child,
@@ -233,12 +268,15 @@ pub fn run_req(id: &str, image: &str) -> pb::RunWorkloadRequest {
     }
 }
 
+/// A LOCAL checkpoint, asked for explicitly (a request with none of ateom's fields follows
+/// substrate's node-agent convention instead: see tests/node_agent.rs).
 pub fn checkpoint_req(id: &str) -> pb::CheckpointWorkloadRequest {
     let (a, b, c) = actor(id);
     pb::CheckpointWorkloadRequest {
         actor_template_namespace: a,
         actor_template_name: b,
         actor_id: c,
+        destination: pb::SnapshotDestination::Local as i32,
         ..Default::default()
     }
 }
