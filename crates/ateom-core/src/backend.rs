@@ -65,6 +65,47 @@ pub struct LaunchContext {
     pub volumes: Vec<Volume>,
 }
 
+/// substrate's `runtime_asset_paths`, as a backend reads them: the binaries and images it
+/// uses instead of the worker's defaults. Keys: `runsc` (gvisor); `firecracker`, `jailer`,
+/// `kernel`, `rootfs` (firecracker); `qemu`, `kernel`, `rootfs` (qemu). Values are absolute
+/// paths. A backend refuses keys it does not know, naming the ones it does.
+pub struct AssetPaths<'a> {
+    paths: &'a BTreeMap<String, String>,
+}
+
+impl<'a> AssetPaths<'a> {
+    /// Checks that every key is one of `known` and every value an absolute path.
+    pub fn check(paths: &'a BTreeMap<String, String>, known: &[&str]) -> Result<Self, BackendError> {
+        for (k, v) in paths {
+            if !known.contains(&k.as_str()) {
+                return Err(BackendError::InvalidConfig {
+                    field: format!("runtime_asset_paths[{k:?}]"),
+                    reason: format!("this backend knows the keys {}", known.join(", ")),
+                });
+            }
+            if !v.starts_with('/') {
+                return Err(BackendError::InvalidConfig {
+                    field: format!("runtime_asset_paths[{k:?}]"),
+                    reason: format!("{v:?} must be an absolute path"),
+                });
+            }
+        }
+        Ok(Self { paths })
+    }
+
+    /// The path given for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<PathBuf> {
+        self.paths.get(key).map(PathBuf::from)
+    }
+
+    /// Records every asset used in provenance (`asset.<key>`).
+    pub fn record(&self, extra: &mut BTreeMap<String, String>) {
+        for (k, v) in self.paths {
+            extra.insert(format!("asset.{k}"), v.clone());
+        }
+    }
+}
+
 /// A durable-directory volume: a host directory mounted into one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {

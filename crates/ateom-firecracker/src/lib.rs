@@ -350,6 +350,32 @@ impl FirecrackerBackend {
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
+        // substrate's runtime_asset_paths: below the request's microvm config, above the
+        // worker's defaults.
+        let assets =
+            ateom_core::AssetPaths::check(&ctx.asset_paths, &["firecracker", "jailer", "kernel", "rootfs"])?;
+        let explicit = match &ctx.runtime {
+            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
+            _ => MicroVmConfig::default(),
+        };
+        if explicit.vmm_path.is_none()
+            && let Some(p) = assets.get("firecracker")
+        {
+            cfg.vmm_path = Some(p);
+        }
+        if explicit.kernel_image.is_none()
+            && let Some(p) = assets.get("kernel")
+        {
+            cfg.kernel_image = Some(p);
+        }
+        if explicit.rootfs_image.is_none()
+            && let Some(p) = assets.get("rootfs")
+        {
+            cfg.rootfs_image = Some(p);
+        }
+        if let Some(p) = assets.get("jailer") {
+            cfg.jailer_path = Some(p);
+        }
         if let Some(v) = ctx.volumes.first() {
             return Err(BackendError::InvalidConfig {
                 field: "spec.containers.durable_dir_volumes".into(),
@@ -465,6 +491,20 @@ impl FirecrackerBackend {
             accelerator: self.kvm.name().into(),
             ateom_init,
             image_digests,
+            assets: match snapshot {
+                Some(s) => s
+                    .manifest
+                    .provenance
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("asset."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => {
+                    let mut a = BTreeMap::new();
+                    assets.record(&mut a);
+                    a
+                }
+            },
         };
         let result = match snapshot {
             None => self.boot(&cfg, &mut vm).await,
@@ -563,6 +603,8 @@ struct Handle {
     accelerator: String,
     ateom_init: bool,
     image_digests: BTreeMap<String, String>,
+    #[serde(default)]
+    assets: BTreeMap<String, String>,
 }
 
 /// A firecracker (or jailer) process of this worker: its `--id` starts with `prefix`.
@@ -631,6 +673,7 @@ impl FirecrackerBackend {
             accelerator: h.accelerator,
             ateom_init: h.ateom_init,
             image_digests: h.image_digests,
+            assets: h.assets,
         })))
     }
 }
@@ -650,6 +693,8 @@ pub struct FcSandbox {
     /// The guest runs ateom-init: sync its clock and entropy after boot and restore.
     ateom_init: bool,
     image_digests: BTreeMap<String, String>,
+    /// `asset.<key>` provenance: the runtime_asset_paths this VM was started with.
+    assets: BTreeMap<String, String>,
 }
 
 impl FcSandbox {
@@ -699,6 +744,7 @@ impl FcSandbox {
         if let Some(n) = &self.network {
             ateom_microvm::network_to_provenance(n, &mut extra);
         }
+        extra.extend(self.assets.clone());
         BackendProvenance {
             runtime_version: self.version.clone(),
             kernel_id: self.kernel_id.clone(),
@@ -740,6 +786,7 @@ impl Sandbox for FcSandbox {
             accelerator: self.accelerator.clone(),
             ateom_init: self.ateom_init,
             image_digests: self.image_digests.clone(),
+            assets: self.assets.clone(),
         };
         SandboxHandle(serde_json::to_value(h).expect("handle serializes"))
     }

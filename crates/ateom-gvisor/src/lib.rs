@@ -177,7 +177,16 @@ impl GvisorBackend {
         ctx: LaunchContext,
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        let runsc = self.runsc_for(&ctx.runtime).await?;
+        // substrate's runtime_asset_paths may name the runsc binary (below an explicit gvisor
+        // runtime config, above the worker's default).
+        let assets = ateom_core::AssetPaths::check(&ctx.asset_paths, &["runsc"])?;
+        let runtime = match (&ctx.runtime, assets.get("runsc")) {
+            (None, Some(p)) => {
+                Some(RuntimeConfig::Gvisor(ateom_core::GvisorConfig { runsc_path: Some(p), platform: None }))
+            }
+            (r, _) => r.clone(),
+        };
+        let runsc = self.runsc_for(&runtime).await?;
         if let Some(s) = snapshot
             && s.manifest.runtime_version != runsc.version
         {

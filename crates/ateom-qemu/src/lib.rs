@@ -297,6 +297,28 @@ impl QemuBackend {
         snapshot: Option<SnapshotInput<'_>>,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         let mut cfg = self.effective(&ctx.runtime, &ctx.resources)?;
+        // substrate's runtime_asset_paths: below the request's microvm config, above the
+        // worker's defaults.
+        let assets = ateom_core::AssetPaths::check(&ctx.asset_paths, &["qemu", "kernel", "rootfs"])?;
+        let explicit = match &ctx.runtime {
+            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
+            _ => MicroVmConfig::default(),
+        };
+        if explicit.vmm_path.is_none()
+            && let Some(p) = assets.get("qemu")
+        {
+            cfg.vmm_path = Some(p);
+        }
+        if explicit.kernel_image.is_none()
+            && let Some(p) = assets.get("kernel")
+        {
+            cfg.kernel_image = Some(p);
+        }
+        if explicit.rootfs_image.is_none()
+            && let Some(p) = assets.get("rootfs")
+        {
+            cfg.rootfs_image = Some(p);
+        }
         if let Some(v) = ctx.volumes.first() {
             return Err(BackendError::InvalidConfig {
                 field: "spec.containers.durable_dir_volumes".into(),
@@ -431,6 +453,17 @@ impl QemuBackend {
             image_digests: digests,
         };
         vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline, ateom_init);
+        match snapshot {
+            // The assets a snapshot was taken with stay in its provenance.
+            Some(s) => vm.provenance.extra.extend(
+                s.manifest
+                    .provenance
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("asset."))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            ),
+            None => assets.record(&mut vm.provenance.extra),
+        }
         let result = match snapshot {
             None => self.boot(&cfg, &mut vm, ateom_init).await,
             Some(s) => self.load(s, &mut vm, ateom_init).await,

@@ -171,13 +171,11 @@ async fn a_restarted_worker_adopts_its_running_microvm() {
     let disk = console_counter_disk(tmp.path());
     let kernel = kernel.display().to_string();
     let disk_arg = disk.display().to_string();
+    // The kernel and root disk come from the request's runtime_asset_paths (substrate's way),
+    // not from the worker's defaults.
     let args = [
         "--backend",
         "qemu",
-        "--kernel",
-        &kernel,
-        "--rootfs",
-        &disk_arg,
         "--kernel-cmdline",
         "init=/init loglevel=1",
         "--ready-console-line",
@@ -188,8 +186,15 @@ async fn a_restarted_worker_adopts_its_running_microvm() {
     let state = tmp.path().join("node");
     let mut w = Worker::start(&state, &args);
     let mut c = w.client().await;
+    let mut bad = run_req("q0", "");
+    bad.spec = Some(guest_spec());
+    bad.runtime_asset_paths.insert("firecracker".into(), "/usr/bin/true".into());
+    let err = c.run_workload(bad).await.expect_err("an unknown asset key");
+    assert!(err.message().contains("qemu, kernel, rootfs"), "{}", err.message());
     let mut req = run_req("q1", "");
     req.spec = Some(guest_spec());
+    req.runtime_asset_paths.insert("kernel".into(), kernel.clone());
+    req.runtime_asset_paths.insert("rootfs".into(), disk_arg.clone());
     let run = c.run_workload(req).await.expect("boot").into_inner();
     assert_eq!(drive(&run.console, 3).await, vec![1, 2, 3]);
     // Confined: not root, seccomp on, chrooted into its work directory.
@@ -219,6 +224,11 @@ async fn a_restarted_worker_adopts_its_running_microvm() {
     assert_eq!(drive(&caps.console, 1).await, vec![4], "the adopted guest's RAM state continues");
     let ck =
         c2.checkpoint_workload(checkpoint_req("q1")).await.expect("checkpoint the adopted VM").into_inner();
+    assert_eq!(
+        ck.manifest.as_ref().unwrap().provenance["asset.kernel"],
+        kernel,
+        "assets are recorded in provenance"
+    );
     assert_eq!(qemu_processes(&w2), 0);
     let r = c2.restore_workload(restore_req("q1")).await.expect("restore").into_inner();
     assert_eq!(r.snapshot_id, ck.manifest.unwrap().snapshot_id);
