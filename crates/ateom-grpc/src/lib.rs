@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod status;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

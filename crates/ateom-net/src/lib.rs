@@ -30,6 +30,7 @@ mod exec;
 mod forward;
 mod netlink;
 mod netns;
+pub mod tls_front;
 mod topology;
 
 pub use dialer::NetnsDialer;

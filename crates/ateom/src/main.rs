@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "ateom — a sandbox runtime for stateful, mostly idle workloads";
@@ -235,7 +235,32 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = OnExitArg::Keep)]
     on_exit: OnExitArg,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     worker: WorkerArgs,
+}
+
+/// Serving other hosts: gRPC and the workload's endpoint over TCP, both with mutual TLS.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Other hosts (mutual TLS)")]
+struct TlsArgs {
+    /// Also serve gRPC on this TCP address (e.g. 169.254.10.2:7443), with mutual TLS: clients
+    /// must present a certificate signed by --tls-ca.
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_ca"])]
+    listen_tcp: Option<SocketAddr>,
+    /// Serve the running workload to other hosts on this TCP address, with the same mutual TLS
+    /// (a router elsewhere reaches it here; the loopback endpoint stays for this host).
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_ca"])]
+    forward_tls: Option<SocketAddr>,
+    /// This worker's certificate (PEM; its names must include the address clients use).
+    #[arg(long, env = "ATEOM_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "ATEOM_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs the clients allowed in (PEM).
+    #[arg(long, env = "ATEOM_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -275,7 +300,44 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let mut tcp = None;
+    let mut front = None;
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls.tls_cert, &args.tls.tls_key, &args.tls.tls_ca) {
+        let files = ateom_grpc::tls::TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+        let config = ateom_grpc::tls::server_config(&files)?;
+        if let Some(addr) = args.tls.forward_tls {
+            let front_config = ateom_grpc::tls::front_config(&files)?;
+            let f = ateom_net::tls_front::TlsFront::start(addr, front_config, runtime.host_endpoint())
+                .await
+                .with_context(|| format!("listening on {addr} for the workload's endpoint"))?;
+            tracing::info!(endpoint = %f.local_addr(), "the workload is served to other hosts with mutual TLS");
+            front = Some(f);
+        }
+        if let Some(addr) = args.tls.listen_tcp {
+            let mut stop = stop_rx.clone();
+            let rt = runtime.clone();
+            tcp = Some(tokio::spawn(async move {
+                ateom_grpc::tls::serve_tcp(addr, rt, config, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            }));
+        }
+    }
     let served = ateom_grpc::serve_unix(&args.socket, runtime.clone(), shutdown).await;
+    if let Some(t) = tcp {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the TCP listener ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "the TCP listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    drop(front);
     runtime
         .shutdown(match args.on_exit {
             OnExitArg::Keep => ateom_runtime::OnExit::Keep,
