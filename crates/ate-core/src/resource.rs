@@ -808,9 +808,8 @@ spec: { template: counter }
         }
         let y = EXAMPLE.replace("socket: /run/ateom/w1.sock", "socket: \"/run/\\0w1.sock\"");
         assert!(parse_resources(&y).unwrap_err().to_string().contains("spec.workers[0].socket"));
-        let y = EXAMPLE
-            .replace("path: /readyz", "path: /readyz")
-            .replace("{ httpGet: { port: 8080 } }", "{ httpGet: { path: \"x\\ny\", port: 8080 } }");
+        let y =
+            EXAMPLE.replace("{ httpGet: { port: 8080 } }", "{ httpGet: { path: \"x\\ny\", port: 8080 } }");
         assert!(parse_resources(&y).unwrap_err().to_string().contains("httpGet.path"));
     }
 

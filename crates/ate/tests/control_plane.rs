@@ -494,21 +494,20 @@ async fn redis_two_replicas_share_the_actors() {
     let lab = Lab::start(StoreKind::Redis, 3);
     lab.apply_counter(None);
     let names = lab.create_actors(8);
-    let redis = lab.redis.as_ref().unwrap().url.clone();
-    let args: Vec<String> = [
-        "--redis",
-        &redis,
-        "--router",
-        "127.0.0.1:0",
-        "--api",
-        "127.0.0.1:0",
-        "--replica-id",
-        "test-b",
-        "--resume-timeout",
-        "60s",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mut args = lab.store_args.clone(); // --redis URL --data-dir DIR (the same tokens)
+    args.extend(
+        [
+            "--router",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--replica-id",
+            "test-b",
+            "--resume-timeout",
+            "60s",
+        ]
+        .map(str::to_owned),
+    );
     let mut b = Serve::start(&args, &lab.dir.path().join("ate-b.log"));
     let routers = [lab.serve.router, b.router];
     let apis = [lab.serve.api.clone(), b.api.clone()];

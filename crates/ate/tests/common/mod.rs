@@ -70,6 +70,9 @@ pub struct Serve {
     pub router: SocketAddr,
     pub api: ApiClient,
     pub api_addr: String,
+    /// The admin token's file (None: `--insecure-no-auth`).
+    pub token_file: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -97,11 +100,15 @@ impl Serve {
             panic!("ate serve did not start: {line:?}\n{}", std::fs::read_to_string(log).unwrap_or_default())
         });
         let api_addr = v["api"].as_str().unwrap().to_owned();
+        let token_file = v["admin_token_file"].as_str().map(PathBuf::from);
+        let token = token_file.as_ref().map(|f| ate::auth::read_token(f).expect("admin token file"));
         Serve {
             child,
             router: v["router"].as_str().unwrap().parse().unwrap(),
-            api: ApiClient::new(&api_addr),
+            api: ApiClient::with_token(&api_addr, token),
             api_addr,
+            token_file,
+            metrics_addr: v["metrics"].as_str().map(|m| m.parse().unwrap()),
             args: args.to_vec(),
             log: log.to_owned(),
         }
@@ -141,11 +148,12 @@ impl Serve {
 
     /// Runs the `ate` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ate"))
-            .args(["--api", &self.api_addr])
-            .args(args)
-            .output()
-            .expect("running ate");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ate"));
+        cmd.args(["--api", &self.api_addr]);
+        if let Some(t) = &self.token_file {
+            cmd.arg("--token-file").arg(t);
+        }
+        let out = cmd.args(args).output().expect("running ate");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -192,7 +200,8 @@ impl Lab {
             .collect();
         let bucket = dir.path().join("bucket");
         let location = format!("file://{}/counter", bucket.display());
-        let (redis, store_args) = match store {
+        let data = ["--data-dir".to_owned(), dir.path().join("data").display().to_string()];
+        let (redis, mut store_args) = match store {
             StoreKind::Sqlite => {
                 (None, vec!["--db".to_owned(), dir.path().join("ate.db").display().to_string()])
             }
@@ -202,6 +211,8 @@ impl Lab {
                 (Some(r), args)
             }
         };
+        // Replicas share the data directory, so the same tokens.
+        store_args.extend(data);
         let mut args = store_args.clone();
         args.extend(
             ["--router", "127.0.0.1:0", "--replica-id", "test", "--resume-timeout", "60s"].map(str::to_owned),
