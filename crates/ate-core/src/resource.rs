@@ -379,7 +379,8 @@ impl Resource {
 
     fn validate(&self, doc: usize) -> Result<(), ResourceError> {
         let kind = self.kind();
-        let name = self.name().to_owned();
+        // Named in errors: bounded (a megabyte of name is not echoed back).
+        let name: String = self.name().chars().take(MAX_NAME_LEN + 1).collect();
         let invalid = |field: &str, problem: String| ResourceError::Invalid {
             doc,
             kind,
@@ -602,8 +603,12 @@ where
     let unknown_err = |kind: &'static str, name: &str, unknown: Vec<String>| ResourceError::Invalid {
         doc,
         kind,
-        name: name.to_owned(),
-        field: unknown.join(", "),
+        name: name.chars().take(MAX_NAME_LEN + 1).collect(),
+        field: if unknown.len() > 8 {
+            format!("{} (and {} more)", unknown[..8].join(", "), unknown.len() - 8)
+        } else {
+            unknown.join(", ")
+        },
         problem: "is not a known field".into(),
     };
     match kind {

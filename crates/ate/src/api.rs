@@ -476,13 +476,18 @@ pub async fn serve_metrics(listener: TcpListener, ctl: Arc<Controller>, http: Ht
 }
 
 pub async fn metrics_text(ctl: &Controller) -> String {
-    match ctl.gauges().await {
+    let mut text = match ctl.gauges().await {
         Ok((actors, workers)) => ctl.metrics.render(&actors, &workers),
         Err(e) => format!(
             "# gauges unavailable: {e}\n{}",
             ctl.metrics.render(&Default::default(), &Default::default())
         ),
-    }
+    };
+    text.push_str(&format!(
+        "# HELP ate_actor_gates Per-actor gates held by this process (bounded by the actors that exist).\n# TYPE ate_actor_gates gauge\nate_actor_gates {}\n",
+        ctl.gate_count()
+    ));
+    text
 }
 
 fn view(a: ate_core::Versioned<ate_core::Actor>) -> Value {

@@ -208,9 +208,10 @@ struct ServeArgs {
     /// The router's deadline for a workload's response head.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     upstream_timeout: Duration,
-    /// A request body through the router that stalls this long ends the request.
+    /// A request body must arrive within this long at the API (408), and through the router
+    /// a body that stalls this long ends the request.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    router_body_timeout: Duration,
+    body_timeout: Duration,
     /// Largest request body through the router (413 beyond). Bodies are streamed.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     router_max_body: u64,
@@ -441,7 +442,7 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
         auth,
         api_limits: ApiLimits {
             max_body: usize::try_from(a.max_body).unwrap_or(usize::MAX),
-            ..ApiLimits::default()
+            body_timeout: a.body_timeout,
         },
         http: http.clone(),
         router_cfg: RouterConfig {
@@ -449,7 +450,7 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
             http,
             upstream_connect_timeout: a.upstream_connect_timeout,
             upstream_timeout: a.upstream_timeout,
-            body_idle_timeout: a.router_body_timeout,
+            body_idle_timeout: a.body_timeout,
             max_body: a.router_max_body,
             max_resumes_per_client: a.max_resumes_per_client,
             ..RouterConfig::default()

@@ -264,12 +264,12 @@ async fn route(
     ctx: &Ctx,
 ) -> Result<Response<RouterBody>, RouteError> {
     let cfg = &ctx.cfg;
-    let host = host_of(&req)?;
-    let actor = actor_of_host(&host, &cfg.suffix).ok_or(RouteError::NoActor)?;
     let size = req.body().size_hint().exact();
     if size.is_some_and(|n| n > cfg.max_body) {
         return Err(RouteError::TooLarge);
     }
+    let host = host_of(&req)?;
+    let actor = actor_of_host(&host, &cfg.suffix).ok_or(RouteError::NoActor)?;
     // RUNNING already: no resume, nothing counted against the client.
     let mut inflight = match ctx.ctl.enter_running(&actor).await {
         Some(i) => Some(i),

@@ -6,6 +6,8 @@
 //! binary, built with `cargo build -p ateom` once if it is missing.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -299,4 +301,74 @@ pub async fn get(router: SocketAddr, actor: &str) -> anyhow::Result<(u16, String
 
 pub fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
+}
+
+/// An `ate serve` with its own SQLite store and data directory under `dir`, no workers,
+/// loopback router/API/metrics on free ports, and `extra` arguments.
+pub fn serve_in(dir: &Path, extra: &[&str]) -> Serve {
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--db".into(),
+        dir.join("ate.db").display().to_string(),
+        "--router".into(),
+        "127.0.0.1:0".into(),
+        "--api".into(),
+        "127.0.0.1:0".into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+        "--replica-id".into(),
+        "t".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Serve::start(&args, &dir.join("ate.log"))
+}
+
+/// Polls `f` every 100 ms until it gives Some, for at most `secs` seconds.
+pub async fn wait_for<T, F, Fut>(secs: u64, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pool of one worker at `socket` and a template on it (golden snapshots under
+/// `location`), as YAML.
+pub fn pool_and_template(
+    pool: &str,
+    worker: &str,
+    socket: &Path,
+    template: &str,
+    location: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "kind: WorkerPool\nmetadata: {{ name: {pool} }}\nspec:\n  workers:\n    - {{ name: {worker}, socket: \"{}\" }}\n---\nkind: ActorTemplate\nmetadata: {{ name: {template} }}\nspec:\n  pool: {pool}\n  containers:\n    - name: c\n      image: \"oci-layout:/nonexistent:latest\"\n  snapshot: {{ location: \"{location}\" }}\n{extra}",
+        socket.display()
+    )
+}
+
+/// The template's golden status once it is no longer pending/building (or after `secs`).
+pub async fn golden_settled(serve: &Serve, template: &str, secs: u64) -> serde_json::Value {
+    let api = serve.api.clone();
+    wait_for(secs, || {
+        let api = api.clone();
+        async move {
+            let ts = api.call(hyper::Method::GET, "/v1/templates", None).await.ok()?;
+            let t = ts.as_array()?.iter().find(|t| t["name"] == template)?.clone();
+            matches!(t["golden"]["status"].as_str(), Some("READY" | "FAILED")).then_some(t)
+        }
+    })
+    .await
+    .unwrap_or(serde_json::Value::Null)
 }
