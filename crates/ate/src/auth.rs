@@ -60,6 +60,10 @@ pub enum TokenError {
     Symlink { path: PathBuf },
     #[error("the admin and read tokens must differ ({admin} and {read} hold the same token)")]
     SameToken { admin: PathBuf, read: PathBuf },
+    #[error(
+        "{path} is a shared directory (world-writable or sticky, like /tmp); ate keeps secrets in its data directory: give --data-dir a directory of its own"
+    )]
+    SharedDir { path: PathBuf },
 }
 
 /// Shortest token accepted from a file.
@@ -157,6 +161,10 @@ pub fn private_dir(dir: &Path) -> Result<(), TokenError> {
         Ok(m) if m.file_type().is_symlink() => Err(TokenError::Symlink { path: dir.to_owned() }),
         Ok(m) => {
             let mode = m.permissions().mode() & 0o7777;
+            // Never narrow a directory others legitimately share (/tmp, /var/tmp).
+            if mode & 0o1000 != 0 || mode & 0o002 != 0 {
+                return Err(TokenError::SharedDir { path: dir.to_owned() });
+            }
             if mode & 0o077 != 0 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .map_err(|e| io("narrowing", e))?;
@@ -326,5 +334,17 @@ mod tests {
         assert!(matches!(given.load(), Err(TokenError::Unusable { .. })));
         let given = TokenFiles { admin: Some(files.read_path()), ..files.clone() };
         assert!(matches!(given.load(), Err(TokenError::SameToken { .. })));
+        // A shared directory is never narrowed, and refused.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(private_dir(&shared), Err(TokenError::SharedDir { .. })));
+        assert_eq!(mode(&shared), 0o777);
+        // A group-readable one of ate's own is narrowed.
+        let own = dir.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&own).unwrap();
+        assert_eq!(mode(&own), 0o700);
     }
 }

@@ -139,7 +139,12 @@ impl Lab {
             }),
             api_limits: Default::default(),
             http: Default::default(),
-            router_cfg: crate::router::RouterConfig { suffix: SUFFIX.into(), ..Default::default() },
+            // One local client drives all the traffic here: no per-client resume cap.
+            router_cfg: crate::router::RouterConfig {
+                suffix: SUFFIX.into(),
+                max_resumes_per_client: usize::MAX,
+                ..Default::default()
+            },
         })
         .await?;
         let refs: Vec<&WorkerProc> = workers.iter().collect();

@@ -215,7 +215,7 @@ struct ServeArgs {
     /// Largest request body through the router (413 beyond). Bodies are streamed.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     router_max_body: u64,
-    /// Requests from one peer address waiting for actors to resume at once (429 beyond).
+    /// Actors one peer address may wait on to resume at once (429 for another beyond).
     #[arg(long, default_value_t = 8)]
     max_resumes_per_client: usize,
     /// Snapshot signing key (repeatable; the format of `ateom snapshots keygen`). Every
@@ -409,6 +409,12 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
         None => StoreConfig::Sqlite(a.db.unwrap_or_else(|| data_dir.join("ate.db"))),
     };
     let resources = a.config.map(std::fs::read_to_string).transpose()?;
+    for k in &a.snapshot_key_files {
+        // A key file is a secret: narrowed to 0600 if others may read it (logged).
+        if let Err(e) = ate::auth::private_file(k) {
+            tracing::warn!(error = %e, "snapshot key file");
+        }
+    }
     let signing = if a.snapshot_key_files.is_empty() {
         None
     } else {

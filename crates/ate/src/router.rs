@@ -21,15 +21,17 @@
 //!   [`RouterConfig::body_idle_timeout`] ends the request;
 //! * upstream: connect within [`RouterConfig::upstream_connect_timeout`], response head
 //!   within [`RouterConfig::upstream_timeout`] (504);
-//! * resumes: at most [`RouterConfig::max_resumes_per_client`] requests per peer address
-//!   waiting for an actor to resume (429 with `Retry-After`);
+//! * resumes: one peer address waits for at most [`RouterConfig::max_resumes_per_client`]
+//!   actors to resume at once (429 with `Retry-After` for another actor; more requests for
+//!   an actor it already waits on join that wait);
 //! * per-Host state: a Host that names no actor allocates nothing (no gate, no map entry).
 //!
 //! Errors the router answers itself have fixed bodies naming nothing internal (no worker,
 //! path, store URI or reason text); the reason is counted in `ate_router_errors_total` and
 //! logged.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,7 +46,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::controller::{Controller, CtlError, Inflight};
-use crate::http::{Handler, HttpBody, Limits as HttpLimits, OnEvent, PeerCounts};
+use crate::http::{Handler, HttpBody, Limits as HttpLimits, OnEvent};
 
 pub type RouterBody = HttpBody;
 
@@ -65,7 +67,7 @@ pub struct RouterConfig {
     pub max_body: u64,
     /// Bodies up to this size are buffered (and can be re-sent).
     pub buffer_limit: u64,
-    /// Requests of one peer address waiting for resumes at once.
+    /// Actors one peer address waits on to resume at once.
     pub max_resumes_per_client: usize,
 }
 
@@ -193,16 +195,66 @@ pub fn actor_of_host(host: &str, suffix: &str) -> Option<String> {
         .then(|| actor.to_owned())
 }
 
+/// Actors each peer address is waiting on to resume. Requests for an actor the peer already
+/// waits on join that wait (one resume however many requests); a new actor counts against
+/// [`RouterConfig::max_resumes_per_client`]. An entry lives only while a request waits.
+#[derive(Default)]
+pub struct ResumeSlots(std::sync::Mutex<HashMap<IpAddr, HashMap<String, usize>>>);
+
+/// One request waiting for a resume; dropping it ends the wait.
+pub struct ResumeSlot {
+    table: Arc<ResumeSlots>,
+    ip: IpAddr,
+    actor: String,
+}
+
+impl ResumeSlots {
+    pub fn try_take(self: &Arc<Self>, ip: IpAddr, actor: &str, max: usize) -> Option<ResumeSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let actors = m.entry(ip).or_default();
+        if !actors.contains_key(actor) && actors.len() >= max {
+            if actors.is_empty() {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *actors.entry(actor.to_owned()).or_default() += 1;
+        Some(ResumeSlot { table: self.clone(), ip, actor: actor.to_owned() })
+    }
+
+    /// Peer addresses with a request waiting.
+    pub fn peers(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for ResumeSlot {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(actors) = m.get_mut(&self.ip) {
+            if let Some(n) = actors.get_mut(&self.actor) {
+                *n -= 1;
+                if *n == 0 {
+                    actors.remove(&self.actor);
+                }
+            }
+            if actors.is_empty() {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The router's shared state.
 struct Ctx {
     ctl: Arc<Controller>,
     cfg: RouterConfig,
-    resumes: Arc<PeerCounts>,
+    resumes: Arc<ResumeSlots>,
 }
 
 /// Serves the router on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, ctl: Arc<Controller>, cfg: RouterConfig) {
-    let ctx = Arc::new(Ctx { ctl: ctl.clone(), cfg: cfg.clone(), resumes: Arc::new(PeerCounts::default()) });
+    let ctx = Arc::new(Ctx { ctl: ctl.clone(), cfg: cfg.clone(), resumes: Arc::new(ResumeSlots::default()) });
     let on_event: OnEvent = Arc::new(move |ev| ctl.metrics.http_event("router", ev));
     let handler: Handler = Arc::new(move |req, peer| {
         let ctx = ctx.clone();
@@ -276,7 +328,7 @@ async fn route(
         None => {
             let _slot = ctx
                 .resumes
-                .try_take(peer.ip(), cfg.max_resumes_per_client)
+                .try_take(peer.ip(), &actor, cfg.max_resumes_per_client)
                 .ok_or(RouteError::TooManyResumes)?;
             Some(ctx.ctl.acquire(&actor).await?)
         }
@@ -458,6 +510,22 @@ impl Body for GuardedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_slots_count_distinct_actors_per_peer_and_forget_them() {
+        let slots = Arc::new(ResumeSlots::default());
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let s1 = slots.try_take(a, "x", 2).unwrap();
+        let same: Vec<_> = (0..10).map(|_| slots.try_take(a, "x", 2).unwrap()).collect();
+        let s2 = slots.try_take(a, "y", 2).unwrap();
+        assert!(slots.try_take(a, "z", 2).is_none(), "a third actor for the same peer");
+        let other = slots.try_take(b, "z", 2).unwrap();
+        drop((s1, same));
+        let s3 = slots.try_take(a, "z", 2).unwrap();
+        assert_eq!(slots.peers(), 2);
+        drop((s2, s3, other));
+        assert_eq!(slots.peers(), 0, "nothing kept once no request waits");
+    }
 
     #[test]
     fn hosts_name_actors() {

@@ -1087,3 +1087,45 @@ async fn a_full_worker_keeps_its_workload_and_gets_no_new_placements() {
     drop(lab);
     drop(tmpfs);
 }
+
+/// Signed snapshots end to end: workers and `ate serve` share a key (`--snapshot-key-file`).
+/// The golden snapshot the worker signed verifies at ate (READY), an actor resumes from it
+/// and suspends into a signed durable snapshot; once that snapshot's index loses its
+/// signature, the next resume is refused at placement (CRASHED, "not signed") and `ate
+/// resume` after restoring the signature brings the actor back with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_snapshots_are_verified_at_placement() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED signed_snapshots_are_verified_at_placement: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("snapshots.key");
+    fake::keygen(&key);
+    let k = vec!["--snapshot-key-file".to_owned(), key.display().to_string()];
+    let lab = Lab::start_with(StoreKind::Sqlite, 1, &k, &k);
+    lab.apply_counter(None);
+    let names = lab.create_actors(1);
+    let a = &names[0];
+    let mut expected = HashMap::new();
+    traffic(lab.serve.router, &names, &mut expected, 1).await;
+    suspend(&lab, a).await;
+    let d = actor(&lab, a).await.actor.durable.unwrap();
+    let path = index_path(&lab, a, &d.snapshot_id);
+    let signed = std::fs::read(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+    assert!(v.get("signature").is_some_and(|s| !s.is_null()), "the worker signs its durable snapshots: {v}");
+    v.as_object_mut().unwrap().remove("signature");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let (status, body) = get(lab.serve.router, a).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let crashed = actor(&lab, a).await;
+    assert_eq!(crashed.actor.state, ActorState::Crashed);
+    let reason = crashed.actor.reason.unwrap_or_default();
+    assert!(reason.contains("not signed"), "{reason}");
+    // The signature back: `ate resume` restores exactly that snapshot, state intact.
+    std::fs::write(&path, &signed).unwrap();
+    lab.serve.api.action(a, "resume").await.unwrap();
+    traffic(lab.serve.router, &names, &mut expected, 1).await;
+}

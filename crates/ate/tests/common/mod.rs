@@ -186,16 +186,27 @@ pub struct Lab {
 
 impl Lab {
     pub fn start(store: StoreKind, n_workers: usize) -> Lab {
+        Self::start_with(store, n_workers, &[], &[])
+    }
+
+    /// [`Lab::start`] with extra arguments for every `ateom serve` and for `ate serve`.
+    pub fn start_with(
+        store: StoreKind,
+        n_workers: usize,
+        worker_args: &[String],
+        serve_args: &[String],
+    ) -> Lab {
         let dir = tempfile::Builder::new().prefix("ate-test-").tempdir().unwrap();
         let ateom = ateom_bin();
         let image = ate::cluster::pack_counter(&ateom, &dir.path().join("counter-image")).unwrap();
         let workers: Vec<WorkerProc> = (1..=n_workers)
             .map(|i| {
-                WorkerProc::start(
+                WorkerProc::start_with(
                     &ateom,
                     &dir.path().join(format!("w{i}")),
                     &format!("w{i}"),
                     &format!("node-{i}"),
+                    worker_args,
                 )
                 .unwrap()
             })
@@ -220,6 +231,7 @@ impl Lab {
             ["--router", "127.0.0.1:0", "--replica-id", "test", "--resume-timeout", "60s"].map(str::to_owned),
         );
         args.extend(["--api".to_owned(), "127.0.0.1:0".to_owned()]);
+        args.extend(serve_args.iter().cloned());
         let serve = Serve::start(&args, &dir.path().join("ate.log"));
         Lab { workers, serve, image, bucket, location, redis, store_args, dir }
     }
