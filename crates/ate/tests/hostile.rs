@@ -1358,3 +1358,77 @@ async fn snapshots_must_verify_at_placement() {
     }
     cases.finish("snapshots_must_verify_at_placement", &mut serve).await;
 }
+
+// ------------------------------------------------------------------------ CLI and files
+
+/// Where the secrets live and how the CLI finds the admin token: the data directory and
+/// token files are private, the database too; the CLI without a token is refused, with
+/// `ATE_TOKEN`, `--token-file` or `--data-dir` it gets in with that token's role; a restart
+/// keeps the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tokens_and_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    let mut serve = serve_in(dir.path(), &[]);
+    let (admin, _) = tokens(&serve, dir.path());
+    let mut cases = Cases::default();
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    for (name, path, want) in [
+        ("data-dir", dir.path().join("data"), 0o700),
+        ("tokens-dir", dir.path().join("data/tokens"), 0o700),
+        ("admin-token", dir.path().join("data/tokens/admin"), 0o600),
+        ("read-token", dir.path().join("data/tokens/read"), 0o600),
+        ("database", dir.path().join("ate.db"), 0o600),
+        ("database-wal", dir.path().join("ate.db-wal"), 0o600),
+    ] {
+        let m = mode(&path);
+        cases.add(format!("files.{name}"), m == want, 0, 0, format!("mode={m:o} want={want:o}"));
+    }
+    let empty = dir.path().join("elsewhere");
+    std::fs::create_dir(&empty).unwrap();
+    let run = |api: &str, args: &[&str], envs: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ate"));
+        c.env_remove("ATE_TOKEN").env_remove("ATE_TOKEN_FILE").env("ATE_DATA_DIR", &empty);
+        c.args(["--api", api]).args(args);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let api = serve.api_addr.clone();
+    let cli = |args: &[&str], envs: &[(&str, &str)]| run(&api, args, envs);
+    let (ok, err) = cli(&["get", "actors"], &[]);
+    cases.add(
+        "cli.no-token",
+        !ok && err.contains("401"),
+        0,
+        u32::from(ok),
+        format!("ok={ok} stderr={:?}", err.trim()),
+    );
+    let (ok, err) = cli(&["get", "actors"], &[("ATE_TOKEN", "0123456789abcdef0123")]);
+    cases.add("cli.wrong-token", !ok && err.contains("401"), 0, u32::from(ok), format!("ok={ok}"));
+    let (ok, err) = cli(&["get", "actors"], &[("ATE_TOKEN", &admin)]);
+    cases.add("cli.ate-token", ok, 0, 0, format!("ok={ok} stderr={:?}", err.trim()));
+    let data = dir.path().join("data").display().to_string();
+    let (ok, err) = cli(&["--data-dir", &data, "get", "workers"], &[]);
+    cases.add("cli.data-dir-default-token", ok, 0, 0, format!("ok={ok} stderr={:?}", err.trim()));
+    let read_file = dir.path().join("data/tokens/read").display().to_string();
+    let (ok, err) = cli(&["--token-file", &read_file, "get", "actors"], &[]);
+    cases.add("cli.read-token-file.get", ok, 0, 0, format!("ok={ok} stderr={:?}", err.trim()));
+    let pool = dir.path().join("pool.yaml");
+    std::fs::write(&pool, "kind: WorkerPool\nmetadata: { name: p }\nspec:\n  workers:\n    - { name: w, socket: /run/w.sock }\n").unwrap();
+    let (ok, err) = cli(&["--token-file", &read_file, "apply", "-f", pool.to_str().unwrap()], &[]);
+    cases.add(
+        "cli.read-token-file.apply",
+        !ok && err.contains("403"),
+        0,
+        u32::from(ok),
+        format!("ok={ok} stderr={:?}", err.trim()),
+    );
+    // A restart keeps the tokens.
+    serve.restart();
+    let (ok, _) = run(&serve.api_addr, &["get", "actors"], &[("ATE_TOKEN", &admin)]);
+    cases.add("cli.token-survives-restart", ok, 0, 0, format!("ok={ok}"));
+    cases.finish("cli_tokens_and_private_files", &mut serve).await;
+}
