@@ -17,7 +17,7 @@
 //! | `POST /v1/actors/<name>/resume\|pause\|suspend` | admin | explicit transitions (resume also retries a CRASHED actor; with body `{"from_snapshot": ID}` it restores exactly that snapshot, possibly older state) |
 //! | `GET /v1/actors/<name>/snapshots` | read | the actor's snapshots that exist: local on each worker (complete or quarantined), durable, golden; newest first, with ages |
 //! | `DELETE /v1/actors/<name>` | admin | delete it and its durable snapshots |
-//! | `GET /v1/workers`, `GET /v1/templates`, `GET /v1/pools` | read | the rest of the state |
+//! | `GET /v1/workers`, `GET /v1/templates`, `GET /v1/pools` | read | the rest of the state (environment values of templates only for the admin token) |
 //! | `GET /metrics` | read | Prometheus text (also served without a token, and nothing else, on `--metrics ADDR`) |
 //! | `GET /healthz` | read | `ok` |
 //!
@@ -282,7 +282,7 @@ async fn handle(
     limits: ApiLimits,
 ) -> Response<HttpBody> {
     let r = match check(req, &auth, &limits).await {
-        Ok((route, name, body)) => dispatch(route, name, body, &ctl).await,
+        Ok((route, role, name, body)) => dispatch(route, role, name, body, &ctl).await,
         Err(refusal) => {
             debug!(error = %refusal, "API request refused");
             refusal.response()
@@ -296,7 +296,7 @@ async fn check(
     req: Request<Incoming>,
     auth: &Auth,
     limits: &ApiLimits,
-) -> Result<(RouteId, String, Bytes), Refusal> {
+) -> Result<(RouteId, Role, String, Bytes), Refusal> {
     let role = auth.authenticate(req.headers())?;
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -310,7 +310,7 @@ async fn check(
         return Err(Refusal::Forbidden { method: req.method().clone() });
     }
     if !has_body(&req) {
-        return Ok((route.id, name, Bytes::new()));
+        return Ok((route.id, role, name, Bytes::new()));
     }
     if let Some(n) = req.body().size_hint().exact()
         && n > limits.max_body as u64
@@ -334,10 +334,16 @@ async fn check(
         });
     }
     let body = read_body(req.into_body(), limits).await?;
-    Ok((route.id, name, body))
+    Ok((route.id, role, name, body))
 }
 
-async fn dispatch(route: RouteId, name: String, body: Bytes, ctl: &Arc<Controller>) -> Response<HttpBody> {
+async fn dispatch(
+    route: RouteId,
+    role: Role,
+    name: String,
+    body: Bytes,
+    ctl: &Arc<Controller>,
+) -> Response<HttpBody> {
     let name = name.as_str();
     let r: Result<(StatusCode, Value), CtlError> = async {
         match route {
@@ -414,7 +420,13 @@ async fn dispatch(route: RouteId, name: String, body: Bytes, ctl: &Arc<Controlle
                 Ok((StatusCode::OK, serde_json::to_value(workers(ctl).await?).unwrap_or_default()))
             }
             RouteId::Templates => {
-                let t: Vec<_> = ctl.templates().await?.into_iter().map(|t| t.value).collect();
+                let mut t: Vec<_> = ctl.templates().await?.into_iter().map(|t| t.value).collect();
+                if role < Role::Admin {
+                    // Environment values may be secrets: only the admin token sees them.
+                    for c in t.iter_mut().flat_map(|t| t.spec.containers.iter_mut()) {
+                        c.env.values_mut().for_each(|v| *v = "<redacted>".into());
+                    }
+                }
                 Ok((StatusCode::OK, serde_json::to_value(t).unwrap_or_default()))
             }
             RouteId::Pools => {

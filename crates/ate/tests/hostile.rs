@@ -14,7 +14,9 @@
 //!   on an admin route) that got past authentication/authorization;
 //! * `crashes`: `ate serve` died, stopped answering, or logged a panic.
 //!
-//! Every test ends with a `<test>.serve-alive` case and fails if any of its cases failed.
+//! Each line starts with a newline of its own, so that it begins a line even after cargo's
+//! `test <name> ... ` under `--nocapture`. Every test ends with a `<test>.serve-alive` case
+//! and fails if any of its cases failed.
 //! Run: `cargo test -p ate --test hostile -- --nocapture --test-threads=1 | grep '^CASE '`.
 
 mod common;
@@ -55,7 +57,7 @@ impl Cases {
     ) {
         let c = Case { name: name.into(), passed, escapes, unauth, crashes: 0, detail: detail.into() };
         println!(
-            "CASE {} {} escapes={} unauthenticated_accepted={} crashes={} {}",
+            "\nCASE {} {} escapes={} unauthenticated_accepted={} crashes={} {}",
             c.name,
             if c.passed { "passed" } else { "failed" },
             c.escapes,
@@ -82,7 +84,7 @@ impl Cases {
             detail: format!("process_alive={alive} healthz={health} panic_in_log={panicked}"),
         };
         println!(
-            "CASE {} {} escapes=0 unauthenticated_accepted=0 crashes={} {}",
+            "\nCASE {} {} escapes=0 unauthenticated_accepted=0 crashes={} {}",
             c.name,
             if c.passed { "passed" } else { "failed" },
             c.crashes,
@@ -1425,6 +1427,20 @@ async fn cli_tokens_and_private_files() {
         0,
         u32::from(ok),
         format!("ok={ok} stderr={:?}", err.trim()),
+    );
+    // Template environment values may be secrets: the read token does not see them.
+    let t = "kind: ActorTemplate\nmetadata: { name: t }\nspec:\n  pool: p\n  containers:\n    - { name: c, env: { API_KEY: hunter2-secret } }\n  snapshot: { location: \"file:///nonexistent\" }\n";
+    serve.api.apply(t).await.unwrap();
+    let read = ate::auth::read_token(Path::new(&read_file)).unwrap();
+    let as_read = ate::api::ApiClient::with_token(&serve.api_addr, Some(read));
+    let shown = as_read.call(Method::GET, "/v1/templates", None).await.unwrap().to_string();
+    let to_admin = serve.api.call(Method::GET, "/v1/templates", None).await.unwrap().to_string();
+    cases.add(
+        "api.read-token-sees-no-env-values",
+        !shown.contains("hunter2") && shown.contains("API_KEY") && to_admin.contains("hunter2"),
+        u32::from(shown.contains("hunter2")),
+        0,
+        "GET /v1/templates: values redacted for the read token, shown to admin",
     );
     // A restart keeps the tokens.
     serve.restart();
