@@ -39,6 +39,8 @@ pub enum ResourceError {
     Yaml { doc: usize, detail: String },
     #[error("document {doc} ({kind} {name}): {field} {problem}")]
     Invalid { doc: usize, kind: &'static str, name: String, field: String, problem: String },
+    #[error("collections nested deeper than {max} levels")]
+    TooDeep { max: usize },
 }
 
 /// Longest accepted name, in bytes.
@@ -59,6 +61,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))) {
         return Err(format!("{name:?} contains {bad:?}; only letters, digits, '-' and '_' are allowed"));
+    }
+    Ok(())
+}
+
+/// Longest accepted free-form string (a path, an image reference, an argument), in bytes.
+pub const MAX_STRING_LEN: usize = 4096;
+
+/// Checks a free-form string that reaches a worker or a file system: at most
+/// [`MAX_STRING_LEN`] bytes, no NUL or other control characters.
+pub fn check_text(s: &str) -> Result<(), String> {
+    if s.len() > MAX_STRING_LEN {
+        return Err(format!("is {} bytes long, at most {MAX_STRING_LEN} allowed", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character {c:?}"));
     }
     Ok(())
 }
@@ -113,13 +130,137 @@ pub struct ContainerSpec {
     pub durable_dir_volumes: Vec<String>,
 }
 
-/// Requested resources (recorded and shown; enforcement is the worker pool's shape).
+/// Limits of an actor's sandbox, sent to the worker on every run and restore (proto
+/// `Resources`, field 25). Kubernetes-style quantities, as strings or plain numbers:
+///
+/// ```yaml
+/// resources: { cpu: "500m", memory: 256Mi, pids: 512 }   # also cpu: 1, cpu: "0.5", memory: 268435456
+/// ```
+///
+/// A field left out is the worker's default. Parsed by [`Resources::limits`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// CPUs: `"1"`, `"0.5"`, `"500m"` (thousandths), or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Memory: bytes, or with a suffix `Ki Mi Gi Ti` (powers of 1024) or `k M G T` (of 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
     pub memory: Option<String>,
+    /// Processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// [`Resources`] as numbers (what the worker receives).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_milli: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u32>,
+}
+
+/// Largest CPU request accepted (thousandths of a CPU): 1024 CPUs.
+pub const MAX_CPU_MILLI: u64 = 1024 * 1000;
+/// Largest memory request accepted: 16 TiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
+/// Largest pids limit accepted (Linux's `pid_max` ceiling).
+pub const MAX_PIDS: u32 = 4 << 20;
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Q {
+        S(String),
+        U(u64),
+        F(f64),
+    }
+    Ok(match Option::<Q>::deserialize(d)? {
+        None => None,
+        Some(Q::S(s)) => Some(s),
+        Some(Q::U(u)) => Some(u.to_string()),
+        Some(Q::F(f)) => Some(f.to_string()),
+    })
+}
+
+/// `"1"`, `"1.5"`, `"250m"` -> thousandths of a CPU.
+pub fn parse_cpu(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let milli = if let Some(m) = t.strip_suffix('m') {
+        m.parse::<u64>().map_err(|_| format!("{s:?} is not a CPU quantity like 1, 0.5 or 500m"))?
+    } else {
+        decimal_scaled(t, 1000).ok_or_else(|| format!("{s:?} is not a CPU quantity like 1, 0.5 or 500m"))?
+    };
+    if milli == 0 {
+        return Err(format!("{s:?} is zero"));
+    }
+    if milli > MAX_CPU_MILLI {
+        return Err(format!("{s:?} is more than {} CPUs", MAX_CPU_MILLI / 1000));
+    }
+    Ok(milli)
+}
+
+/// `"268435456"`, `"256Mi"`, `"1.5Gi"`, `"512M"` -> bytes.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("{s:?} is not a memory quantity like 256Mi, 1Gi or 268435456");
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = decimal_scaled(num, scale).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(format!("{s:?} is zero"));
+    }
+    if bytes > MAX_MEMORY_BYTES {
+        return Err(format!("{s:?} is more than 16Ti"));
+    }
+    Ok(bytes)
+}
+
+/// `digits[.digits]` times `scale`, exactly (fractions of a unit rounded up), None if it is
+/// not such a number or overflows.
+fn decimal_scaled(num: &str, scale: u64) -> Option<u64> {
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 9
+    {
+        return None;
+    }
+    let whole = if int.is_empty() { 0 } else { int.parse::<u64>().ok()? };
+    let mut v = whole.checked_mul(scale)?;
+    if !frac.is_empty() {
+        let f: u128 = frac.parse().ok()?;
+        let denom = 10u128.pow(frac.len() as u32);
+        let part = (f * u128::from(scale)).div_ceil(denom);
+        v = v.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(v)
+}
+
+impl Resources {
+    /// The limits as numbers, or which field is wrong and why.
+    pub fn limits(&self) -> Result<Limits, (&'static str, String)> {
+        let cpu_milli = self.cpu.as_deref().map(parse_cpu).transpose().map_err(|e| ("cpu", e))?;
+        let memory_bytes = self.memory.as_deref().map(parse_memory).transpose().map_err(|e| ("memory", e))?;
+        if let Some(p) = self.pids
+            && !(1..=MAX_PIDS).contains(&p)
+        {
+            return Err(("pids", format!("{p} is not in 1..={MAX_PIDS}")));
+        }
+        Ok(Limits { cpu_milli, memory_bytes, pids: self.pids })
+    }
 }
 
 /// What a snapshot captures.
@@ -238,7 +379,8 @@ impl Resource {
 
     fn validate(&self, doc: usize) -> Result<(), ResourceError> {
         let kind = self.kind();
-        let name = self.name().to_owned();
+        // Named in errors: bounded (a megabyte of name is not echoed back).
+        let name: String = self.name().chars().take(MAX_NAME_LEN + 1).collect();
         let invalid = |field: &str, problem: String| ResourceError::Invalid {
             doc,
             kind,
@@ -256,16 +398,53 @@ impl Resource {
                 }
                 for (i, c) in spec.containers.iter().enumerate() {
                     check_name(&c.name).map_err(|p| invalid(&format!("spec.containers[{i}].name"), p))?;
-                    if let Some(r) = &c.readyz
-                        && r.http_get.port == 0
-                    {
-                        return Err(invalid(
-                            &format!("spec.containers[{i}].readyz.httpGet.port"),
-                            "must be 1..=65535".into(),
-                        ));
+                    if let Some(r) = &c.readyz {
+                        if r.http_get.port == 0 {
+                            return Err(invalid(
+                                &format!("spec.containers[{i}].readyz.httpGet.port"),
+                                "must be 1..=65535".into(),
+                            ));
+                        }
+                        let path = &r.http_get.path;
+                        if !path.starts_with('/') || path.len() > MAX_STRING_LEN {
+                            return Err(invalid(
+                                &format!("spec.containers[{i}].readyz.httpGet.path"),
+                                "must be an absolute URL path (starting with '/')".into(),
+                            ));
+                        }
+                        check_text(path)
+                            .map_err(|p| invalid(&format!("spec.containers[{i}].readyz.httpGet.path"), p))?;
+                    }
+                    if let Some(image) = &c.image {
+                        check_text(image).map_err(|p| invalid(&format!("spec.containers[{i}].image"), p))?;
+                    }
+                    for (field, list) in [("command", &c.command), ("args", &c.args)] {
+                        for (j, a) in list.iter().enumerate() {
+                            check_text(a)
+                                .map_err(|p| invalid(&format!("spec.containers[{i}].{field}[{j}]"), p))?;
+                        }
+                    }
+                    for (j, d) in c.durable_dir_volumes.iter().enumerate() {
+                        check_text(d).map_err(|p| {
+                            invalid(&format!("spec.containers[{i}].durableDirVolumes[{j}]"), p)
+                        })?;
+                    }
+                    for (k, v) in &c.env {
+                        let field = format!("spec.containers[{i}].env.{k}");
+                        if k.is_empty() || k.contains('=') {
+                            return Err(invalid(
+                                &field,
+                                "an environment key must be non-empty without '='".into(),
+                            ));
+                        }
+                        check_text(k).map_err(|p| invalid(&field, p))?;
+                        check_text(v).map_err(|p| invalid(&field, p))?;
                     }
                 }
+                spec.resources.limits().map_err(|(f, p)| invalid(&format!("spec.resources.{f}"), p))?;
+                check_name(&spec.backend).map_err(|p| invalid("spec.backend", p))?;
                 let loc = &spec.snapshot.location;
+                check_text(loc).map_err(|p| invalid("spec.snapshot.location", p))?;
                 if !["file:///", "s3://", "gs://", "az://"].iter().any(|s| loc.starts_with(s)) {
                     return Err(invalid(
                         "spec.snapshot.location",
@@ -284,6 +463,7 @@ impl Resource {
                 }
             }
             Resource::WorkerPool { spec, .. } => {
+                check_name(&spec.backend).map_err(|p| invalid("spec.backend", p))?;
                 if spec.workers.is_empty() {
                     return Err(invalid("spec.workers", "must list at least one worker".into()));
                 }
@@ -293,6 +473,7 @@ impl Resource {
                     if !seen.insert(&w.name) {
                         return Err(invalid(&format!("spec.workers[{i}].name"), "is listed twice".into()));
                     }
+                    check_text(&w.socket).map_err(|p| invalid(&format!("spec.workers[{i}].socket"), p))?;
                     if !w.socket.starts_with('/') {
                         return Err(invalid(
                             &format!("spec.workers[{i}].socket"),
@@ -309,13 +490,22 @@ impl Resource {
     }
 }
 
-/// Parses a multi-document YAML file (or a JSON array / object) into validated resources.
+/// Parses a multi-document YAML file (or a JSON array of resources) into validated
+/// resources. Unknown fields are refused (a misspelt field is never silently ignored), and
+/// so are YAML documents whose aliases expand past serde_yaml's limits ("billion laughs").
 pub fn parse_resources(text: &str) -> Result<Vec<Resource>, ResourceError> {
-    if let Ok(list) = serde_json::from_str::<Vec<Resource>>(text) {
-        for (i, r) in list.iter().enumerate() {
-            r.validate(i)?;
+    check_flow_depth(text)?;
+    if text.trim_start().starts_with('[')
+        && let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(text)
+    {
+        let mut out = Vec::new();
+        for (doc, v) in list.into_iter().enumerate() {
+            let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+            let r = decode_doc(doc, kind.as_deref(), v)?;
+            r.validate(doc)?;
+            out.push(r);
         }
-        return Ok(list);
+        return Ok(out);
     }
     let mut out = Vec::new();
     for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -324,12 +514,154 @@ pub fn parse_resources(text: &str) -> Result<Vec<Resource>, ResourceError> {
         if value.is_null() {
             continue; // an empty document (e.g. a trailing `---`)
         }
-        let r: Resource =
-            serde_yaml::from_value(value).map_err(|e| ResourceError::Yaml { doc, detail: e.to_string() })?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+        let r = decode_doc(doc, kind.as_deref(), value)?;
         r.validate(doc)?;
         out.push(r);
     }
     Ok(out)
+}
+
+/// Deepest nesting of flow collections (`[`, `{`) accepted: serde_yaml's own recursion limit.
+/// Checked before parsing because libyaml's scanner takes time quadratic in the nesting depth
+/// (100 000 brackets keep it busy for minutes).
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+fn check_flow_depth(text: &str) -> Result<(), ResourceError> {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut bytes = text.bytes().peekable();
+    let mut prev = b'\n';
+    while let Some(b) = bytes.next() {
+        match quote {
+            Some(b'"') if b == b'\\' => {
+                bytes.next();
+            }
+            Some(q) if b == q => {
+                // '' inside a single-quoted scalar is an escaped quote.
+                if q == b'\'' && bytes.peek() == Some(&b'\'') {
+                    bytes.next();
+                } else {
+                    quote = None;
+                }
+            }
+            Some(_) => {}
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if prev.is_ascii_whitespace() => {
+                    for c in bytes.by_ref() {
+                        if c == b'\n' {
+                            break;
+                        }
+                    }
+                    prev = b'\n';
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        if max > MAX_FLOW_DEPTH {
+            return Err(ResourceError::TooDeep { max: MAX_FLOW_DEPTH });
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+/// One document as written: `kind` selects the spec type.
+#[derive(Deserialize)]
+struct Doc<S> {
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<String>,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: S,
+}
+
+/// Decodes one document of `kind`, refusing fields no resource has.
+fn decode_doc<'de, D>(doc: usize, kind: Option<&str>, d: D) -> Result<Resource, ResourceError>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    fn typed<'de, S: Deserialize<'de>, D>(doc: usize, d: D) -> Result<(Doc<S>, Vec<String>), ResourceError>
+    where
+        D: serde::Deserializer<'de>,
+        D::Error: std::fmt::Display,
+    {
+        let mut unknown = Vec::new();
+        let parsed = serde_ignored::deserialize(d, |path| unknown.push(field_path(&path)))
+            .map_err(|e| ResourceError::Yaml { doc, detail: e.to_string() })?;
+        Ok((parsed, unknown))
+    }
+    let unknown_err = |kind: &'static str, name: &str, unknown: Vec<String>| ResourceError::Invalid {
+        doc,
+        kind,
+        name: name.chars().take(MAX_NAME_LEN + 1).collect(),
+        field: if unknown.len() > 8 {
+            format!("{} (and {} more)", unknown[..8].join(", "), unknown.len() - 8)
+        } else {
+            unknown.join(", ")
+        },
+        problem: "is not a known field".into(),
+    };
+    match kind {
+        Some("ActorTemplate") => {
+            let (d, unknown): (Doc<TemplateSpec>, _) = typed(doc, d)?;
+            if !unknown.is_empty() {
+                return Err(unknown_err("ActorTemplate", &d.metadata.name, unknown));
+            }
+            Ok(Resource::ActorTemplate { api_version: d.api_version, metadata: d.metadata, spec: d.spec })
+        }
+        Some("WorkerPool") => {
+            let (d, unknown): (Doc<PoolSpec>, _) = typed(doc, d)?;
+            if !unknown.is_empty() {
+                return Err(unknown_err("WorkerPool", &d.metadata.name, unknown));
+            }
+            Ok(Resource::WorkerPool { api_version: d.api_version, metadata: d.metadata, spec: d.spec })
+        }
+        Some("Actor") => {
+            let (d, unknown): (Doc<ActorSpec>, _) = typed(doc, d)?;
+            if !unknown.is_empty() {
+                return Err(unknown_err("Actor", &d.metadata.name, unknown));
+            }
+            Ok(Resource::Actor { api_version: d.api_version, metadata: d.metadata, spec: d.spec })
+        }
+        Some(other) => Err(ResourceError::Yaml {
+            doc,
+            detail: format!(
+                "unknown kind {:?} (ActorTemplate, WorkerPool, Actor)",
+                other.chars().take(64).collect::<String>()
+            ),
+        }),
+        None => Err(ResourceError::Yaml {
+            doc,
+            detail: "no `kind` string (ActorTemplate, WorkerPool, Actor)".into(),
+        }),
+    }
+}
+
+/// `spec.containers[0].imgae` for a serde_ignored path.
+fn field_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            let key: String = key.chars().take(64).collect();
+            if parent.is_empty() { key } else { format!("{parent}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +727,95 @@ spec: { template: counter }
         assert!(parse_resources(&bad).unwrap_err().to_string().contains("spec.workers[1].socket"));
         let bad = EXAMPLE.replace("kind: Actor\n", "kind: Robot\n");
         assert!(matches!(parse_resources(&bad).unwrap_err(), ResourceError::Yaml { doc: 2, .. }));
+    }
+
+    #[test]
+    fn resources_parse_to_limits() {
+        let y = EXAMPLE.replace(
+            "resources: { cpu: \"1\", memory: 256Mi }",
+            "resources: { cpu: 500m, memory: 1.5Gi, pids: 64 }",
+        );
+        let rs = parse_resources(&y).unwrap();
+        let Resource::ActorTemplate { spec, .. } = &rs[1] else { panic!() };
+        let l = spec.resources.limits().unwrap();
+        assert_eq!(l, Limits { cpu_milli: Some(500), memory_bytes: Some(3 << 29), pids: Some(64) });
+        // Plain numbers are the same shape.
+        let y = EXAMPLE
+            .replace("resources: { cpu: \"1\", memory: 256Mi }", "resources: { cpu: 2, memory: 1048576 }");
+        let rs = parse_resources(&y).unwrap();
+        let Resource::ActorTemplate { spec, .. } = &rs[1] else { panic!() };
+        assert_eq!(spec.resources.limits().unwrap().cpu_milli, Some(2000));
+        assert_eq!(spec.resources.limits().unwrap().memory_bytes, Some(1 << 20));
+        assert_eq!(parse_cpu("0.25"), Ok(250));
+        assert_eq!(parse_cpu("1"), Ok(1000));
+        assert_eq!(parse_memory("512M"), Ok(512_000_000));
+        for bad in ["0", "-1", "1.2.3", "abc", "2000", "", "m", "1e3"] {
+            assert!(parse_cpu(bad).is_err(), "cpu {bad:?}");
+        }
+        for bad in ["0", "1Xi", "-5Mi", "17Ti", "", "Mi", "99999999999999999999"] {
+            assert!(parse_memory(bad).is_err(), "memory {bad:?}");
+        }
+        for (field, value) in [("cpu", "lots"), ("memory", "256MB"), ("pids", "0"), ("pids", "-3")] {
+            let y = EXAMPLE.replace(
+                "resources: { cpu: \"1\", memory: 256Mi }",
+                &format!("resources: {{ {field}: {value} }}"),
+            );
+            let err = parse_resources(&y).unwrap_err().to_string();
+            // Wrong types are serde's errors; wrong values name the field.
+            assert!(
+                value == "-3" || err.contains(&format!("spec.resources.{field}")),
+                "{field}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let y = EXAMPLE
+            .replace("readyz: { httpGet: { port: 8080 } }", "readyz: { httpGet: { port: 8080, prot: 1 } }");
+        let err = parse_resources(&y).unwrap_err();
+        assert!(
+            matches!(&err, ResourceError::Invalid { doc: 1, field, .. } if field == "spec.containers[0].readyz.httpGet.prot"),
+            "{err}"
+        );
+        let y = EXAMPLE.replace("metadata: { name: a1 }", "metadata: { name: a1 }\nstatus: {}");
+        assert!(parse_resources(&y).unwrap_err().to_string().contains("status"));
+        let json = r#"[{"kind":"Actor","metadata":{"name":"a1"},"spec":{"template":"t","extra":true}}]"#;
+        assert!(parse_resources(json).unwrap_err().to_string().contains("spec.extra"));
+    }
+
+    #[test]
+    fn hostile_documents_are_errors_not_crashes() {
+        // Billion laughs: serde_yaml refuses the alias expansion.
+        let mut y = String::from("a0: &a0 [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            y.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+        }
+        y.push_str("kind: Actor\nmetadata: { name: x }\nspec: { template: t }\n");
+        assert!(parse_resources(&y).is_err());
+        // Deep nesting: recursion limits, not a stack overflow.
+        let deep = format!("kind: Actor\nmetadata: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_resources(&deep).is_err());
+        let deep_json = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_resources(&deep_json).is_err());
+        // Wrong types, names with ../ and NULs, strings with control characters.
+        for bad in [
+            "kind: Actor\nmetadata: { name: [1] }\nspec: { template: t }\n",
+            "kind: Actor\nmetadata: { name: ../etc }\nspec: { template: t }\n",
+            "kind: Actor\nmetadata: { name: \"a\\0b\" }\nspec: { template: t }\n",
+            "kind: Actor\nmetadata: { name: a }\nspec: { template: ../t }\n",
+            "kind: 7\nmetadata: { name: a }\nspec: { template: t }\n",
+            "- 1\n- 2\n",
+            "just a string",
+        ] {
+            assert!(parse_resources(bad).is_err(), "{bad:?}");
+        }
+        let y = EXAMPLE.replace("socket: /run/ateom/w1.sock", "socket: \"/run/\\0w1.sock\"");
+        assert!(parse_resources(&y).unwrap_err().to_string().contains("spec.workers[0].socket"));
+        let y =
+            EXAMPLE.replace("{ httpGet: { port: 8080 } }", "{ httpGet: { path: \"x\\ny\", port: 8080 } }");
+        assert!(parse_resources(&y).unwrap_err().to_string().contains("httpGet.path"));
     }
 
     #[test]

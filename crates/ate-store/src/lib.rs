@@ -41,8 +41,21 @@ impl std::fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreConfig::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            StoreConfig::Redis { url, prefix } => write!(f, "{url} (keys {prefix}*)"),
+            StoreConfig::Redis { url, prefix } => write!(f, "{} (keys {prefix}*)", redact_url(url)),
         }
+    }
+}
+
+/// `redis://user:secret@host/0` -> `redis://user:***@host/0`: a URL as it may be logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let shown = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+    match path {
+        Some(p) => format!("{scheme}://{shown}@{host}/{p}"),
+        None => format!("{scheme}://{shown}@{host}"),
     }
 }
 
@@ -52,4 +65,19 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         StoreConfig::Sqlite(p) => Arc::new(SqliteStore::open(p)?),
         StoreConfig::Redis { url, prefix } => Arc::new(RedisStore::open(url, prefix)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_logged_without_secrets() {
+        use super::redact_url;
+        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://:hunter2@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://u:p@h"), "redis://u:***@h");
+        assert_eq!(redact_url("rediss://token@h:1/2"), "rediss://***@h:1/2");
+        let shown =
+            super::StoreConfig::Redis { url: "redis://:pw@h:1/0".into(), prefix: "ate:".into() }.to_string();
+        assert!(!shown.contains("pw"), "{shown}");
+    }
 }

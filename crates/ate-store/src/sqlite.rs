@@ -37,14 +37,59 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
 }
 
+/// Narrows an existing file that others may read or write to 0600 (logged); a missing
+/// file is fine.
+fn narrow_to_owner(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Backend(format!("inspecting {}: {e}", path.display()))),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(StoreError::Backend(format!(
+            "{} is a symbolic link; refusing to use it",
+            path.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("narrowing {}: {e}", path.display())))?;
+        tracing::info!(path = %path.display(), old_mode = format!("{mode:o}"), "narrowed the database file to 0600");
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
+    ///
+    /// The database holds every record (templates with their environment, worker sockets), so
+    /// it is private: a missing directory is created 0700, the file is created 0600 before
+    /// SQLite opens it (its `-wal` and `-shm` files then get the same mode), and an existing
+    /// file, `-wal` or `-shm` readable by others is narrowed to 0600 (logged).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
+            && !dir.exists()
         {
-            std::fs::create_dir_all(dir)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", path.display())))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            narrow_to_owner(Path::new(&p))?;
         }
         let conn = Connection::open(path).map_err(backend)?;
         Self::init(conn)

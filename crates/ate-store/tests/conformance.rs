@@ -64,3 +64,41 @@ fn unreachable_redis_fails_clearly() {
     let err = RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "x:").err().expect("nobody listens");
     assert!(err.to_string().contains("redis"), "{err}");
 }
+
+/// The database is private: created 0600 (with its -wal and -shm) in a 0700 directory it
+/// creates, and an existing file readable by others is narrowed when opened.
+#[test]
+fn sqlite_files_are_private() {
+    use ate_core::store::{Expect, Kind, put};
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join("ate.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.commit(&[put(Kind::Actor, "a1", Expect::Absent, &"x")]).unwrap();
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    for f in ["ate.db", "ate.db-wal", "ate.db-shm"] {
+        let p = path.with_file_name(f);
+        assert!(p.exists(), "{f} missing");
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+    drop(s);
+    for f in ["ate.db", "ate.db-wal", "ate.db-shm"] {
+        let p = path.with_file_name(f);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.get(Kind::Actor, "a1").unwrap().is_some());
+    for f in ["ate.db", "ate.db-wal", "ate.db-shm"] {
+        let p = path.with_file_name(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f} not narrowed");
+        }
+    }
+    // A symbolic link in place of the database is refused.
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(SqliteStore::open(&link).is_err());
+}

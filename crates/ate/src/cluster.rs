@@ -61,16 +61,29 @@ pub struct WorkerProc {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     pub host_id: String,
+    /// Extra `ateom serve` arguments (kept across restarts).
+    pub extra_args: Vec<String>,
 }
 
 impl WorkerProc {
     /// Starts `ateom serve --socket <dir>/ateom.sock --state-dir <dir> --host-id <host_id>`
     /// and waits for its socket.
     pub fn start(ateom: &Path, state_dir: &Path, name: &str, host_id: &str) -> Result<WorkerProc> {
+        Self::start_with(ateom, state_dir, name, host_id, &[])
+    }
+
+    /// [`Self::start`] with extra `ateom serve` arguments (e.g. `--snapshot-key-file K`).
+    pub fn start_with(
+        ateom: &Path,
+        state_dir: &Path,
+        name: &str,
+        host_id: &str,
+        extra_args: &[String],
+    ) -> Result<WorkerProc> {
         std::fs::create_dir_all(state_dir)?;
         let socket = state_dir.join("ateom.sock");
         let log = state_dir.join("worker.log");
-        let child = spawn(ateom, state_dir, &socket, host_id, std::fs::File::create(&log)?)?;
+        let child = spawn(ateom, state_dir, &socket, host_id, extra_args, std::fs::File::create(&log)?)?;
         let mut w = WorkerProc {
             name: name.into(),
             child,
@@ -78,6 +91,7 @@ impl WorkerProc {
             state_dir: state_dir.to_owned(),
             log,
             host_id: host_id.into(),
+            extra_args: extra_args.to_vec(),
         };
         if let Err(e) = w.wait_ready() {
             w.stop();
@@ -113,7 +127,7 @@ impl WorkerProc {
     pub fn restart(&mut self, ateom: &Path) -> Result<()> {
         self.kill_daemon();
         let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
-        self.child = spawn(ateom, &self.state_dir, &self.socket, &self.host_id, log)?;
+        self.child = spawn(ateom, &self.state_dir, &self.socket, &self.host_id, &self.extra_args, log)?;
         self.wait_ready()
     }
 
@@ -174,7 +188,14 @@ impl WorkerProc {
 }
 
 /// `ateom serve --socket <socket> --state-dir <dir> --host-id <id>`, logging to `log`.
-fn spawn(ateom: &Path, state_dir: &Path, socket: &Path, host_id: &str, log: std::fs::File) -> Result<Child> {
+fn spawn(
+    ateom: &Path,
+    state_dir: &Path,
+    socket: &Path,
+    host_id: &str,
+    extra_args: &[String],
+    log: std::fs::File,
+) -> Result<Child> {
     let _ = std::fs::remove_file(socket);
     Command::new(ateom)
         .arg("serve")
@@ -183,6 +204,7 @@ fn spawn(ateom: &Path, state_dir: &Path, socket: &Path, host_id: &str, log: std:
         .arg("--state-dir")
         .arg(state_dir)
         .args(["--host-id", host_id])
+        .args(extra_args)
         .env("ATEOM_LOG", std::env::var("ATEOM_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(log)

@@ -129,9 +129,22 @@ impl Lab {
             router: "127.0.0.1:0".parse()?,
             api: "127.0.0.1:0".parse()?,
             metrics: None,
-            suffix: SUFFIX.into(),
             controller: ctl,
             resources: None,
+            data_dir: Some(dir.path().join("data")),
+            auth: crate::server::AuthSetup::Tokens(crate::auth::TokenFiles {
+                data_dir: dir.path().join("data"),
+                admin: None,
+                read: None,
+            }),
+            api_limits: Default::default(),
+            http: Default::default(),
+            // One local client drives all the traffic here: no per-client resume cap.
+            router_cfg: crate::router::RouterConfig {
+                suffix: SUFFIX.into(),
+                max_resumes_per_client: usize::MAX,
+                ..Default::default()
+            },
         })
         .await?;
         let refs: Vec<&WorkerProc> = workers.iter().collect();

@@ -10,14 +10,18 @@
 //!   of a worker);
 //! * [`router`]: the resume-on-traffic reverse proxy;
 //! * [`api`]: the admin HTTP/JSON API and its client (the CLI);
+//! * [`auth`]: API tokens and roles, and the private files they live in;
+//! * [`http`]: serving untrusted clients within bounds (connections, timeouts);
 //! * [`metrics`]: Prometheus text;
 //! * [`server`]: `ate serve` wiring;
 //! * [`cluster`], [`demo`]: local gVisor workers for the demo, the benchmark and the tests.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod controller;
 pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod server;

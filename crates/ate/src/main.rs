@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use ate::api::{ActorView, ApiClient, WorkerView};
+use ate::api::{ActorView, ApiClient, ApiLimits, WorkerView};
+use ate::auth::TokenFiles;
 use ate::controller::Config;
-use ate::server::{ServeOptions, start};
+use ate::http::Limits as HttpLimits;
+use ate::router::RouterConfig;
+use ate::server::{AuthSetup, ServeOptions, start};
 use ate_store::StoreConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
@@ -17,13 +20,20 @@ const LONG_ABOUT: &str = "\
 ate is the control plane above ateom workers: actors multiplexed onto few workers, paused or
 suspended while idle, resumed when traffic arrives, with their state intact.
 
-  ate serve --db /var/lib/ate/ate.db --router 127.0.0.1:7080 --api 127.0.0.1:7070 &
+  ate serve --data-dir /var/lib/ate --router 127.0.0.1:7080 --api 127.0.0.1:7070 &
   ate apply -f resources.yaml            # worker pools and templates (golden snapshots)
   ate create actor a1 --template counter
   curl -H 'Host: a1.actors.local' http://127.0.0.1:7080/     # resumes a1, forwards
   ate get actors; ate get workers; ate pause actor a1; ate suspend actor a1
   ate snapshots actor a1                 # every snapshot of a1 that exists, with ages
   ate resume actor a1 --from-snapshot ID # explicitly restore that one (maybe older state)
+
+The admin API needs a token. At first start `ate serve` writes <data dir>/tokens/admin (every
+route) and <data dir>/tokens/read (GET routes only), mode 0600 in a 0700 directory. The client
+verbs read the admin token from --token-file, else $ATE_TOKEN, else <data dir>/tokens/admin:
+
+  ate --data-dir /var/lib/ate get actors          # as the user who runs ate serve
+  ATE_TOKEN=$(cat read-token) ate get actors      # anyone given the read token
 
 `ate demo --json` and `ate bench --json` bring up 3 local gVisor workers themselves.";
 
@@ -39,6 +49,13 @@ struct Cli {
     /// The admin API of `ate serve` (where `serve` listens, and what the client verbs call).
     #[arg(long, global = true, env = "ATE_API", default_value = "127.0.0.1:7070")]
     api: String,
+    /// ate's private data directory: `ate serve` keeps its database (unless --db/--redis) and
+    /// API tokens there; the client verbs read `<data dir>/tokens/admin` from it.
+    #[arg(long, global = true, env = "ATE_DATA_DIR", default_value = "/var/lib/ate")]
+    data_dir: PathBuf,
+    /// The client verbs' token file (default: $ATE_TOKEN, else <data dir>/tokens/admin).
+    #[arg(long, global = true, env = "ATE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -141,9 +158,9 @@ struct ResumeArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// SQLite database file (the default store).
-    #[arg(long, conflicts_with = "redis", default_value = "/var/lib/ate/ate.db")]
-    db: PathBuf,
+    /// SQLite database file (the default store; default <data dir>/ate.db). Created 0600.
+    #[arg(long, conflicts_with = "redis")]
+    db: Option<PathBuf>,
     /// Redis/Valkey URL (redis://host:port/db) instead of SQLite, for several replicas.
     #[arg(long)]
     redis: Option<String>,
@@ -153,9 +170,58 @@ struct ServeArgs {
     /// The router's listen address (loopback).
     #[arg(long, default_value = "127.0.0.1:7080")]
     router: SocketAddr,
-    /// A separate Prometheus listener (the API serves /metrics as well).
+    /// A separate Prometheus listener: `GET /metrics` only, without a token (the API serves
+    /// /metrics as well, to a token).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The admin token's file (must exist); default <data dir>/tokens/admin, created at
+    /// first start.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// The read-only token's file (must exist); default <data dir>/tokens/read, created at
+    /// first start.
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// Serve the admin API without authentication. Refused unless --api is a loopback
+    /// address; every local user can then apply resources and delete actors.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Largest admin API request body (413 beyond).
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    max_body: u64,
+    /// A request's head must arrive within this long once it started (API, router, metrics).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Idle keep-alive connections (and clients that stop reading a response) are closed
+    /// after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once, per listener.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Connections open at once from one peer address, per listener.
+    #[arg(long, default_value_t = 128)]
+    max_connections_per_client: usize,
+    /// The router's deadline to connect to a workload.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    upstream_connect_timeout: Duration,
+    /// The router's deadline for a workload's response head.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// A request body must arrive within this long at the API (408), and through the router
+    /// a body that stalls this long ends the request.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Largest request body through the router (413 beyond). Bodies are streamed.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    router_max_body: u64,
+    /// Actors one peer address may wait on to resume at once (429 for another beyond).
+    #[arg(long, default_value_t = 8)]
+    max_resumes_per_client: usize,
+    /// Snapshot signing key (repeatable; the format of `ateom snapshots keygen`). Every
+    /// snapshot index ate reads for placement must verify with one of them.
+    #[arg(long = "snapshot-key-file")]
+    snapshot_key_files: Vec<PathBuf>,
     /// Actors answer as `<actor>.<suffix>`.
     #[arg(long, default_value = "actors.local")]
     suffix: String,
@@ -336,19 +402,65 @@ fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
     Ok(())
 }
 
-async fn serve(api: &str, a: ServeArgs) -> Result<()> {
+async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
     let shared_store = a.redis.is_some();
     let store = match a.redis {
         Some(url) => StoreConfig::Redis { url, prefix: a.redis_prefix },
-        None => StoreConfig::Sqlite(a.db),
+        None => StoreConfig::Sqlite(a.db.unwrap_or_else(|| data_dir.join("ate.db"))),
     };
     let resources = a.config.map(std::fs::read_to_string).transpose()?;
+    for k in &a.snapshot_key_files {
+        // A key file is a secret: narrowed to 0600 if others may read it (logged).
+        if let Err(e) = ate::auth::private_file(k) {
+            tracing::warn!(error = %e, "snapshot key file");
+        }
+    }
+    let signing = if a.snapshot_key_files.is_empty() {
+        None
+    } else {
+        Some(ateom_store::SigningKeys::from_files(&a.snapshot_key_files).map_err(anyhow::Error::msg)?)
+    };
+    let http = HttpLimits {
+        header_timeout: a.header_timeout,
+        idle_timeout: a.idle_timeout,
+        max_connections: a.max_connections,
+        max_connections_per_client: a.max_connections_per_client,
+        ..HttpLimits::default()
+    };
+    let auth = if a.insecure_no_auth {
+        if a.admin_token_file.is_some() || a.read_token_file.is_some() {
+            bail!("--insecure-no-auth and token files exclude each other");
+        }
+        AuthSetup::Insecure
+    } else {
+        AuthSetup::Tokens(TokenFiles {
+            data_dir: data_dir.clone(),
+            admin: a.admin_token_file,
+            read: a.read_token_file,
+        })
+    };
     let opts = ServeOptions {
         store,
         router: a.router,
-        api: api.parse()?,
+        api: api.parse().map_err(|e| anyhow::anyhow!("--api {api:?}: {e}"))?,
         metrics: a.metrics,
-        suffix: a.suffix,
+        data_dir: Some(data_dir),
+        auth,
+        api_limits: ApiLimits {
+            max_body: usize::try_from(a.max_body).unwrap_or(usize::MAX),
+            body_timeout: a.body_timeout,
+        },
+        http: http.clone(),
+        router_cfg: RouterConfig {
+            suffix: a.suffix,
+            http,
+            upstream_connect_timeout: a.upstream_connect_timeout,
+            upstream_timeout: a.upstream_timeout,
+            body_idle_timeout: a.body_timeout,
+            max_body: a.router_max_body,
+            max_resumes_per_client: a.max_resumes_per_client,
+            ..RouterConfig::default()
+        },
         controller: Config {
             owner: a.replica_id,
             resume_timeout: a.resume_timeout,
@@ -359,6 +471,7 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
             rpc_timeout: a.rpc_timeout,
             min_snapshot_free: a.min_snapshot_free,
             shared_store,
+            signing,
             ..Config::default()
         },
         resources,
@@ -368,7 +481,8 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
     println!(
         "{}",
         json!({"router": running.router_addr.to_string(), "api": running.api_addr.to_string(),
-               "metrics": running.metrics_addr.map(|m| m.to_string())})
+               "metrics": running.metrics_addr.map(|m| m.to_string()),
+               "admin_token_file": running.admin_token_file.as_ref().map(|p| p.display().to_string())})
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -380,14 +494,33 @@ async fn serve(api: &str, a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The client verbs' token: `--token-file`, else `$ATE_TOKEN`, else `<data dir>/tokens/admin`
+/// if it can be read (else none: the server then answers 401 with a hint).
+fn client_token(token_file: Option<&std::path::Path>, data_dir: &std::path::Path) -> Result<Option<String>> {
+    if let Some(f) = token_file {
+        return Ok(Some(ate::auth::read_token(f)?));
+    }
+    if let Ok(t) = std::env::var("ATE_TOKEN") {
+        let t = t.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(Some(t));
+        }
+    }
+    let default = ate::auth::default_token_path(data_dir, ate::auth::Role::Admin);
+    Ok(ate::auth::read_token(&default).ok())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let c = ApiClient::new(&cli.api);
+        let c = match &cli.cmd {
+            Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Bench(_) => ApiClient::new(&cli.api),
+            _ => ApiClient::with_token(&cli.api, client_token(cli.token_file.as_deref(), &cli.data_dir)?),
+        };
         match cli.cmd {
-            Cmd::Serve(a) => serve(&cli.api, *a).await,
+            Cmd::Serve(a) => serve(&cli.api, cli.data_dir, *a).await,
             Cmd::Apply { file, output } => {
                 let text = std::fs::read_to_string(&file)?;
                 let v = c.apply(&text).await?;

@@ -6,6 +6,11 @@
 //!   `ate_evictions_total`, `ate_reconciled_total`, `ate_lost_answers_total` (worker calls
 //!   whose answer was lost, settled from the worker's state), `ate_takeovers_total` (intents of
 //!   dead replicas finished here), `ate_router_requests_total{code}`;
+//! * `ate_router_errors_total{reason}` — why the router answered an error itself (the
+//!   details stay in the log and here, never in the client's answer);
+//!   `ate_api_requests_total{code}`; `ate_http_events_total{listener,event}` — connections
+//!   refused at accept, header timeouts, idle and stalled connections closed (see
+//!   [`crate::http`]);
 //! * `ate_actors{state}` and `ate_workers{pool,state="busy|free|unhealthy"}` — gauges read from
 //!   the store at scrape time (so every replica reports the shared truth).
 
@@ -54,6 +59,9 @@ struct Inner {
     resume_failures: BTreeMap<&'static str, u64>,
     counters: BTreeMap<&'static str, u64>,
     router: BTreeMap<u16, u64>,
+    router_errors: BTreeMap<&'static str, u64>,
+    api: BTreeMap<u16, u64>,
+    http: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Metrics {
@@ -75,6 +83,30 @@ impl Metrics {
 
     pub fn routed(&self, code: u16) {
         *self.lock().router.entry(code).or_default() += 1;
+    }
+
+    /// The router answered an error of this class itself.
+    pub fn router_error(&self, reason: &'static str) {
+        *self.lock().router_errors.entry(reason).or_default() += 1;
+    }
+
+    pub fn api_answered(&self, code: u16) {
+        *self.lock().api.entry(code).or_default() += 1;
+    }
+
+    /// A protective event of an HTTP listener.
+    pub fn http_event(&self, listener: &'static str, ev: crate::http::Event) {
+        *self.lock().http.entry((listener, ev.as_str())).or_default() += 1;
+    }
+
+    /// The count of one protective event (tests).
+    pub fn http_events(&self, listener: &str, ev: crate::http::Event) -> u64 {
+        self.lock()
+            .http
+            .iter()
+            .filter(|((l, e), _)| *l == listener && *e == ev.as_str())
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Resume latencies recorded so far (seconds), by tier.
@@ -126,6 +158,18 @@ impl Metrics {
         out.push_str("# HELP ate_router_requests_total Requests answered by the router, by status code.\n# TYPE ate_router_requests_total counter\n");
         for (code, n) in &g.router {
             let _ = writeln!(out, "ate_router_requests_total{{code=\"{code}\"}} {n}");
+        }
+        out.push_str("# HELP ate_router_errors_total Errors the router answered itself, by reason.\n# TYPE ate_router_errors_total counter\n");
+        for (reason, n) in &g.router_errors {
+            let _ = writeln!(out, "ate_router_errors_total{{reason=\"{reason}\"}} {n}");
+        }
+        out.push_str("# HELP ate_api_requests_total Requests answered by the admin API, by status code.\n# TYPE ate_api_requests_total counter\n");
+        for (code, n) in &g.api {
+            let _ = writeln!(out, "ate_api_requests_total{{code=\"{code}\"}} {n}");
+        }
+        out.push_str("# HELP ate_http_events_total Connections refused or closed to protect a listener, by listener and event.\n# TYPE ate_http_events_total counter\n");
+        for ((listener, ev), n) in &g.http {
+            let _ = writeln!(out, "ate_http_events_total{{listener=\"{listener}\",event=\"{ev}\"}} {n}");
         }
         out.push_str("# HELP ate_actors Actors per state.\n# TYPE ate_actors gauge\n");
         for s in ate_core::ActorState::ALL {

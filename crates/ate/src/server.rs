@@ -2,6 +2,7 @@
 //! process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::api::ApiLimits;
+use crate::auth::{Auth, TokenError, TokenFiles};
 use crate::controller::{Config, Controller};
+use crate::http::Limits as HttpLimits;
+use crate::router::RouterConfig;
+
+/// How the admin API authenticates.
+#[derive(Clone, Debug)]
+pub enum AuthSetup {
+    /// Bearer tokens from these files (created at first start where they are the defaults).
+    Tokens(TokenFiles),
+    /// `--insecure-no-auth`: no tokens; refused unless the API listens on loopback.
+    Insecure,
+}
 
 /// How to run the control plane.
 #[derive(Clone, Debug)]
@@ -19,13 +33,30 @@ pub struct ServeOptions {
     pub store: StoreConfig,
     pub router: SocketAddr,
     pub api: SocketAddr,
-    /// Optional separate metrics listener (the API serves `/metrics` too).
+    /// Optional separate metrics listener: `GET /metrics` only, without a token.
     pub metrics: Option<SocketAddr>,
-    /// Actors are reached as `<actor>.<suffix>`.
-    pub suffix: String,
     pub controller: Config,
     /// Resources (YAML) applied at start.
     pub resources: Option<String>,
+    /// The private data directory (`--data-dir`): created 0700, narrowed if wider.
+    pub data_dir: Option<PathBuf>,
+    pub auth: AuthSetup,
+    pub api_limits: ApiLimits,
+    /// Connection limits of the API and metrics listeners.
+    pub http: HttpLimits,
+    /// The router's suffix and limits.
+    pub router_cfg: RouterConfig,
+}
+
+/// Why `ate serve` refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "--insecure-no-auth needs a loopback API address, and {0} is not one: anyone who can reach it could apply resources and delete actors (use the API tokens instead, or --api 127.0.0.1:PORT)"
+    )]
+    InsecureNotLoopback(SocketAddr),
+    #[error("API tokens: {0}")]
+    Tokens(#[from] TokenError),
 }
 
 /// A running control plane.
@@ -34,6 +65,8 @@ pub struct Running {
     pub router_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the admin token is (None without authentication).
+    pub admin_token_file: Option<PathBuf>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -60,6 +93,22 @@ impl Running {
 /// Starts everything: observe the workers, reconcile intents left by a previous life, apply
 /// the given resources, then serve.
 pub async fn start(opts: ServeOptions) -> Result<Running> {
+    if let Some(dir) = &opts.data_dir {
+        crate::auth::private_dir(dir).map_err(ServeError::from)?;
+    }
+    let (auth, admin_token_file) = match &opts.auth {
+        AuthSetup::Insecure if !opts.api.ip().is_loopback() => {
+            return Err(ServeError::InsecureNotLoopback(opts.api).into());
+        }
+        AuthSetup::Insecure => {
+            warn!(api = %opts.api, "the admin API runs WITHOUT authentication (--insecure-no-auth): every local user may call it");
+            (Auth::Insecure, None)
+        }
+        AuthSetup::Tokens(files) => {
+            let tokens = files.load().map_err(ServeError::from)?;
+            (Auth::Tokens(tokens), Some(files.admin_path()))
+        }
+    };
     let store_cfg = opts.store.clone();
     let store = tokio::task::spawn_blocking(move || ate_store::open(&store_cfg))
         .await?
@@ -96,8 +145,8 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let (router_addr, api_addr) = (router.local_addr()?, api.local_addr()?);
     let mut tasks = vec![
         tokio::spawn(ctl.clone().heartbeat_loop()),
-        tokio::spawn(crate::router::serve(router, ctl.clone(), opts.suffix.clone())),
-        tokio::spawn(crate::api::serve(api, ctl.clone())),
+        tokio::spawn(crate::router::serve(router, ctl.clone(), opts.router_cfg.clone())),
+        tokio::spawn(crate::api::serve(api, ctl.clone(), auth, opts.api_limits.clone(), opts.http.clone())),
         tokio::spawn(ctl.clone().health_loop()),
         tokio::spawn(ctl.clone().idle_loop()),
         tokio::spawn(ctl.clone().golden_loop()),
@@ -125,11 +174,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("binding metrics {addr}"))?;
             let a = l.local_addr()?;
-            tasks.push(tokio::spawn(crate::api::serve(l, ctl.clone())));
+            tasks.push(tokio::spawn(crate::api::serve_metrics(l, ctl.clone(), opts.http.clone())));
             Some(a)
         }
         None => None,
     };
-    info!(%router_addr, %api_addr, suffix = %opts.suffix, "serving");
-    Ok(Running { ctl, router_addr, api_addr, metrics_addr, tasks })
+    info!(%router_addr, %api_addr, suffix = %opts.router_cfg.suffix, "serving");
+    Ok(Running { ctl, router_addr, api_addr, metrics_addr, admin_token_file, tasks })
 }

@@ -87,6 +87,44 @@ impl WorkerError {
     }
 }
 
+/// Why an endpoint a worker reported is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0:?} is not an IP address and port")]
+    NotAnAddress(String),
+    #[error("{0} is not a loopback address (a worker forwards its workload on its own loopback)")]
+    NotLoopback(std::net::SocketAddr),
+}
+
+/// The address of an endpoint a worker reported, if it is on this host's loopback
+/// (127.0.0.0/8 or ::1, port not 0). Today's workers forward every workload on their own
+/// loopback; anything else would make the router a proxy to wherever a worker points it.
+pub fn loopback_endpoint(s: &str) -> Result<std::net::SocketAddr, EndpointError> {
+    let a: std::net::SocketAddr =
+        s.parse().map_err(|_| EndpointError::NotAnAddress(s.chars().take(128).collect()))?;
+    if a.ip().is_loopback() && a.port() != 0 { Ok(a) } else { Err(EndpointError::NotLoopback(a)) }
+}
+
+/// A worker call whose answer named an endpoint that is not the worker's own.
+fn endpoint_refused(worker: &str, op: &'static str, e: EndpointError) -> WorkerError {
+    WorkerError {
+        worker: worker.to_owned(),
+        op,
+        code: tonic::Code::PermissionDenied,
+        message: format!("reported endpoint refused: {e}"),
+    }
+}
+
+/// The template's limits as the wire's `Resources` (None: the worker's defaults).
+pub fn resources(t: &TemplateRecord) -> Option<pb::Resources> {
+    let l = t.spec.resources.limits().ok()?;
+    (l != ate_core::resource::Limits::default()).then(|| pb::Resources {
+        cpu_milli: l.cpu_milli.unwrap_or(0),
+        memory_bytes: l.memory_bytes.unwrap_or(0),
+        pids: l.pids.unwrap_or(0),
+    })
+}
+
 /// Connects to a worker's socket (the same connector as `ateom_grpc::connect_unix`, without
 /// depending on the worker's server crates). The channel reconnects by itself.
 pub fn connect_lazy(path: &Path) -> Client {
@@ -255,6 +293,9 @@ impl Workers {
                 });
             }
         };
+        if !r.host_endpoint.is_empty() {
+            loopback_endpoint(&r.host_endpoint).map_err(|e| endpoint_refused(name, "GetCapabilities", e))?;
+        }
         let caps = r.capabilities.unwrap_or_default();
         let host = r.host.unwrap_or_default();
         Ok(Caps {
@@ -304,6 +345,7 @@ impl Workers {
             actor_template_name: tpl,
             actor_id: id,
             spec: Some(spec(t)),
+            resources: resources(t),
             ..Default::default()
         });
         req.set_timeout(timeout);
@@ -312,7 +354,9 @@ impl Workers {
             .run_workload(req)
             .await
             .map_err(|s| Self::err(name, "RunWorkload", s))?;
-        Ok(r.into_inner().host_endpoint)
+        let endpoint = r.into_inner().host_endpoint;
+        loopback_endpoint(&endpoint).map_err(|e| endpoint_refused(name, "RunWorkload", e))?;
+        Ok(endpoint)
     }
 
     /// RestoreWorkload of exactly `snapshot_id`: `prefix` None restores a LOCAL snapshot.
@@ -339,6 +383,7 @@ impl Workers {
             snapshot_id: snapshot_id.to_owned(),
             keep_snapshot_ids: keep.to_vec(),
             scope: scope(t),
+            resources: resources(t),
             ..Default::default()
         });
         req.set_timeout(timeout);
@@ -348,6 +393,7 @@ impl Workers {
             .await
             .map_err(|s| Self::err(name, "RestoreWorkload", s))?
             .into_inner();
+        loopback_endpoint(&r.host_endpoint).map_err(|e| endpoint_refused(name, "RestoreWorkload", e))?;
         Ok(Restored { endpoint: r.host_endpoint, snapshot_id: r.snapshot_id, pulled_bytes: r.pulled_bytes })
     }
 
@@ -464,6 +510,22 @@ mod transit_tests {
 
     fn err(code: tonic::Code, message: &str) -> WorkerError {
         WorkerError { worker: "w1".into(), op: "CheckpointWorkload", code, message: message.into() }
+    }
+
+    #[test]
+    fn only_loopback_endpoints_are_accepted() {
+        use super::{EndpointError, loopback_endpoint};
+        assert!(loopback_endpoint("127.0.0.1:8080").is_ok());
+        assert!(loopback_endpoint("127.3.4.5:1").is_ok());
+        assert!(loopback_endpoint("[::1]:80").is_ok());
+        for bad in
+            ["0.0.0.0:80", "10.0.0.1:80", "169.254.1.1:80", "[::ffff:127.0.0.1]:80", "[::]:80", "127.0.0.1:0"]
+        {
+            assert!(matches!(loopback_endpoint(bad), Err(EndpointError::NotLoopback(_))), "{bad}");
+        }
+        for bad in ["localhost:80", "", "127.0.0.1", "http://127.0.0.1:80/", "127.0.0.1:80\0"] {
+            assert!(matches!(loopback_endpoint(bad), Err(EndpointError::NotAnAddress(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -170,6 +170,21 @@ impl Controller {
             }
         }
         .await;
+        let mut result = result.map_err(|e| e.to_string());
+        // With signing keys, the golden snapshot must verify here before any actor uses it
+        // (a worker without the key writes unsigned snapshots every resume would refuse).
+        if self.cfg.signing.is_some()
+            && let Ok((id, _)) = &result
+        {
+            let prefix = building.golden.prefix.clone();
+            let verified = match self.snapshot_store(&prefix) {
+                Ok(store) => store.read_index(id).await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = verified {
+                result = Err(format!("golden snapshot {id} does not verify with ate's snapshot keys: {e}"));
+            }
+        }
         let mut done = building.clone();
         done.golden.worker = None;
         match &result {
@@ -183,7 +198,7 @@ impl Controller {
             }
             Err(e) => {
                 done.golden.status = GoldenStatus::Failed;
-                done.golden.reason = Some(e.to_string());
+                done.golden.reason = Some(e.clone());
                 warn!(%worker, error = %e, "golden build failed");
             }
         }

@@ -27,7 +27,9 @@ impl Controller {
         let templates: HashMap<String, TemplateRecord> =
             self.templates().await?.into_iter().map(|t| (t.value.name.clone(), t.value)).collect();
         let now = now_ms();
-        for a in self.actors().await? {
+        let actors = self.actors().await?;
+        self.prune_gates(&actors.iter().map(|a| a.value.name.as_str()).collect());
+        for a in actors {
             let Some(t) = templates.get(&a.value.template) else { continue };
             let policy = &t.spec.idle_policy;
             let gate = self.gate(&a.value.name);

@@ -99,6 +99,10 @@ pub struct Config {
     /// is forwarded (one store read). With a store of its own (SQLite) every transition
     /// goes through this process and its view is always current.
     pub shared_store: bool,
+    /// `--snapshot-key-file`: every snapshot index read for placement (golden and durable
+    /// provenance) must carry a signature that verifies with one of these keys, else the
+    /// actor becomes CRASHED (see `ateom_store::sign`).
+    pub signing: Option<ateom_store::SigningKeys>,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             evict: true,
             min_snapshot_free: 256 << 20,
             shared_store: false,
+            signing: None,
         }
     }
 }
@@ -341,6 +346,30 @@ impl Controller {
         }
     }
 
+    /// The gate of an actor that exists (read from the store when this process has no gate
+    /// for it yet): a name that is no actor allocates nothing.
+    async fn gate_existing(&self, actor: &str) -> Result<Arc<Gate>, CtlError> {
+        if let Some(g) = self.gates.lock().unwrap_or_else(|p| p.into_inner()).get(actor) {
+            return Ok(g.clone());
+        }
+        self.actor(actor).await?;
+        Ok(self.gate(actor))
+    }
+
+    /// Forgets gates of actors that no longer exist and that nobody holds (the gate map
+    /// stays the size of the actor list).
+    pub(super) fn prune_gates(&self, existing: &HashSet<&str>) {
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, g| existing.contains(name.as_str()) || Arc::strong_count(g) > 1);
+    }
+
+    /// Gates held by this process (tests: unknown hosts must not add any).
+    pub fn gate_count(&self) -> usize {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn gate(&self, actor: &str) -> Arc<Gate> {
         self.gates
             .lock()
@@ -361,8 +390,14 @@ impl Controller {
         if let Some(s) = m.get(prefix) {
             return Ok(s.clone());
         }
-        let s = ateom_store::Store::open(prefix)
+        let mut s = ateom_store::Store::open(prefix)
             .map_err(|e| CtlError::Invalid(format!("snapshot location {prefix}: {e}")))?;
+        if let Some(keys) = &self.cfg.signing {
+            let config = ateom_store::StoreConfig { signing: Some(keys.clone()), ..s.config().clone() };
+            s = s
+                .with_config(config)
+                .map_err(|e| CtlError::Invalid(format!("snapshot location {prefix}: {e}")))?;
+        }
         m.insert(prefix.to_owned(), s.clone());
         Ok(s)
     }
@@ -425,7 +460,7 @@ impl Controller {
 
     /// Resumes an actor now (also retries a CRASHED one, from its recorded snapshot).
     pub async fn resume(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "resume").await?;
         let deadline = std::time::Instant::now() + self.cfg.resume_timeout;
         self.resume_locked(actor, &gate, resume::Mode::Explicit, deadline)
@@ -437,7 +472,7 @@ impl Controller {
     /// Resumes an actor from exactly `snapshot_id` (`ate resume actor NAME --from-snapshot
     /// ID`), which may be older than its newest state: the operator's explicit choice.
     pub async fn resume_from(self: &Arc<Self>, actor: &str, snapshot_id: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "resume").await?;
         self.resume_from_locked(actor, snapshot_id, &gate)
             .instrument(info_span!("actor", actor = %actor))
@@ -446,21 +481,21 @@ impl Controller {
     }
 
     pub async fn pause(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "pause").await?;
         self.pause_locked(actor, &gate).instrument(info_span!("actor", actor = %actor)).await?;
         Ok(self.actor(actor).await?.value)
     }
 
     pub async fn suspend(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "suspend").await?;
         self.suspend_locked(actor, &gate, true).instrument(info_span!("actor", actor = %actor)).await?;
         Ok(self.actor(actor).await?.value)
     }
 
     pub async fn delete(self: &Arc<Self>, actor: &str) -> Result<(), CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "delete").await?;
         self.delete_locked(actor, &gate).instrument(info_span!("actor", actor = %actor)).await
     }

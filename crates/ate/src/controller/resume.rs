@@ -48,7 +48,7 @@ impl Controller {
     /// Waits until `actor` is RUNNING (resuming it if needed, once however many callers
     /// ask) and registers a request in flight.
     pub async fn acquire(self: &Arc<Self>, actor: &str) -> Result<Inflight, CtlError> {
-        let gate = self.gate(actor);
+        let gate = self.gate_existing(actor).await?;
         if let Some(i) = self.enter_current(actor, &gate).await {
             return Ok(i);
         }
@@ -70,6 +70,13 @@ impl Controller {
                 return Err(CtlError::Unavailable(format!("actor {actor} did not stay running")));
             }
         }
+    }
+
+    /// A request in flight if `actor` is RUNNING here already (no resume, no store read with
+    /// a store of its own); None otherwise. Allocates nothing for an unknown actor.
+    pub async fn enter_running(&self, actor: &str) -> Option<Inflight> {
+        let gate = self.gates.lock().unwrap_or_else(|p| p.into_inner()).get(actor).cloned()?;
+        self.enter_current(actor, &gate).await
     }
 
     /// Enters the gate if the actor is RUNNING at the endpoint this replica knows; with a

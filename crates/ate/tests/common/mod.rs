@@ -6,6 +6,8 @@
 //! binary, built with `cargo build -p ateom` once if it is missing.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,9 @@ pub struct Serve {
     pub router: SocketAddr,
     pub api: ApiClient,
     pub api_addr: String,
+    /// The admin token's file (None: `--insecure-no-auth`).
+    pub token_file: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -97,11 +102,15 @@ impl Serve {
             panic!("ate serve did not start: {line:?}\n{}", std::fs::read_to_string(log).unwrap_or_default())
         });
         let api_addr = v["api"].as_str().unwrap().to_owned();
+        let token_file = v["admin_token_file"].as_str().map(PathBuf::from);
+        let token = token_file.as_ref().map(|f| ate::auth::read_token(f).expect("admin token file"));
         Serve {
             child,
             router: v["router"].as_str().unwrap().parse().unwrap(),
-            api: ApiClient::new(&api_addr),
+            api: ApiClient::with_token(&api_addr, token),
             api_addr,
+            token_file,
+            metrics_addr: v["metrics"].as_str().map(|m| m.parse().unwrap()),
             args: args.to_vec(),
             log: log.to_owned(),
         }
@@ -141,11 +150,12 @@ impl Serve {
 
     /// Runs the `ate` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ate"))
-            .args(["--api", &self.api_addr])
-            .args(args)
-            .output()
-            .expect("running ate");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ate"));
+        cmd.args(["--api", &self.api_addr]);
+        if let Some(t) = &self.token_file {
+            cmd.arg("--token-file").arg(t);
+        }
+        let out = cmd.args(args).output().expect("running ate");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -176,23 +186,35 @@ pub struct Lab {
 
 impl Lab {
     pub fn start(store: StoreKind, n_workers: usize) -> Lab {
+        Self::start_with(store, n_workers, &[], &[])
+    }
+
+    /// [`Lab::start`] with extra arguments for every `ateom serve` and for `ate serve`.
+    pub fn start_with(
+        store: StoreKind,
+        n_workers: usize,
+        worker_args: &[String],
+        serve_args: &[String],
+    ) -> Lab {
         let dir = tempfile::Builder::new().prefix("ate-test-").tempdir().unwrap();
         let ateom = ateom_bin();
         let image = ate::cluster::pack_counter(&ateom, &dir.path().join("counter-image")).unwrap();
         let workers: Vec<WorkerProc> = (1..=n_workers)
             .map(|i| {
-                WorkerProc::start(
+                WorkerProc::start_with(
                     &ateom,
                     &dir.path().join(format!("w{i}")),
                     &format!("w{i}"),
                     &format!("node-{i}"),
+                    worker_args,
                 )
                 .unwrap()
             })
             .collect();
         let bucket = dir.path().join("bucket");
         let location = format!("file://{}/counter", bucket.display());
-        let (redis, store_args) = match store {
+        let data = ["--data-dir".to_owned(), dir.path().join("data").display().to_string()];
+        let (redis, mut store_args) = match store {
             StoreKind::Sqlite => {
                 (None, vec!["--db".to_owned(), dir.path().join("ate.db").display().to_string()])
             }
@@ -202,11 +224,14 @@ impl Lab {
                 (Some(r), args)
             }
         };
+        // Replicas share the data directory, so the same tokens.
+        store_args.extend(data);
         let mut args = store_args.clone();
         args.extend(
             ["--router", "127.0.0.1:0", "--replica-id", "test", "--resume-timeout", "60s"].map(str::to_owned),
         );
         args.extend(["--api".to_owned(), "127.0.0.1:0".to_owned()]);
+        args.extend(serve_args.iter().cloned());
         let serve = Serve::start(&args, &dir.path().join("ate.log"));
         Lab { workers, serve, image, bucket, location, redis, store_args, dir }
     }
@@ -288,4 +313,74 @@ pub async fn get(router: SocketAddr, actor: &str) -> anyhow::Result<(u16, String
 
 pub fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
+}
+
+/// An `ate serve` with its own SQLite store and data directory under `dir`, no workers,
+/// loopback router/API/metrics on free ports, and `extra` arguments.
+pub fn serve_in(dir: &Path, extra: &[&str]) -> Serve {
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--db".into(),
+        dir.join("ate.db").display().to_string(),
+        "--router".into(),
+        "127.0.0.1:0".into(),
+        "--api".into(),
+        "127.0.0.1:0".into(),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+        "--replica-id".into(),
+        "t".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Serve::start(&args, &dir.join("ate.log"))
+}
+
+/// Polls `f` every 100 ms until it gives Some, for at most `secs` seconds.
+pub async fn wait_for<T, F, Fut>(secs: u64, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pool of one worker at `socket` and a template on it (golden snapshots under
+/// `location`), as YAML.
+pub fn pool_and_template(
+    pool: &str,
+    worker: &str,
+    socket: &Path,
+    template: &str,
+    location: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "kind: WorkerPool\nmetadata: {{ name: {pool} }}\nspec:\n  workers:\n    - {{ name: {worker}, socket: \"{}\" }}\n---\nkind: ActorTemplate\nmetadata: {{ name: {template} }}\nspec:\n  pool: {pool}\n  containers:\n    - name: c\n      image: \"oci-layout:/nonexistent:latest\"\n  snapshot: {{ location: \"{location}\" }}\n{extra}",
+        socket.display()
+    )
+}
+
+/// The template's golden status once it is no longer pending/building (or after `secs`).
+pub async fn golden_settled(serve: &Serve, template: &str, secs: u64) -> serde_json::Value {
+    let api = serve.api.clone();
+    wait_for(secs, || {
+        let api = api.clone();
+        async move {
+            let ts = api.call(hyper::Method::GET, "/v1/templates", None).await.ok()?;
+            let t = ts.as_array()?.iter().find(|t| t["name"] == template)?.clone();
+            matches!(t["golden"]["status"].as_str(), Some("READY" | "FAILED")).then_some(t)
+        }
+    })
+    .await
+    .unwrap_or(serde_json::Value::Null)
 }
