@@ -147,9 +147,25 @@ async fn real_main() -> Result<bool> {
             eprintln!("\n!!!!! {}: every case is SKIPPED: {why}\n", b.name());
         }
     }
+    tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\nateom-fault-matrix: interrupted: cleaning up the case under way");
+        let _ = cases::interrupted().send(true);
+    });
     let mut results = Vec::new();
     let total = defs.len();
     for (i, def) in defs.iter().enumerate() {
+        if *cases::interrupted().borrow() {
+            break;
+        }
         eprint!("[{:>3}/{total}] {} ... ", i + 1, def.id());
         let r = cases::run(&env, def, i + 1).await;
         match r.outcome {
@@ -159,6 +175,7 @@ async fn real_main() -> Result<bool> {
         }
         results.push(r);
     }
+    let stopped = *cases::interrupted().borrow();
     let summary = Summary::new(results, start.elapsed().as_secs_f64());
     drop(env);
     if summary.totals.failed == 0 {
@@ -176,6 +193,9 @@ async fn real_main() -> Result<bool> {
         println!("{}", summary.json());
     } else {
         print!("{}", summary.table());
+    }
+    if stopped {
+        bail!("interrupted after {} of {total} cases", summary.totals.cases);
     }
     Ok(summary.totals.failed == 0)
 }

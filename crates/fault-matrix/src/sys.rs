@@ -48,6 +48,13 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// `arg` names the path `dir` or something below it (not merely a longer name that starts
+/// with the same characters).
+fn mentions(arg: &str, dir: &str) -> bool {
+    arg.match_indices(dir)
+        .any(|(i, _)| matches!(arg[i + dir.len()..].chars().next(), None | Some('/' | '"' | ',' | ' ' | ':')))
+}
+
 /// A process that works for a state directory.
 #[derive(Clone, Debug)]
 pub struct Proc {
@@ -76,7 +83,7 @@ pub fn processes_of(state: &Path) -> Vec<Proc> {
             continue;
         }
         let args = args_of(pid);
-        let in_args = args.iter().any(|a| a.contains(&needle));
+        let in_args = args.iter().any(|a| mentions(a, &needle));
         let in_cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .is_ok_and(|c| c.starts_with(&canonical) || c.starts_with(state));
         if in_args || in_cwd {
@@ -213,7 +220,16 @@ pub fn leftovers(state: &Path) -> Vec<String> {
     let mut out: Vec<String> = processes_of(state).iter().map(Proc::describe).collect();
     out.extend(netns_of(&instance).into_iter().map(|n| format!("network namespace {n}")));
     out.extend(mounts_under(state).into_iter().map(|m| format!("mount {}", m.display())));
-    out.extend(cgroups_of(&instance).into_iter().map(|c| format!("cgroup {}", c.display())));
+    // One cgroup of cgroup v1 appears in every hierarchy: one leak, its hierarchies listed.
+    let mut groups: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for c in cgroups_of(&instance) {
+        let rel = c.strip_prefix("/sys/fs/cgroup").unwrap_or(&c);
+        let mut parts = rel.components().map(|p| p.as_os_str().to_string_lossy().into_owned());
+        let hierarchy = parts.next().unwrap_or_default();
+        let path: Vec<String> = parts.collect();
+        groups.entry(path.join("/")).or_default().push(hierarchy);
+    }
+    out.extend(groups.into_iter().map(|(path, h)| format!("cgroup {path} (in {})", h.join(", "))));
     out.extend(links_of(&instance).into_iter().map(|l| format!("link {l} in the root namespace")));
     out
 }
@@ -363,6 +379,13 @@ pub fn free_port() -> Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_is_named_only_as_itself_or_a_parent() {
+        assert!(mentions("--root=/t/c001/s/runsc", "/t/c001/s"));
+        assert!(mentions("/t/c001/s", "/t/c001/s"));
+        assert!(!mentions("--data=/t/c001/s3-data", "/t/c001/s"));
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

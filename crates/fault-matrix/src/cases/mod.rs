@@ -352,6 +352,13 @@ pub fn short(id: &str) -> &str {
     id.split_once('-').map(|(_, t)| t).unwrap_or(id)
 }
 
+/// Set when the suite is told to stop (SIGINT, SIGTERM): the case under way ends at once and
+/// is cleaned up like any other; no further case starts.
+pub fn interrupted() -> &'static tokio::sync::watch::Sender<bool> {
+    static TX: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+    TX.get_or_init(|| tokio::sync::watch::channel(false).0)
+}
+
 /// Runs one case: its body under a deadline, then the end every case shares.
 pub async fn run(env: &Env, def: &Def, seq: usize) -> CaseResult {
     let start = Instant::now();
@@ -365,10 +372,22 @@ pub async fn run(env: &Env, def: &Def, seq: usize) -> CaseResult {
         None => match std::fs::create_dir_all(&dir) {
             Err(e) => Err(anyhow::anyhow!("creating {}: {e}", dir.display())),
             Ok(()) => {
+                use futures::FutureExt;
                 let limit = crate::env::case_limit(def.backend);
-                match tokio::time::timeout(limit, body(&mut ctx, def)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(anyhow::anyhow!("the case did not finish within {limit:?}")),
+                let mut stop = interrupted().subscribe();
+                // A panic in a case is a failed case: the clean-up below still runs.
+                let guarded = std::panic::AssertUnwindSafe(body(&mut ctx, def)).catch_unwind();
+                tokio::select! {
+                    r = tokio::time::timeout(limit, guarded) => match r {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(panic)) => Err(anyhow::anyhow!(
+                            "the case panicked: {}",
+                            panic.downcast_ref::<String>().map(String::as_str)
+                                .or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("?")
+                        )),
+                        Err(_) => Err(anyhow::anyhow!("the case did not finish within {limit:?}")),
+                    },
+                    _ = stop.wait_for(|v| *v) => Err(anyhow::anyhow!("interrupted (SIGINT/SIGTERM)")),
                 }
             }
         },
