@@ -269,6 +269,24 @@ pub fn available(path: &Path) -> Result<u64> {
     Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
+/// Inodes of the suite's tmpfs mounts: far more than a state dir uses (a few hundred).
+pub const TMPFS_INODES: u64 = 8192;
+
+/// Uses up the inodes of the file system of `dir` (empty files in a directory of their own,
+/// returned): no new file can be created there, whatever space is freed meanwhile.
+pub fn exhaust_inodes(dir: &Path) -> Result<PathBuf> {
+    let d = dir.join(".fault-matrix-inodes");
+    std::fs::create_dir_all(&d)?;
+    for i in 0..(TMPFS_INODES * 2) {
+        match std::fs::File::create(d.join(i.to_string())) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(d),
+            Err(e) => bail!("using up the inodes of {}: {e}", dir.display()),
+        }
+    }
+    bail!("{} has more inodes than expected", dir.display())
+}
+
 /// A tmpfs the suite mounted; unmounted (lazily) when dropped, whatever happened.
 pub struct Tmpfs {
     pub path: PathBuf,
@@ -276,6 +294,8 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
+    /// A tmpfs of `size_mib` with at most [`TMPFS_INODES`] inodes (few enough for a test to
+    /// use them all up).
     pub fn mount(path: &Path, size_mib: u64) -> Result<Tmpfs> {
         std::fs::create_dir_all(path)?;
         nix::mount::mount(
@@ -283,7 +303,7 @@ impl Tmpfs {
             path,
             Some("tmpfs"),
             nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size_mib}m,mode=0700").as_str()),
+            Some(format!("size={size_mib}m,nr_inodes={TMPFS_INODES},mode=0700").as_str()),
         )
         .with_context(|| format!("mounting a {size_mib} MiB tmpfs on {}", path.display()))?;
         Ok(Tmpfs { path: path.to_owned(), mounted: true })
@@ -352,10 +372,14 @@ pub fn fill(dir: &Path, leave: u64) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Deletes filler files.
+/// Deletes filler files (and inode-filler directories).
 pub fn unfill(files: &mut Vec<PathBuf>) {
     for f in files.drain(..) {
-        let _ = std::fs::remove_file(f);
+        if f.is_dir() {
+            let _ = std::fs::remove_dir_all(f);
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

@@ -157,6 +157,13 @@ impl<'e> Ctx<'e> {
         Ok(())
     }
 
+    /// Uses up the inodes of the tmpfs at `disk` (until [`Ctx::unfill`]).
+    pub fn exhaust_inodes(&mut self, disk: &Path) -> Result<()> {
+        let d = sys::exhaust_inodes(disk)?;
+        self.fillers.push(d);
+        Ok(())
+    }
+
     pub fn unfill(&mut self) {
         sys::unfill(&mut self.fillers);
     }
@@ -282,7 +289,21 @@ pub async fn check_restorable(
     keep: &[String],
 ) -> Result<()> {
     let mut c = ctx.client(w).await?;
-    match worker::restore(&mut c, actor, Some(&s.id), None, keep).await {
+    let mut r = worker::restore(&mut c, actor, Some(&s.id), None, keep).await;
+    if let Err(e) = &r
+        && e.code() == tonic::Code::FailedPrecondition
+        && e.message().contains("busy")
+    {
+        // Not the snapshot's fault: the worker still holds a workload (one it believes runs).
+        ctx.problem(format!(
+            "the worker is still busy when snapshot {} is restored ({}): the actor is deleted to check the snapshot",
+            short(&s.id),
+            e.message()
+        ));
+        worker::delete(&mut c, actor, true).await.context("deleting the workload the worker still holds")?;
+        r = worker::restore(&mut c, actor, Some(&s.id), None, keep).await;
+    }
+    match r {
         Ok((live, resp)) => {
             if resp.snapshot_id != s.id {
                 ctx.wrong_resumes += 1;
