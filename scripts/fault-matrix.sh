@@ -41,7 +41,7 @@ while [[ $# -gt 0 ]]; do
         --json | --list) pass+=("$1"); shift ;;
         --backend) backend="$2"; pass+=(--backend "$2"); shift 2 ;;
         --filter | --work-dir) pass+=("$1" "$2"); shift 2 ;;
-        -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -56,6 +56,10 @@ log "building ateom with crash points and the runner in $target"
 "$cargo" build --release -p ateom --features failpoints --target-dir "$target" 1>&2
 "$cargo" build --release -p ateom-fault-matrix --target-dir "$target" 1>&2
 runner_args=(--ateom "$target/release/ateom")
+for a in "${pass[@]}"; do
+    # Listing needs nothing else.
+    [[ "$a" == --list ]] && exec "$target/release/ateom-fault-matrix" "${runner_args[@]}" --counter /dev/null "${pass[@]}"
+done
 
 counter="${ATEOM_COUNTER_BIN:-}"
 if [[ -z "$counter" ]]; then
