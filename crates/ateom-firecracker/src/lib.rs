@@ -862,7 +862,9 @@ impl Sandbox for FcSandbox {
     }
 
     async fn is_alive(&self) -> bool {
-        self.vmm.as_ref().is_some_and(|v| v.exited().is_none())
+        self.vmm
+            .as_ref()
+            .is_some_and(|v| v.exited().is_none() && v.pid().is_some_and(ateom_sys::process_running))
     }
 
     async fn delete(self: Box<Self>) -> Result<(), BackendError> {

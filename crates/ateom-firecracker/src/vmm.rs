@@ -366,7 +366,16 @@ impl Vmm {
 
     /// Why the process exited, or `None` while it runs.
     pub fn exited(&self) -> Option<String> {
-        self.exited.lock().expect("exit lock").clone()
+        if let Some(why) = self.exited.lock().expect("exit lock").clone() {
+            return Some(why);
+        }
+        // The watcher records the exit a moment later; the process table knows at once.
+        match self.pid {
+            Some(pid) if !ateom_sys::process_running(pid) => {
+                Some(format!("firecracker (process {pid}) exited"))
+            }
+            _ => None,
+        }
     }
 
     /// The last log lines, for error messages.

@@ -805,6 +805,13 @@ impl Sandbox for GvisorSandbox {
         }
         let result = self.runsc(&["delete", "--force", &self.cid]).await;
         self.supervisor.finish(std::time::Duration::from_secs(5)).await;
+        // A sandbox that died while runsc was still creating it has no state for `runsc
+        // delete` to find: its cgroups are removed here (empty once its processes are gone).
+        for dir in sandbox_cgroups(&self.cid) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                debug!(cgroup = %dir.display(), error = %e, "removing the sandbox's cgroup");
+            }
+        }
         debug!(cid = %self.cid, elapsed_ms = t.elapsed().as_millis() as u64, "runsc delete done");
         self.dialer = None;
         if let Some(net) = self.net.take() {

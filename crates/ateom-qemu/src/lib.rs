@@ -374,6 +374,7 @@ impl QemuBackend {
         // Disk and (for a restore) RAM: the workload's own copies.
         let work = ctx.work_dir.clone();
         let mem_src = snap_dir.map(|d| d.join(MEMORY));
+        let mem_mib = cfg.memory_mib.unwrap_or(256);
         let disk_src = base.clone();
         // A confined QEMU reopens its disk as its own user (block-device permission changes at
         // the end of a migration): its copies belong to that user (still 0600).
@@ -403,7 +404,7 @@ impl QemuBackend {
                         .map_err(|e| BackendError::failed("copying the guest RAM", e.to_string()))?;
                 }
                 None => {
-                    // Created here, private, rather than by QEMU with its umask: QEMU sizes it.
+                    // Created here, private, rather than by QEMU with its umask.
                     std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -412,6 +413,18 @@ impl QemuBackend {
                         .map_err(|e| BackendError::io("creating the guest RAM file", e))?;
                 }
             }
+            // Guest RAM is this file: a page the guest touches on a full disk would kill QEMU
+            // (SIGBUS). Its whole size is reserved now, so a full disk fails the start (or the
+            // restore) instead of killing a running VM. Zeros are punched out again when a
+            // snapshot is committed.
+            let ram = std::fs::OpenOptions::new()
+                .write(true)
+                .open(work.join(MEMORY))
+                .map_err(|e| BackendError::io("opening the guest RAM file", e))?;
+            nix::fcntl::fallocate(&ram, nix::fcntl::FallocateFlags::empty(), 0, (i64::from(mem_mib)) << 20)
+                .map_err(|e| {
+                BackendError::io("reserving disk space for the guest RAM", std::io::Error::from(e))
+            })?;
             give(&work.join(MEMORY))?;
             Ok(())
         })
@@ -644,7 +657,9 @@ pub fn qemu_args(
     if disk {
         a.extend([
             "-drive".into(),
-            format!("id=root,file={DISK},format=raw,if=none"),
+            // A full host disk is reported to the guest as an I/O error instead of silently
+            // stopping the VM (QEMU's default).
+            format!("id=root,file={DISK},format=raw,if=none,werror=report,rerror=report"),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
         ]);
@@ -810,7 +825,14 @@ impl QemuProcess {
     }
 
     fn exited(&self) -> Option<String> {
-        self.exited.lock().expect("exit lock").clone()
+        if let Some(why) = self.exited.lock().expect("exit lock").clone() {
+            return Some(why);
+        }
+        // The watcher records the exit a moment later; the process table knows at once.
+        match self.pid {
+            Some(pid) if !ateom_sys::process_running(pid) => Some(format!("qemu (process {pid}) exited")),
+            _ => None,
+        }
     }
 
     async fn qmp(&mut self) -> Result<&mut Qmp, BackendError> {
@@ -1072,7 +1094,9 @@ impl Sandbox for QemuSandbox {
     }
 
     async fn is_alive(&self) -> bool {
-        self.proc.as_ref().is_some_and(|p| p.exited().is_none())
+        self.proc
+            .as_ref()
+            .is_some_and(|p| p.exited().is_none() && p.pid.is_some_and(ateom_sys::process_running))
     }
 
     async fn delete(mut self: Box<Self>) -> Result<(), BackendError> {

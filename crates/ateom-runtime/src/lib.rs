@@ -112,7 +112,7 @@ pub enum RuntimeError {
     #[error("{what} is not supported by this worker: {detail}")]
     Unsupported { what: &'static str, detail: String },
     #[error("snapshot store: {0}")]
-    Store(Box<ateom_store::StoreError>),
+    Store(#[source] Box<ateom_store::StoreError>),
     #[error("durable snapshot {location} has an unusable manifest: {detail}")]
     DurableManifest { location: String, detail: String },
     #[error("snapshot {snapshot} is kept on this node at {local}, but shipping it failed: {source}")]

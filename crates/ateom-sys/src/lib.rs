@@ -95,6 +95,18 @@ pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// True while the process runs: it exists and is not a zombie (an exited process whose
+/// parent has not reaped it yet). Read straight from `/proc`, so it is right at once, unlike
+/// a flag a watcher task sets a moment after the exit.
+pub fn process_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state is the first field after the command name, which is in parentheses and may
+    // itself contain spaces or parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|s| s != "Z" && s != "X")
+}
+
 /// Writes `bytes` to `path` atomically with file mode `mode`: a crash at any moment leaves
 /// either the previous file or the complete new one.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
