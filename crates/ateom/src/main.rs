@@ -234,8 +234,30 @@ struct ServeArgs {
     /// `stop` deletes it (its state is lost).
     #[arg(long, value_enum, default_value_t = OnExitArg::Keep)]
     on_exit: OnExitArg,
+    /// Which layout of the `ateom.Ateom` gRPC service the socket speaks. Both layouts have the
+    /// same service and method names but different field numbers, so a socket speaks one; a
+    /// client of the other is refused with an error naming the layout this worker speaks.
+    /// Pick the layout your control plane's client was built from.
+    #[arg(long, value_enum, default_value_t = WireArg::SubstrateV1)]
+    wire: WireArg,
     #[command(flatten)]
     worker: WorkerArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WireArg {
+    /// proto/ateom.proto: substrate's original layout (actor_template_namespace=1,
+    /// actor_template_name=2, actor_id=3, runsc_path=4, spec=5, snapshot_uri_prefix=6) plus
+    /// ateom's own fields and RPCs. For `ate`, the `ateom` CLI, and substrate control planes
+    /// from before its renumbering.
+    SubstrateV1,
+    /// proto/substrate/v2/ateom.proto: substrate's renumbered layout (atespace=1, actor_name=2,
+    /// actor_uid=3, runsc_path=6, spec=7, snapshot_uri=8; TerminateWorkload and the stats
+    /// RPCs). For substrate control planes whose requests carry atespace and actor_uid. It has
+    /// no image or runtime-config fields (the node agent's bundles are used); GetCapabilities,
+    /// DeleteWorkload and the snapshot RPCs still answer, so `ateom caps`, `ateom delete` and
+    /// `ateom snapshots` work against it.
+    SubstrateV2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -275,7 +297,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    let served = ateom_grpc::serve_unix(&args.socket, runtime.clone(), shutdown).await;
+    let wire = match args.wire {
+        WireArg::SubstrateV1 => ateom_grpc::Wire::SubstrateV1,
+        WireArg::SubstrateV2 => ateom_grpc::Wire::SubstrateV2,
+    };
+    let served = ateom_grpc::serve_unix_with(&args.socket, runtime.clone(), wire, shutdown).await;
     runtime
         .shutdown(match args.on_exit {
             OnExitArg::Keep => ateom_runtime::OnExit::Keep,
