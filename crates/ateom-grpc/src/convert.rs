@@ -16,8 +16,25 @@ use ateom_proto as pb;
 /// Most containers one workload may have.
 pub const MAX_CONTAINERS: usize = 16;
 
-fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadSpec, InvalidArgument> {
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+/// One container as a wire layout carries it, borrowed: what [`workload_of`] validates. Each
+/// layout ([`workload`] here, `convert_v2` for substrate's renumbered one) fills it in from its
+/// own message types, so the rules live in one place.
+pub(crate) struct ContainerFields<'a> {
+    pub name: &'a str,
+    /// `None`: no readiness probe; `Some(None)`: a probe without its HTTP action.
+    pub readyz: Option<Option<(&'a str, i32)>>,
+    /// (field path below the container, mount path) of each durable directory.
+    pub durable_dirs: Vec<(String, &'a str)>,
+    pub image: &'a str,
+    pub command: &'a [String],
+    pub args: &'a [String],
+    pub env: Option<&'a std::collections::HashMap<String, String>>,
+}
+
+pub(crate) fn workload_of(
+    containers: Vec<ContainerFields<'_>>,
+    required: bool,
+) -> Result<WorkloadSpec, InvalidArgument> {
     if containers.is_empty() {
         if required {
             return Err(InvalidArgument::new("spec.containers", "must list at least one container"));
@@ -32,41 +49,39 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
     }
     let mut names = BTreeSet::new();
     let mut out = Vec::with_capacity(containers.len());
-    for (i, c) in containers.iter().enumerate() {
+    for (i, c) in containers.into_iter().enumerate() {
         let at = format!("spec.containers[{i}]");
-        let name = Name::parse(&format!("{at}.name"), &c.name)?;
+        let name = Name::parse(&format!("{at}.name"), c.name)?;
         if !names.insert(name.clone()) {
             return Err(InvalidArgument::new(format!("{at}.name"), format!("{name:?} is used twice")));
         }
-        let readyz = match &c.readyz {
+        let readyz = match c.readyz {
             None => None,
-            Some(r) => {
-                let Some(get) = &r.http_get else {
-                    return Err(InvalidArgument::new(
-                        format!("{at}.readyz.http_get"),
-                        "must be set when readyz is",
-                    ));
-                };
-                Some(HttpProbe::parse(&format!("{at}.readyz.http_get"), &get.path, get.port)?)
+            Some(None) => {
+                return Err(InvalidArgument::new(
+                    format!("{at}.readyz.http_get"),
+                    "must be set when readyz is",
+                ));
             }
+            Some(Some((path, port))) => Some(HttpProbe::parse(&format!("{at}.readyz.http_get"), path, port)?),
         };
-        for (j, d) in c.durable_dir_volumes.iter().enumerate() {
+        for (field, d) in &c.durable_dirs {
             if !d.starts_with('/') || d.split('/').any(|s| s == "..") || d.contains('\0') {
                 return Err(InvalidArgument::new(
-                    format!("{at}.durable_dir_volumes[{j}]"),
+                    format!("{at}.{field}"),
                     format!("{d:?} must be an absolute path without '..'"),
                 ));
             }
         }
         let image =
-            if c.image.is_empty() { None } else { Some(ImageRef::parse(&format!("{at}.image"), &c.image)?) };
-        for (field, list) in [("command", &c.command), ("args", &c.args)] {
+            if c.image.is_empty() { None } else { Some(ImageRef::parse(&format!("{at}.image"), c.image)?) };
+        for (field, list) in [("command", c.command), ("args", c.args)] {
             if let Some(j) = list.iter().position(|a| a.contains('\0')) {
                 return Err(InvalidArgument::new(format!("{at}.{field}[{j}]"), "contains a NUL byte"));
             }
         }
         let mut env = BTreeMap::new();
-        for (k, v) in &c.env {
+        for (k, v) in c.env.into_iter().flatten() {
             let valid_key = !k.is_empty() && !k.contains('=') && !k.contains('\0');
             if !valid_key || v.contains('\0') {
                 return Err(InvalidArgument::new(
@@ -79,17 +94,39 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
         out.push(ContainerSpec {
             name,
             readyz,
-            durable_dirs: c.durable_dir_volumes.clone(),
+            durable_dirs: c.durable_dirs.into_iter().map(|(_, d)| d.to_owned()).collect(),
             image,
-            command: c.command.clone(),
-            args: c.args.clone(),
+            command: c.command.to_vec(),
+            args: c.args.to_vec(),
             env,
         });
     }
     Ok(WorkloadSpec { containers: out })
 }
 
-fn abs_path(field: &str, value: &str) -> Result<Option<PathBuf>, InvalidArgument> {
+fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadSpec, InvalidArgument> {
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let fields = containers
+        .iter()
+        .map(|c| ContainerFields {
+            name: &c.name,
+            readyz: c.readyz.as_ref().map(|r| r.http_get.as_ref().map(|g| (g.path.as_str(), g.port))),
+            durable_dirs: c
+                .durable_dir_volumes
+                .iter()
+                .enumerate()
+                .map(|(j, d)| (format!("durable_dir_volumes[{j}]"), d.as_str()))
+                .collect(),
+            image: &c.image,
+            command: &c.command,
+            args: &c.args,
+            env: Some(&c.env),
+        })
+        .collect();
+    workload_of(fields, required)
+}
+
+pub(crate) fn abs_path(field: &str, value: &str) -> Result<Option<PathBuf>, InvalidArgument> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -99,7 +136,7 @@ fn abs_path(field: &str, value: &str) -> Result<Option<PathBuf>, InvalidArgument
     Ok(Some(PathBuf::from(value)))
 }
 
-fn runtime(
+pub(crate) fn runtime(
     legacy_runsc: &str,
     oneof: Option<&pb::run_workload_request::Runtime>,
 ) -> Result<Option<RuntimeConfig>, InvalidArgument> {
@@ -182,7 +219,7 @@ fn microvm(m: &pb::MicroVmConfig) -> Result<core::MicroVmConfig, InvalidArgument
     })
 }
 
-fn asset_paths(
+pub(crate) fn asset_paths(
     map: &std::collections::HashMap<String, String>,
 ) -> Result<BTreeMap<String, String>, InvalidArgument> {
     let mut out = BTreeMap::new();
@@ -214,7 +251,7 @@ fn restore_runtime(r: &pb::restore_workload_request::Runtime) -> pb::run_workloa
     }
 }
 
-fn scope(value: i32) -> Result<Scope, InvalidArgument> {
+pub(crate) fn scope(value: i32) -> Result<Scope, InvalidArgument> {
     match pb::SnapshotScope::try_from(value) {
         Ok(pb::SnapshotScope::Unspecified | pb::SnapshotScope::Full) => Ok(Scope::Full),
         Ok(pb::SnapshotScope::Data) => Ok(Scope::Data),
@@ -225,29 +262,42 @@ fn scope(value: i32) -> Result<Scope, InvalidArgument> {
 /// Limits: CPU 10 millicores - 256 CPUs, memory 16 MiB - 1 TiB, pids 8 - 1,000,000.
 pub fn resources(r: Option<&pb::Resources>) -> Result<core::Resources, InvalidArgument> {
     let Some(r) = r else { return Ok(core::Resources::default()) };
-    let cpu_milli = match r.cpu_milli {
+    limits(
+        (r.cpu_milli, "resources.cpu_milli"),
+        (r.memory_bytes, "resources.memory_bytes"),
+        (r.pids, "resources.pids"),
+    )
+}
+
+/// [`resources`] for a layout that names its limit fields differently; 0 means unset.
+pub(crate) fn limits(
+    (cpu, cpu_field): (u64, &str),
+    (memory, memory_field): (u64, &str),
+    (pids, pids_field): (u32, &str),
+) -> Result<core::Resources, InvalidArgument> {
+    let cpu_milli = match cpu {
         0 => None,
         n @ 10..=256_000 => Some(n as u32),
-        n => return Err(InvalidArgument::new("resources.cpu_milli", format!("{n} is outside 10-256000"))),
+        n => return Err(InvalidArgument::new(cpu_field, format!("{n} is outside 10-256000"))),
     };
     const MIN_MEMORY: u64 = 16 << 20;
     const MAX_MEMORY: u64 = 1 << 40;
-    let memory_bytes = match r.memory_bytes {
+    let memory_bytes = match memory {
         0 => None,
         n @ MIN_MEMORY..=MAX_MEMORY => Some(n),
-        n => {
-            return Err(InvalidArgument::new(
-                "resources.memory_bytes",
-                format!("{n} is outside 16 MiB - 1 TiB"),
-            ));
-        }
+        n => return Err(InvalidArgument::new(memory_field, format!("{n} is outside 16 MiB - 1 TiB"))),
     };
-    let pids = match r.pids {
+    let pids = match pids {
         0 => None,
         n @ 8..=1_000_000 => Some(n),
-        n => return Err(InvalidArgument::new("resources.pids", format!("{n} is outside 8-1000000"))),
+        n => return Err(InvalidArgument::new(pids_field, format!("{n} is outside 8-1000000"))),
     };
     Ok(core::Resources { cpu_milli, memory_bytes, pids })
+}
+
+/// An optional object-store prefix field: empty means none.
+pub(crate) fn uri_prefix(field: &str, value: &str) -> Result<Option<String>, InvalidArgument> {
+    if value.is_empty() { Ok(None) } else { core::parse_uri_prefix(field, value).map(Some) }
 }
 
 pub fn run_request(r: &pb::RunWorkloadRequest) -> Result<core::RunRequest, InvalidArgument> {
@@ -268,18 +318,43 @@ pub fn checkpoint_request(
     workload(r.spec.as_ref(), false)?;
     runtime(&r.runsc_path, r.runtime.as_ref().map(checkpoint_runtime).as_ref())?;
     asset_paths(&r.runtime_asset_paths)?;
-    let scope = scope(r.scope)?;
     // Only substrate's fields (1-8): its node agent ships the files itself.
     let node_agent = r.runtime.is_none()
         && r.destination == 0
         && r.snapshot_id.is_empty()
         && r.keep_snapshot_ids.is_empty();
-    let prefix = if r.snapshot_uri_prefix.is_empty() {
-        None
-    } else {
-        Some(core::parse_uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?)
-    };
-    let destination = match pb::SnapshotDestination::try_from(r.destination) {
+    checkpoint_of(CheckpointFields {
+        actor,
+        scope: r.scope,
+        uri: ("snapshot_uri_prefix", &r.snapshot_uri_prefix),
+        destination: r.destination,
+        snapshot_id: &r.snapshot_id,
+        keep: &r.keep_snapshot_ids,
+        node_agent,
+    })
+}
+
+/// What decides a checkpoint, from whichever layout carried it.
+pub(crate) struct CheckpointFields<'a> {
+    pub actor: ActorRef,
+    /// A `SnapshotScope` value (FULL and DATA are the same numbers in every layout).
+    pub scope: i32,
+    /// (field name, value) of the object-store URI; empty: none.
+    pub uri: (&'a str, &'a str),
+    /// A `SnapshotDestination` value; 0 (UNSPECIFIED): DURABLE when a URI is set, else LOCAL.
+    pub destination: i32,
+    pub snapshot_id: &'a str,
+    pub keep: &'a [String],
+    /// The node-agent convention: the snapshot stays in the actor directory's
+    /// `checkpoint-state/` for the caller to ship; nothing is pushed.
+    pub node_agent: bool,
+}
+
+pub(crate) fn checkpoint_of(f: CheckpointFields<'_>) -> Result<core::CheckpointRequest, InvalidArgument> {
+    let scope = scope(f.scope)?;
+    let (uri_field, uri) = f.uri;
+    let prefix = uri_prefix(uri_field, uri)?;
+    let destination = match pb::SnapshotDestination::try_from(f.destination) {
         Ok(pb::SnapshotDestination::Unspecified) => {
             if prefix.is_some() {
                 Destination::Durable
@@ -290,26 +365,31 @@ pub fn checkpoint_request(
         Ok(pb::SnapshotDestination::Local) => Destination::Local,
         Ok(pb::SnapshotDestination::Durable) => {
             if prefix.is_none() {
-                return Err(InvalidArgument::new(
-                    "snapshot_uri_prefix",
-                    "is required for a DURABLE checkpoint",
-                ));
+                return Err(InvalidArgument::new(uri_field, "is required for a DURABLE checkpoint"));
             }
             Destination::Durable
         }
         Err(_) => {
             return Err(InvalidArgument::new(
                 "destination",
-                format!("{} is not a SnapshotDestination", r.destination),
+                format!("{} is not a SnapshotDestination", f.destination),
             ));
         }
     };
-    let (destination, prefix) = if node_agent { (Destination::Local, None) } else { (destination, prefix) };
+    let (destination, prefix) = if f.node_agent { (Destination::Local, None) } else { (destination, prefix) };
     let uri_prefix = if destination == Destination::Durable { prefix } else { None };
     let snapshot_id =
-        if r.snapshot_id.is_empty() { None } else { Some(SnapshotId::parse("snapshot_id", &r.snapshot_id)?) };
-    let keep = snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?;
-    Ok(core::CheckpointRequest { actor, destination, scope, uri_prefix, snapshot_id, keep, node_agent })
+        if f.snapshot_id.is_empty() { None } else { Some(SnapshotId::parse("snapshot_id", f.snapshot_id)?) };
+    let keep = snapshot_ids("keep_snapshot_ids", f.keep)?;
+    Ok(core::CheckpointRequest {
+        actor: f.actor,
+        destination,
+        scope,
+        uri_prefix,
+        snapshot_id,
+        keep,
+        node_agent: f.node_agent,
+    })
 }
 
 /// Most snapshot ids one request may pin.
@@ -345,11 +425,7 @@ pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRe
         spec: workload(r.spec.as_ref(), false)?,
         runtime: runtime(&r.runsc_path, r.runtime.as_ref().map(restore_runtime).as_ref())?,
         asset_paths: asset_paths(&r.runtime_asset_paths)?,
-        uri_prefix: if r.snapshot_uri_prefix.is_empty() {
-            None
-        } else {
-            Some(core::parse_uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?)
-        },
+        uri_prefix: uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?,
         snapshot_id: if r.snapshot_id.is_empty() {
             None
         } else {

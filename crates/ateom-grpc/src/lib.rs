@@ -4,10 +4,16 @@
 //! wire messages ([`convert`]), maps runtime errors to gRPC status codes ([`status`]) and
 //! serves/connects over unix sockets. It knows no backend: everything backend-specific sits
 //! behind [`ateom_runtime::Runtime`].
+//!
+//! A socket speaks one [`Wire`] layout: the default (`proto/ateom.proto`, substrate's original
+//! layout plus ateom's fields), served by [`AteomService`], or substrate's renumbered one
+//! ([`convert_v2`], [`v2::AteomV2Service`]). Both lead into the same domain requests.
 
 pub mod convert;
+pub mod convert_v2;
 pub mod status;
 pub mod tls;
+pub mod v2;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,65 +39,83 @@ fn endpoint_str(a: std::net::SocketAddr) -> String {
     a.to_string()
 }
 
+/// The answer to a Run.
+pub(crate) fn run_response(started: &ateom_runtime::Started) -> pb::RunWorkloadResponse {
+    pb::RunWorkloadResponse {
+        ready: true,
+        workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
+        host_endpoint: endpoint_str(started.host_endpoint),
+        console: started.console.clone().unwrap_or_default(),
+        ready_ms: started.ready.as_millis() as u64,
+    }
+}
+
+/// The answer to a Checkpoint.
+pub(crate) fn checkpoint_response(done: &ateom_runtime::Checkpointed) -> pb::CheckpointWorkloadResponse {
+    pb::CheckpointWorkloadResponse {
+        snapshot_files: done.files.iter().map(|p| p.display().to_string()).collect(),
+        manifest: Some(convert::manifest(&done.manifest)),
+        location: done.location.clone(),
+        destination: match done.destination {
+            ateom_core::Destination::Local => pb::SnapshotDestination::Local,
+            ateom_core::Destination::Durable => pb::SnapshotDestination::Durable,
+        } as i32,
+        checkpoint_ms: done.elapsed.as_millis() as u64,
+        stored_bytes: done.pushed.map_or(0, |p| p.0),
+        push_ms: done.pushed.map_or(0, |p| p.1.as_millis() as u64),
+    }
+}
+
+/// The answer to a Restore.
+pub(crate) fn restore_response(started: &ateom_runtime::Started) -> pb::RestoreWorkloadResponse {
+    pb::RestoreWorkloadResponse {
+        ready: true,
+        workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
+        host_endpoint: endpoint_str(started.host_endpoint),
+        console: started.console.clone().unwrap_or_default(),
+        ready_ms: started.ready.as_millis() as u64,
+        snapshot_id: started.snapshot_id.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        pulled_bytes: started.pulled.map_or(0, |p| p.0),
+        pull_ms: started.pulled.map_or(0, |p| p.1.as_millis() as u64),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::Ateom for AteomService {
     async fn run_workload(
         &self,
         request: Request<pb::RunWorkloadRequest>,
     ) -> Result<Response<pb::RunWorkloadResponse>, Status> {
-        let req = convert::run_request(request.get_ref()).map_err(status::invalid)?;
+        let req =
+            convert::run_request(request.get_ref()).map_err(|e| status::invalid_on(Wire::SubstrateV1, e))?;
         let span = info_span!("run", actor = %req.actor);
         let rt = self.runtime.clone();
         let started = detached(async move { rt.run(req).instrument(span).await }).await?;
-        Ok(Response::new(pb::RunWorkloadResponse {
-            ready: true,
-            workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
-            host_endpoint: endpoint_str(started.host_endpoint),
-            console: started.console.unwrap_or_default(),
-            ready_ms: started.ready.as_millis() as u64,
-        }))
+        Ok(Response::new(run_response(&started)))
     }
 
     async fn checkpoint_workload(
         &self,
         request: Request<pb::CheckpointWorkloadRequest>,
     ) -> Result<Response<pb::CheckpointWorkloadResponse>, Status> {
-        let req = convert::checkpoint_request(request.get_ref()).map_err(status::invalid)?;
+        let req = convert::checkpoint_request(request.get_ref())
+            .map_err(|e| status::invalid_on(Wire::SubstrateV1, e))?;
         let span = info_span!("checkpoint", actor = %req.actor);
         let rt = self.runtime.clone();
         let done = detached(async move { rt.checkpoint(req).instrument(span).await }).await?;
-        Ok(Response::new(pb::CheckpointWorkloadResponse {
-            snapshot_files: done.files.iter().map(|p| p.display().to_string()).collect(),
-            manifest: Some(convert::manifest(&done.manifest)),
-            location: done.location,
-            destination: match done.destination {
-                ateom_core::Destination::Local => pb::SnapshotDestination::Local,
-                ateom_core::Destination::Durable => pb::SnapshotDestination::Durable,
-            } as i32,
-            checkpoint_ms: done.elapsed.as_millis() as u64,
-            stored_bytes: done.pushed.map_or(0, |p| p.0),
-            push_ms: done.pushed.map_or(0, |p| p.1.as_millis() as u64),
-        }))
+        Ok(Response::new(checkpoint_response(&done)))
     }
 
     async fn restore_workload(
         &self,
         request: Request<pb::RestoreWorkloadRequest>,
     ) -> Result<Response<pb::RestoreWorkloadResponse>, Status> {
-        let req = convert::restore_request(request.get_ref()).map_err(status::invalid)?;
+        let req = convert::restore_request(request.get_ref())
+            .map_err(|e| status::invalid_on(Wire::SubstrateV1, e))?;
         let span = info_span!("restore", actor = %req.actor);
         let rt = self.runtime.clone();
         let started = detached(async move { rt.restore(req).instrument(span).await }).await?;
-        Ok(Response::new(pb::RestoreWorkloadResponse {
-            ready: true,
-            workload_address: started.workload_address.map(endpoint_str).unwrap_or_default(),
-            host_endpoint: endpoint_str(started.host_endpoint),
-            console: started.console.unwrap_or_default(),
-            ready_ms: started.ready.as_millis() as u64,
-            snapshot_id: started.snapshot_id.map(|s| s.to_string()).unwrap_or_default(),
-            pulled_bytes: started.pulled.map_or(0, |p| p.0),
-            pull_ms: started.pulled.map_or(0, |p| p.1.as_millis() as u64),
-        }))
+        Ok(Response::new(restore_response(&started)))
     }
 
     async fn delete_workload(
@@ -217,7 +241,7 @@ impl pb::Ateom for AteomService {
 /// future when its client disconnects, and a Run/Checkpoint/Restore cut at an arbitrary
 /// await point would leak a sandbox or lose a workload. The operation always finishes; the
 /// client, if still there, gets its answer.
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     op: impl std::future::Future<Output = Result<T, ateom_runtime::RuntimeError>> + Send + 'static,
 ) -> Result<T, Status> {
     match tokio::spawn(op).await {
@@ -271,22 +295,154 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Binds `path` (mode 0600, replacing a stale socket file) and serves until `shutdown`
-/// resolves.
+/// Which layout of the `ateom.Ateom` service a socket speaks. Both share the package and
+/// service name (and so every method path) but not the field numbers: a client of the other
+/// layout is refused (see `crates/ateom/tests/substrate_wire.rs` for what it sees).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// `proto/ateom.proto`: substrate's original layout (fields 1-8) plus ateom's fields and
+    /// RPCs. What `ate`, the `ateom` CLI and unmodified substrate clients of that layout speak.
+    #[default]
+    SubstrateV1,
+    /// `proto/substrate/v2/ateom.proto`: substrate's renumbered layout, plus ateom's own RPCs
+    /// that it does not define (GetCapabilities, DeleteWorkload, the snapshot RPCs) with
+    /// `proto/ateom.proto`'s messages.
+    SubstrateV2,
+}
+
+impl Wire {
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::SubstrateV1 => "substrate-v1",
+            Wire::SubstrateV2 => "substrate-v2",
+        }
+    }
+}
+
+/// Binds `path` (mode 0600, replacing a stale socket file) and serves the default layout
+/// until `shutdown` resolves.
 pub async fn serve_unix(
     path: &Path,
     runtime: Arc<Runtime>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_unix_with(path, runtime, Wire::SubstrateV1, shutdown).await
+}
+
+/// [`serve_unix`] in the given layout.
+pub async fn serve_unix_with(
+    path: &Path,
+    runtime: Arc<Runtime>,
+    wire: Wire,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let listener = bind_unix(path)?;
-    info!(socket = %path.display(), "serving ateom.Ateom");
+    info!(socket = %path.display(), wire = wire.name(), "serving ateom.Ateom");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(pb::AteomServer::new(AteomService::new(runtime)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+    serve_incoming(runtime, wire, incoming, shutdown).await?;
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+/// Serves `wire`'s service on the connections `incoming` yields (a unix socket's, or TLS
+/// connections accepted by [`tls::serve_tcp`]) until `shutdown`.
+pub(crate) async fn serve_incoming<IO, IE>(
+    runtime: Arc<Runtime>,
+    wire: Wire,
+    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = tonic::transport::Server::builder();
+    let v1 = pb::AteomServer::new(AteomService::new(runtime.clone()));
+    match wire {
+        Wire::SubstrateV1 => {
+            builder
+                .add_service(Hinted { inner: v1, wire })
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Wire::SubstrateV2 => {
+            let routed = v2::Routed::new(v2::AteomV2Service::new(runtime), v1);
+            builder
+                .add_service(Hinted { inner: routed, wire })
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+}
+
+/// Adds [`status::other_layout_hint`] to the status of a request that does not even decode
+/// (tonic answers INTERNAL "failed to decode Protobuf message: ..." before any handler runs),
+/// which is what a client of the other layout usually gets: same method, same message names,
+/// field numbers whose wire types differ.
+#[derive(Clone)]
+struct Hinted<S> {
+    inner: S,
+    wire: Wire,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Hinted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Hinted<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+            Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>,
+        >,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let wire = self.wire;
+        let method = req.uri().path().to_owned();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let Some(s) = Status::from_header_map(response.headers()) else { return Ok(response) };
+            let hint = status::other_layout_hint(wire);
+            let hinted = match s.code() {
+                tonic::Code::Internal if s.message().starts_with("failed to decode Protobuf message") => {
+                    Some(Status::internal(format!("{} ({hint})", s.message())))
+                }
+                // tonic's answer to a method the service does not have.
+                tonic::Code::Unimplemented if s.message().is_empty() => {
+                    Some(Status::unimplemented(format!("{method} is not a method of this worker ({hint})")))
+                }
+                _ => None,
+            };
+            if let Some(hinted) = hinted {
+                let headers = response.headers_mut();
+                for h in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                    headers.remove(h);
+                }
+                if let Err(e) = hinted.add_header(headers) {
+                    return Ok(e.into_http());
+                }
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// A sibling of `path` to bind before renaming into place (short, so long socket paths stay
@@ -297,13 +453,12 @@ fn staging_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{short}.{}", std::process::id()))
 }
 
-/// Connects a client to a worker's unix socket.
-pub async fn connect_unix(
-    path: &Path,
-) -> Result<pb::AteomClient<tonic::transport::Channel>, tonic::transport::Error> {
+/// A channel to a worker's unix socket, for a client of any layout (e.g.
+/// `ateom_proto::substrate::v2::AteomClient::new(channel)`).
+pub async fn channel_unix(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = path.to_owned();
     // The URI is required by tonic but unused: the connector always dials the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://ateom.local")
+    tonic::transport::Endpoint::from_static("http://ateom.local")
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
@@ -312,8 +467,14 @@ pub async fn connect_unix(
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
-        .await?;
-    Ok(pb::AteomClient::new(channel).max_decoding_message_size(64 << 20))
+        .await
+}
+
+/// Connects a client of the default layout to a worker's unix socket.
+pub async fn connect_unix(
+    path: &Path,
+) -> Result<pb::AteomClient<tonic::transport::Channel>, tonic::transport::Error> {
+    Ok(pb::AteomClient::new(channel_unix(path).await?).max_decoding_message_size(64 << 20))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Runtime errors -> gRPC status codes.
 //!
-//! * bad input: `INVALID_ARGUMENT` naming the field;
+//! * bad input: `INVALID_ARGUMENT` naming the field; a field or RPC ateom does not implement
+//!   (substrate-v2 layout): `UNIMPLEMENTED` naming it;
 //! * the worker's state forbids it (busy, nothing running, wrong actor, snapshot does not
 //!   fit this host): `FAILED_PRECONDITION` — the control plane treats a refused restore as
 //!   a CRASHED actor;
@@ -17,8 +18,50 @@ use ateom_snapshot::SnapshotError;
 use ateom_store::StoreError;
 use tonic::{Code, Status};
 
+use crate::Wire;
+
 pub fn invalid(e: InvalidArgument) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// INVALID_ARGUMENT for a Run/Checkpoint/Restore of `wire`. When the field is one where a
+/// client of the other layout puts something else (e.g. a v2 client's
+/// `actor_template_atespace` lands in the default layout's `runsc_path`), the message says
+/// which layout this worker speaks.
+pub fn invalid_on(wire: Wire, e: InvalidArgument) -> Status {
+    let fields: &[&str] = match wire {
+        Wire::SubstrateV1 => &["runsc_path", "snapshot_uri_prefix"],
+        Wire::SubstrateV2 => &["actor_template_atespace", "actor_template_name", "runsc_path"],
+    };
+    if fields.contains(&e.field.as_str()) {
+        Status::invalid_argument(format!("{e} ({})", other_layout_hint(wire)))
+    } else {
+        invalid(e)
+    }
+}
+
+/// What a client of the other layout needs to know: which layout this worker speaks.
+pub fn other_layout_hint(wire: Wire) -> &'static str {
+    match wire {
+        Wire::SubstrateV1 => {
+            "this worker speaks the default layout, proto/ateom.proto (`--wire substrate-v1`); a \
+             client of substrate's renumbered layout needs a worker started with --wire substrate-v2"
+        }
+        Wire::SubstrateV2 => {
+            "this worker speaks substrate's renumbered layout (`--wire substrate-v2`); a client of \
+             proto/ateom.proto or of substrate's original layout needs a worker started with \
+             --wire substrate-v1"
+        }
+    }
+}
+
+/// A refused request of substrate's v2 layout: INVALID_ARGUMENT (see [`invalid_on`]), or
+/// UNIMPLEMENTED naming the field ateom does not implement.
+pub fn refused(r: crate::convert_v2::Refused) -> Status {
+    match r {
+        crate::convert_v2::Refused::Invalid(e) => invalid_on(Wire::SubstrateV2, e),
+        r @ crate::convert_v2::Refused::Unimplemented { .. } => Status::unimplemented(r.to_string()),
+    }
 }
 
 pub fn code_of(e: &RuntimeError) -> Code {

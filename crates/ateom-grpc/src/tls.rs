@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
-use crate::{AteomService, ServeError};
+use crate::ServeError;
 
 /// The PEM files of one side of a mutual-TLS connection.
 #[derive(Clone, Debug)]
@@ -154,13 +154,14 @@ pub fn front_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsEr
 pub async fn serve_tcp(
     addr: SocketAddr,
     runtime: Arc<Runtime>,
+    wire: crate::Wire,
     config: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Socket { path: PathBuf::from(addr.to_string()), source })?;
-    info!(%addr, "serving ateom.Ateom over TCP with mutual TLS");
+    info!(%addr, wire = wire.name(), "serving ateom.Ateom over TCP with mutual TLS");
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(async move {
@@ -180,10 +181,7 @@ pub async fn serve_tcp(
         }
     });
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let served = tonic::transport::Server::builder()
-        .add_service(pb::AteomServer::new(AteomService::new(runtime)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let served = crate::serve_incoming(runtime, wire, incoming, shutdown).await;
     accept.abort();
     served?;
     Ok(())

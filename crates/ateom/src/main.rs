@@ -234,6 +234,12 @@ struct ServeArgs {
     /// `stop` deletes it (its state is lost).
     #[arg(long, value_enum, default_value_t = OnExitArg::Keep)]
     on_exit: OnExitArg,
+    /// Which layout of the `ateom.Ateom` gRPC service the socket speaks. Both layouts have the
+    /// same service and method names but different field numbers, so a socket speaks one; a
+    /// client of the other is refused with an error naming the layout this worker speaks.
+    /// Pick the layout your control plane's client was built from.
+    #[arg(long, value_enum, default_value_t = WireArg::SubstrateV1)]
+    wire: WireArg,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -261,6 +267,22 @@ struct TlsArgs {
     /// The CA that signs the clients allowed in (PEM).
     #[arg(long, env = "ATEOM_TLS_CA")]
     tls_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WireArg {
+    /// proto/ateom.proto: substrate's original layout (actor_template_namespace=1,
+    /// actor_template_name=2, actor_id=3, runsc_path=4, spec=5, snapshot_uri_prefix=6) plus
+    /// ateom's own fields and RPCs. For `ate`, the `ateom` CLI, and substrate control planes
+    /// from before its renumbering.
+    SubstrateV1,
+    /// proto/substrate/v2/ateom.proto: substrate's renumbered layout (atespace=1, actor_name=2,
+    /// actor_uid=3, runsc_path=6, spec=7, snapshot_uri=8; TerminateWorkload and the stats
+    /// RPCs). For substrate control planes whose requests carry atespace and actor_uid. It has
+    /// no image or runtime-config fields (the node agent's bundles are used); GetCapabilities,
+    /// DeleteWorkload and the snapshot RPCs still answer, so `ateom caps`, `ateom delete` and
+    /// `ateom snapshots` work against it.
+    SubstrateV2,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -300,6 +322,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
+    let wire = match args.wire {
+        WireArg::SubstrateV1 => ateom_grpc::Wire::SubstrateV1,
+        WireArg::SubstrateV2 => ateom_grpc::Wire::SubstrateV2,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -322,14 +348,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let mut stop = stop_rx.clone();
             let rt = runtime.clone();
             tcp = Some(tokio::spawn(async move {
-                ateom_grpc::tls::serve_tcp(addr, rt, config, async move {
+                ateom_grpc::tls::serve_tcp(addr, rt, wire, config, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
             }));
         }
     }
-    let served = ateom_grpc::serve_unix(&args.socket, runtime.clone(), shutdown).await;
+    let served = ateom_grpc::serve_unix_with(&args.socket, runtime.clone(), wire, shutdown).await;
     if let Some(t) = tcp {
         match t.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the TCP listener ended with an error"),

@@ -128,9 +128,18 @@ fn checkpoint_destination_defaults_follow_the_prefix() {
     assert_eq!(r.destination, Destination::Local);
     assert!(r.uri_prefix.is_none());
 
+    // Substrate's fields alone (a prefix, nothing of ateom's): the node agent's convention,
+    // the snapshot stays local for the node agent to ship.
     let mut c = checkpoint();
     c.snapshot_uri_prefix = "file:///tmp/bucket/".into();
     let r = checkpoint_request(&c).unwrap();
+    assert!(r.node_agent);
+    assert_eq!((r.destination, r.uri_prefix), (Destination::Local, None));
+
+    // Any of ateom's fields (here an explicit id): the prefix makes it DURABLE.
+    c.snapshot_id = "s-1".into();
+    let r = checkpoint_request(&c).unwrap();
+    assert!(!r.node_agent);
     assert_eq!(r.destination, Destination::Durable);
     assert_eq!(r.uri_prefix.as_deref(), Some("file:///tmp/bucket"));
 
