@@ -1130,3 +1130,70 @@ async fn signed_snapshots_are_verified_at_placement() {
     lab.serve.api.action(a, "resume").await.unwrap();
     traffic(lab.serve.router, &names, &mut expected, 1).await;
 }
+
+/// Drives `request` until `actor` is seen in `state` (polled every 2 ms), then drops it, which
+/// closes its connection. False when the request answered before that.
+async fn abandon_when<T>(
+    lab: &Lab,
+    actor: &str,
+    state: ActorState,
+    request: impl Future<Output = T>,
+) -> bool {
+    tokio::pin!(request);
+    let until = deadline(30);
+    loop {
+        tokio::select! {
+            _ = &mut request => return false,
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        let views = lab.serve.api.actors().await.unwrap();
+        if views.iter().any(|v| v.actor.name == actor && v.actor.state == state) {
+            return true;
+        }
+        assert!(Instant::now() < until, "{actor} never seen {state:?}");
+    }
+}
+
+/// A client that gives up on a pause (or a resume through the router) halfway does not stop
+/// the operation halfway: the pause still ends PAUSED at a snapshot, the actor is reachable
+/// again afterwards with its state continued, and nothing stays draining or mid-transition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_requests_do_not_leave_operations_halfway() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED abandoned_requests_do_not_leave_operations_halfway: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let lab = Lab::start(StoreKind::Sqlite, 1);
+    lab.apply_counter(None);
+    let a = lab.create_actors(1).remove(0);
+    let router = lab.serve.router;
+    assert_eq!(count(router, &a).await, (1, 1));
+    let mut prev = 1;
+    for round in 0..3u64 {
+        // The pause request is dropped (its connection closed) once the actor is seen pausing,
+        // that is while the checkpoint is under way.
+        let dropped_mid =
+            abandon_when(&lab, &a, ActorState::Pausing, lab.serve.api.action(&a, "pause")).await;
+        assert!(dropped_mid, "round {round}: the pause answered before it was seen under way");
+        let views = settled(&lab, 120).await;
+        let v = views.iter().find(|v| v.actor.name == a).unwrap();
+        assert_eq!(v.actor.state, ActorState::Paused, "round {round}: {}", ids_of(v));
+        assert!(v.actor.local.as_ref().is_some_and(|l| !l.snapshot_id.is_empty()), "round {round}");
+
+        // A resume through the router whose client gives up early also runs to its end.
+        let dropped_mid = abandon_when(&lab, &a, ActorState::Resuming, get(router, &a)).await;
+        assert!(dropped_mid, "round {round}: the resume answered before it was seen under way");
+        let views = settled(&lab, 120).await;
+        let v = views.iter().find(|v| v.actor.name == a).unwrap();
+        assert_eq!(v.actor.state, ActorState::Running, "round {round}: {}", ids_of(v));
+        // The abandoned request may or may not have reached the workload: one or two more.
+        let (memory, file) = count(router, &a).await;
+        assert_eq!(memory, file, "round {round}");
+        assert!(
+            memory == prev + 1 || memory == prev + 2,
+            "round {round}: {prev} then {memory}: continued exactly"
+        );
+        prev = memory;
+    }
+}

@@ -166,6 +166,18 @@ impl CtlError {
     }
 }
 
+/// Runs a state-changing operation to its end on a task of its own. Its caller (an HTTP
+/// handler, a proxied request) may stop waiting when its client disconnects; the operation
+/// must not stop halfway with it: a gate left draining (the actor unreachable from this
+/// replica), a record left mid-transition, a workload started but never recorded.
+pub(super) async fn run_to_end<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, CtlError>> + Send + 'static,
+) -> Result<T, CtlError> {
+    tokio::spawn(op)
+        .await
+        .unwrap_or_else(|e| Err(CtlError::Unavailable(format!("the operation's task failed: {e}"))))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -460,44 +472,81 @@ impl Controller {
 
     /// Resumes an actor now (also retries a CRASHED one, from its recorded snapshot).
     pub async fn resume(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate_existing(actor).await?;
-        let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "resume").await?;
-        let deadline = std::time::Instant::now() + self.cfg.resume_timeout;
-        self.resume_locked(actor, &gate, resume::Mode::Explicit, deadline)
-            .instrument(info_span!("actor", actor = %actor))
-            .await?;
-        Ok(self.actor(actor).await?.value)
+        self.to_completion(actor, "resume", |ctl, actor, gate| async move {
+            let deadline = std::time::Instant::now() + ctl.cfg.resume_timeout;
+            ctl.resume_locked(&actor, &gate, resume::Mode::Explicit, deadline).await
+        })
+        .await
     }
 
     /// Resumes an actor from exactly `snapshot_id` (`ate resume actor NAME --from-snapshot
     /// ID`), which may be older than its newest state: the operator's explicit choice.
     pub async fn resume_from(self: &Arc<Self>, actor: &str, snapshot_id: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate_existing(actor).await?;
-        let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "resume").await?;
-        self.resume_from_locked(actor, snapshot_id, &gate)
-            .instrument(info_span!("actor", actor = %actor))
-            .await?;
-        Ok(self.actor(actor).await?.value)
+        let snapshot_id = snapshot_id.to_owned();
+        self.to_completion(actor, "resume", |ctl, actor, gate| async move {
+            ctl.resume_from_locked(&actor, &snapshot_id, &gate).await
+        })
+        .await
     }
 
     pub async fn pause(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate_existing(actor).await?;
-        let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "pause").await?;
-        self.pause_locked(actor, &gate).instrument(info_span!("actor", actor = %actor)).await?;
-        Ok(self.actor(actor).await?.value)
+        self.to_completion(
+            actor,
+            "pause",
+            |ctl, actor, gate| async move { ctl.pause_locked(&actor, &gate).await },
+        )
+        .await
     }
 
     pub async fn suspend(self: &Arc<Self>, actor: &str) -> Result<Actor, CtlError> {
-        let gate = self.gate_existing(actor).await?;
-        let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "suspend").await?;
-        self.suspend_locked(actor, &gate, true).instrument(info_span!("actor", actor = %actor)).await?;
-        Ok(self.actor(actor).await?.value)
+        self.to_completion(actor, "suspend", |ctl, actor, gate| async move {
+            ctl.suspend_locked(&actor, &gate, true).await
+        })
+        .await
     }
 
     pub async fn delete(self: &Arc<Self>, actor: &str) -> Result<(), CtlError> {
         let gate = self.gate_existing(actor).await?;
-        let _lock = self.op_lock(&gate, self.cfg.resume_timeout, "delete").await?;
-        self.delete_locked(actor, &gate).instrument(info_span!("actor", actor = %actor)).await
+        let lock = self.op_lock(&gate, self.cfg.resume_timeout, "delete").await?;
+        let (ctl, name) = (self.clone(), actor.to_owned());
+        let span = info_span!("actor", actor = %actor);
+        run_to_end(
+            async move {
+                let _lock = lock;
+                ctl.delete_locked(&name, &gate).await
+            }
+            .instrument(span),
+        )
+        .await
+    }
+
+    /// One explicit operation under the actor's lock, on a task of its own, answering the
+    /// actor as it is afterwards. See [`run_to_end`] for why not in the caller's task.
+    async fn to_completion<F, Fut>(
+        self: &Arc<Self>,
+        actor: &str,
+        what: &str,
+        op: F,
+    ) -> Result<Actor, CtlError>
+    where
+        F: FnOnce(Arc<Self>, String, Arc<Gate>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), CtlError>> + Send + 'static,
+    {
+        let gate = self.gate_existing(actor).await?;
+        let lock = self.op_lock(&gate, self.cfg.resume_timeout, what).await?;
+        let ctl = self.clone();
+        let done = op(self.clone(), actor.to_owned(), gate);
+        let name = actor.to_owned();
+        let span = info_span!("actor", actor = %actor);
+        run_to_end(
+            async move {
+                let _lock = lock;
+                done.await?;
+                Ok(ctl.actor(&name).await?.value)
+            }
+            .instrument(span),
+        )
+        .await
     }
 
     // ---------------------------------------------------------------- views

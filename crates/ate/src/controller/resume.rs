@@ -52,24 +52,29 @@ impl Controller {
         if let Some(i) = self.enter_current(actor, &gate).await {
             return Ok(i);
         }
-        let deadline = Instant::now() + self.cfg.resume_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let lock = self.op_lock(&gate, left, "waiting for it to resume").await?;
-            if let Some(i) = self.enter_current(actor, &gate).await {
-                return Ok(i);
-            }
-            let span = info_span!("actor", actor = %actor);
-            self.resume_locked(actor, &gate, Mode::Traffic, deadline).instrument(span).await?;
-            if let Some(i) = self.enter_current(actor, &gate).await {
+        // The resume runs to its end even if this request's client goes away (see run_to_end).
+        let (ctl, actor) = (self.clone(), actor.to_owned());
+        super::run_to_end(async move {
+            let deadline = Instant::now() + ctl.cfg.resume_timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let lock = ctl.op_lock(&gate, left, "waiting for it to resume").await?;
+                if let Some(i) = ctl.enter_current(&actor, &gate).await {
+                    return Ok(i);
+                }
+                let span = info_span!("actor", actor = %actor);
+                ctl.resume_locked(&actor, &gate, Mode::Traffic, deadline).instrument(span).await?;
+                if let Some(i) = ctl.enter_current(&actor, &gate).await {
+                    drop(lock);
+                    return Ok(i);
+                }
                 drop(lock);
-                return Ok(i);
+                if Instant::now() > deadline {
+                    return Err(CtlError::Unavailable(format!("actor {actor} did not stay running")));
+                }
             }
-            drop(lock);
-            if Instant::now() > deadline {
-                return Err(CtlError::Unavailable(format!("actor {actor} did not stay running")));
-            }
-        }
+        })
+        .await
     }
 
     /// A request in flight if `actor` is RUNNING here already (no resume, no store read with
