@@ -284,6 +284,9 @@ struct Active {
     service_port: Option<u16>,
 }
 
+/// How long shutdown waits for an operation in flight (a start, a checkpoint) to finish.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(120);
+
 enum Slot {
     Idle,
     Busy { actor: ActorRef, state: &'static str, snapshot: Option<SnapshotId> },
@@ -1086,6 +1089,7 @@ impl Runtime {
     pub async fn shutdown(&self, on_exit: OnExit) {
         self.forwarder.set_target(None);
         self.forwarder.abort_all().await;
+        self.settle(SHUTDOWN_SETTLE).await;
         if on_exit == OnExit::Keep {
             let mut slot = self.slot.lock().expect("slot lock");
             if let Slot::Running(a) = std::mem::replace(&mut *slot, Slot::Idle) {
@@ -1112,6 +1116,26 @@ impl Runtime {
             if let Err(e) = self.stop_active(a).await {
                 warn!(%actor, error = %e, "delete at shutdown");
             }
+        }
+    }
+
+    /// Waits (at most `limit`) for a start, restore, checkpoint or delete in flight to
+    /// finish, so that shutdown acts on a settled slot: a sandbox still being created when
+    /// the daemon is told to stop is then stopped too, not left running unowned. A push in
+    /// flight is not waited for (the sandbox is already gone; the snapshot is on disk).
+    async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let busy = match &*self.slot.lock().expect("slot lock") {
+                Slot::Busy { state, .. } if *state != "pushing" => Some(*state),
+                _ => None,
+            };
+            let Some(state) = busy else { return };
+            if tokio::time::Instant::now() >= deadline {
+                warn!(state, "shutdown: an operation is still in flight; not waiting longer");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
