@@ -50,9 +50,11 @@ else
     fault_status=0
 fi
 
-if grep -q '^SKIPPED' "$out"; then
+# Skip lines from any test (some print them after a blank line or with a marker prefix).
+skip_re='^[[:space:]!]*SKIPP(ED|ING) '
+if grep -Eq "$skip_re" "$out"; then
     log "skipped tests (these did NOT pass; they could not run here):"
-    grep '^SKIPPED' "$out" | sort -u >&2
+    grep -E "$skip_re" "$out" | sed -E 's/^[[:space:]!]*//' | sort -u >&2
 fi
 rm -f "$out.security" "$out.faults" "$out.faults.err"
 if ((status == 0 && security_status != 0)); then status=$security_status; fi

@@ -57,7 +57,7 @@ impl S3Server {
             // Written to the real stderr, not through eprintln!, which the test harness
             // captures for passing tests: a skip must be seen.
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "\n!!!!! SKIPPING {test}: no S3 server available: {why}\n");
+            let _ = writeln!(std::io::stderr(), "\nSKIPPED {test}: no S3 server available: {why}\n");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
