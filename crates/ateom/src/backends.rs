@@ -137,7 +137,7 @@ pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
 pub async fn preflight(args: &WorkerArgs, state_dir: &Path, log_summary: bool) -> Result<()> {
     let report = crate::doctor::Report::gather(args, state_dir, None).await;
     if log_summary {
-        report.log();
+        report.log(args.backend);
     }
     if let Some(why) = report.refusal(args.backend) {
         let b = args.backend.name();

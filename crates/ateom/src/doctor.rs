@@ -22,6 +22,17 @@ use crate::{BackendKind, WorkerArgs};
 const ALL_BACKENDS: [BackendKind; 3] = [BackendKind::Gvisor, BackendKind::Qemu, BackendKind::Firecracker];
 const MICROVMS: [BackendKind; 2] = [BackendKind::Qemu, BackendKind::Firecracker];
 
+/// The backends a check is about (what a worker of another backend need not worry about).
+fn concerns(check: &str) -> &'static [BackendKind] {
+    match check {
+        "runsc" => &[BackendKind::Gvisor],
+        "qemu" => &[BackendKind::Qemu],
+        "firecracker" | "jailer" | "test-guest" => &[BackendKind::Firecracker],
+        "kvm" | "mkfs.ext4" | "guest-kernel" | "guest-init" => &MICROVMS,
+        _ => &ALL_BACKENDS,
+    }
+}
+
 /// How long the store check waits for the store (per operation).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,12 +169,14 @@ impl Report {
         out
     }
 
-    /// One log line per check (warnings for what is not ok), as `ateom serve` starts.
-    pub fn log(&self) {
+    /// One log line per check, as `ateom serve` starts: a warning for what is not ok and
+    /// concerns `backend`, information for the rest.
+    pub fn log(&self, backend: BackendKind) {
         for c in &self.checks {
-            match c.status {
-                Status::Ok => tracing::info!(target: "ateom::doctor", "{} ok: {}", c.name, c.detail),
-                s => tracing::warn!(target: "ateom::doctor", "{} {}: {}", c.name, s.name(), c.detail),
+            if c.status != Status::Ok && concerns(c.name).contains(&backend) {
+                tracing::warn!(target: "ateom::doctor", "{} {}: {}", c.name, c.status.name(), c.detail);
+            } else {
+                tracing::info!(target: "ateom::doctor", "{} {}: {}", c.name, c.status.name(), c.detail);
             }
         }
     }

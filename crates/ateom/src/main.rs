@@ -340,7 +340,7 @@ fn run(cli: Cli) -> Result<()> {
 /// own report (what `main` returning `Err` prints) adds a backtrace whenever RUST_BACKTRACE
 /// or RUST_LIB_BACKTRACE is set, which buries a user's mistake under frames.
 pub fn error_report(e: &anyhow::Error, debug: bool, starts_worker: bool) -> String {
-    let mut out = format!("error: {e:#}\n");
+    let mut out = format!("error: {}\n", chain_text(e));
     if let Some(h) = hint(e, starts_worker) {
         out.push_str(&format!("hint: {h}\n"));
     }
@@ -348,6 +348,20 @@ pub fn error_report(e: &anyhow::Error, debug: bool, starts_worker: bool) -> Stri
         out.push_str(&format!("\n{e:?}\n"));
     }
     out
+}
+
+/// The error and its causes on one line, like `{:#}`, without repeating a cause whose text
+/// the previous message already includes (some errors print their source themselves).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|prev| prev.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 fn hint(e: &anyhow::Error, starts_worker: bool) -> Option<String> {
@@ -392,6 +406,21 @@ mod tests {
         assert_eq!(r, "error: no such actor\n");
         let r = error_report(&anyhow::anyhow!("the gvisor backend cannot run"), false, true);
         assert!(r.contains("hint: `ateom doctor`"), "{r}");
+        // A cause that prints its own source is not repeated.
+        #[derive(Debug)]
+        struct Wraps(std::io::Error);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = anyhow::Error::from(Wraps(std::io::ErrorKind::NotFound.into())).context("caps");
+        assert_eq!(error_report(&wrapped, false, false), "error: caps: connect: entity not found\n");
         let r = error_report(&anyhow::anyhow!("inner").context("outer"), true, false);
         assert!(r.contains("Caused by"), "--debug shows the cause list: {r}");
     }
