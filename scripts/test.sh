@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (scripts/setup.sh) and runs the whole test suite.
+# Sets up a fresh Debian 12 machine (scripts/setup.sh --all: every package and every build,
+# the guest kernel included) and runs the whole test suite.
 # Tests that need something this machine cannot provide (a firecracker binary, hardware
 # virtualisation) print "SKIPPED <test>: <reason>" and are listed at the end.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-"$root/scripts/setup.sh"
+"$root/scripts/setup.sh" --all
 export ATEOM_COUNTER_BIN="$(scripts/build-counter.sh 2>/dev/null | tail -n1)"
 # The real S3-compatible server the durable-snapshot tests start (cached under ~/.cache).
 scripts/s3-server.sh install >/dev/null

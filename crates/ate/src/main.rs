@@ -47,7 +47,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// The admin API of `ate serve` (where `serve` listens, and what the client verbs call).
-    #[arg(long, global = true, env = "ATE_API", default_value = "127.0.0.1:7070")]
+    #[arg(long, global = true, env = "ATE_API", default_value = "127.0.0.1:7070", value_parser = parse_endpoint)]
     api: String,
     /// ate's private data directory: `ate serve` keeps its database (unless --db/--redis) and
     /// API tokens there; the client verbs read `<data dir>/tokens/admin` from it.
@@ -56,6 +56,10 @@ struct Cli {
     /// The client verbs' token file (default: $ATE_TOKEN, else <data dir>/tokens/admin).
     #[arg(long, global = true, env = "ATE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// On an error, print its cause chain and backtrace too (otherwise only the message,
+    /// whatever RUST_BACKTRACE says).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -168,7 +172,7 @@ struct ServeArgs {
     #[arg(long, default_value = "ate:")]
     redis_prefix: String,
     /// The router's listen address (loopback).
-    #[arg(long, default_value = "127.0.0.1:7080")]
+    #[arg(long, default_value = "127.0.0.1:7080", value_parser = parse_listen_endpoint)]
     router: SocketAddr,
     /// A separate Prometheus listener: `GET /metrics` only, without a token (the API serves
     /// /metrics as well, to a token).
@@ -280,6 +284,128 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Durations on the command line: `500ms`, `30s`, `2m`, `1h` (humantime's syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 2m, 1h: {e}"))
+}
+
+/// Addresses the way people write them: `HOST:PORT`, `http://HOST:PORT`, `http://HOST:PORT/`
+/// (or `http://HOST`, port 80), as `HOST:PORT`. `https://` is refused with the reason (ate's
+/// listeners speak plain HTTP), as are other schemes, paths, user info and a missing port.
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let (rest, scheme) = match t.split_once("://") {
+        Some((scheme, rest)) => (rest, Some(scheme.to_ascii_lowercase())),
+        None => (t, None),
+    };
+    match scheme.as_deref() {
+        None | Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{t:?}: TLS is not supported yet (ate serves plain HTTP); use http://{} or put a \
+                 TLS-terminating proxy in front",
+                rest.trim_end_matches('/')
+            ));
+        }
+        Some(other) => {
+            return Err(format!("{t:?}: unsupported scheme {other:?}; write HOST:PORT or http://HOST:PORT"));
+        }
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(format!("{t:?}: give the address without a path, e.g. http://127.0.0.1:7070"));
+    }
+    if authority.contains('@') {
+        return Err(format!("{t:?}: user info in the address is not supported"));
+    }
+    // The port follows the last ':' outside an IPv6 literal's brackets.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return Err(format!("{t:?}: no host; write HOST:PORT, e.g. 127.0.0.1:7070"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!("{t:?}: write an IPv6 address in brackets, e.g. [::1]:7070"));
+    }
+    let port: u16 = match (port, &scheme) {
+        (Some(p), _) => p.parse().map_err(|_| format!("{t:?}: {p:?} is not a port number"))?,
+        (None, Some(_)) => 80,
+        (None, None) => return Err(format!("{t:?}: no port; write HOST:PORT, e.g. 127.0.0.1:7070")),
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// A listen address written like [`parse_endpoint`] accepts, as an IP socket address.
+pub fn parse_listen_endpoint(s: &str) -> Result<SocketAddr, String> {
+    let e = parse_endpoint(s)?;
+    e.parse().map_err(|_| format!("{s:?}: a listen address needs an IP address, e.g. 127.0.0.1:7080"))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::{parse_endpoint, parse_listen_endpoint};
+
+    #[test]
+    fn addresses_are_accepted_the_way_people_write_them() {
+        for ok in
+            ["127.0.0.1:7070", "http://127.0.0.1:7070", "http://127.0.0.1:7070/", " HTTP://127.0.0.1:7070 "]
+        {
+            assert_eq!(parse_endpoint(ok).unwrap(), "127.0.0.1:7070", "{ok}");
+        }
+        assert_eq!(parse_endpoint("localhost:7070").unwrap(), "localhost:7070");
+        assert_eq!(parse_endpoint("http://localhost").unwrap(), "localhost:80");
+        assert_eq!(parse_endpoint("http://[::1]:7070/").unwrap(), "[::1]:7070");
+        assert_eq!(
+            parse_listen_endpoint("http://127.0.0.1:7080").unwrap(),
+            "127.0.0.1:7080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn what_cannot_work_says_why() {
+        let e = parse_endpoint("https://127.0.0.1:7070").unwrap_err();
+        assert!(e.contains("TLS is not supported yet") && e.contains("http://127.0.0.1:7070"), "{e}");
+        assert!(parse_endpoint("127.0.0.1").unwrap_err().contains("no port"));
+        assert!(parse_endpoint("http://127.0.0.1:7070/v1").unwrap_err().contains("without a path"));
+        assert!(parse_endpoint("ftp://x:1").unwrap_err().contains("unsupported scheme"));
+        assert!(parse_endpoint("::1:7070").unwrap_err().contains("brackets"));
+        assert!(parse_endpoint("http://127.0.0.1:99999").unwrap_err().contains("not a port"));
+        assert!(parse_listen_endpoint("localhost:7080").unwrap_err().contains("needs an IP address"));
+    }
+
+    #[tokio::test]
+    async fn the_client_reaches_an_api_given_as_a_url() {
+        use clap::Parser;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = "[]";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+        });
+        let cli = super::Cli::try_parse_from([
+            "ate",
+            "--api",
+            &format!("http://127.0.0.1:{port}/"),
+            "get",
+            "actors",
+        ])
+        .unwrap();
+        assert_eq!(cli.api, format!("127.0.0.1:{port}"));
+        let v =
+            ate::api::ApiClient::new(&cli.api).call(hyper::Method::GET, "/v1/actors", None).await.unwrap();
+        assert_eq!(v, serde_json::json!([]));
+        let err = super::Cli::try_parse_from(["ate", "--api", "https://127.0.0.1:7070", "get", "actors"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("TLS is not supported yet"), "{err}");
+    }
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -510,9 +636,29 @@ fn client_token(token_file: Option<&std::path::Path>, data_dir: &std::path::Path
     Ok(ate::auth::read_token(&default).ok())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let debug = cli.debug;
+    if debug {
+        // SAFETY: still single-threaded (no runtime, no logging threads yet).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+    }
     init_logging(&cli.log, cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes on one line; anyhow's own report (what `main`
+            // returning `Err` prints) adds a backtrace whenever RUST_BACKTRACE is set.
+            eprintln!("error: {}", ateom_core::errtext::chain_line(e.as_ref()));
+            if debug {
+                eprintln!("\n{e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let c = match &cli.cmd {

@@ -7,11 +7,13 @@
 //! * [`spec`]: validated requests ([`RunRequest`], [`CheckpointRequest`], [`RestoreRequest`])
 //!   and the workload they describe;
 //! * [`manifest`]: the snapshot manifest and the provenance check run before every restore;
-//! * [`backend`]: the [`Backend`] / [`Sandbox`] seam.
+//! * [`backend`]: the [`Backend`] / [`Sandbox`] seam;
+//! * [`errtext`]: how the command-line tools print an error's chain to a user.
 //!
 //! This crate does no I/O and knows no backend and no wire format.
 
 pub mod backend;
+pub mod errtext;
 pub mod ids;
 pub mod manifest;
 pub mod spec;

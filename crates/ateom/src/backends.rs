@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ateom_core::Backend;
 use ateom_runtime::{Runtime, RuntimeOptions};
 use sha2::{Digest, Sha256};
@@ -131,12 +131,37 @@ pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-pub async fn start_runtime(args: &WorkerArgs, state_dir: &Path, listen: SocketAddr) -> Result<Runtime> {
+/// Checks this host the way `ateom doctor` does, for a worker with these flags: logs one line
+/// per check when `log_summary` is set (`ateom serve`; the demo and bench keep quiet), and
+/// refuses a backend that cannot run here with the doctor's reason.
+pub async fn preflight(args: &WorkerArgs, state_dir: &Path, log_summary: bool) -> Result<()> {
+    let report = crate::doctor::Report::gather(args, state_dir, None).await;
+    if log_summary {
+        report.log(args.backend);
+    }
+    if let Some(why) = report.refusal(args.backend) {
+        let b = args.backend.name();
+        bail!(
+            "the {b} backend cannot run on this host: {why} \
+             (`ateom doctor --backend {b}` shows what this host can and cannot run)"
+        );
+    }
+    Ok(())
+}
+
+/// Starts the runtime of a worker: checks the host ([`preflight`]), builds the backend.
+pub async fn start_runtime(
+    args: &WorkerArgs,
+    state_dir: &Path,
+    listen: SocketAddr,
+    log_summary: bool,
+) -> Result<Runtime> {
     // Absolute from here on: runsc's gofer cannot mount a relative root, and every path a
     // sandbox or a journal records must mean the same after a restart from another directory.
     let state_dir =
         &std::path::absolute(state_dir).with_context(|| format!("resolving {}", state_dir.display()))?;
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    preflight(args, state_dir, log_summary).await?;
     let backend = make_backend(args, state_dir).await?;
     let opts = RuntimeOptions {
         state_dir: state_dir.to_owned(),

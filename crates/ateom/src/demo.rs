@@ -107,7 +107,7 @@ impl Harness {
             ImageSource::None => String::new(),
         };
         let runtime = Arc::new(
-            backends::start_runtime(worker, &state_dir, "127.0.0.1:0".parse().expect("addr")).await?,
+            backends::start_runtime(worker, &state_dir, "127.0.0.1:0".parse().expect("addr"), false).await?,
         );
         let socket = state_dir.join("ateom.sock");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -294,6 +294,19 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
+/// The qemu backend boots OCI images as Linux guests: it needs ateom's guest kernel and
+/// guest init. Given ones are used; otherwise the built ones, or they are built now through
+/// the scripts (progress on stderr; cached), the first time a demo or benchmark needs them.
+fn with_guest_files(worker: &WorkerArgs) -> Result<WorkerArgs> {
+    let mut w = worker.clone();
+    if w.backend == crate::BackendKind::Qemu {
+        use crate::images::{GuestAsset, ensure_guest_asset};
+        w.kernel = Some(ensure_guest_asset(GuestAsset::Kernel, w.kernel.as_deref())?);
+        w.guest_init = Some(ensure_guest_asset(GuestAsset::Init, w.guest_init.as_deref())?);
+    }
+    Ok(w)
+}
+
 pub async fn demo(a: DemoArgs) -> Result<()> {
     let say = |s: String| {
         if !a.json {
@@ -318,6 +331,8 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         Some(i) => ImageSource::Given(i),
         None => ImageSource::PackCounter(a.counter_bin.clone()),
     };
+    let worker = with_guest_files(&a.worker)?;
+    let a = DemoArgs { worker, ..a };
     let mut h = Harness::start(&a.worker, a.state_dir.clone(), source).await?;
     let mut fresh: Option<Harness> = None;
     let result = async {
@@ -448,6 +463,8 @@ pub async fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let worker = with_guest_files(&a.worker)?;
+    let a = BenchArgs { worker, ..a };
     let mut h = Harness::start(&a.worker, None, ImageSource::PackCounter(a.counter_bin.clone())).await?;
     let result = match a.kind {
         BenchKind::Runtime if a.worker.backend == crate::BackendKind::Qemu => {

@@ -4,6 +4,7 @@ mod backends;
 mod bench;
 mod client;
 mod demo;
+mod doctor;
 mod images;
 mod microvm_demo;
 mod snapshots;
@@ -40,6 +41,10 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// On an error, print its cause chain and backtrace too (otherwise only the message and
+    /// what to do, whatever RUST_BACKTRACE says).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -77,6 +82,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark run/checkpoint/restore against the same operations driven directly.
     Bench(demo::BenchArgs),
+    /// Check what this host can run: runsc, /dev/kvm (hardware or kvm-pvm), QEMU, firecracker
+    /// and its jailer, network namespaces, cgroups, userfaultfd, free disk, the guest files,
+    /// and a --store. One line per check (ok / degraded / missing, and why); exit status 1 when
+    /// the --backend (default gvisor) cannot run or the store is unusable.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Which sandbox backend a worker uses.
@@ -310,7 +320,7 @@ fn init_logging(filter: &str, format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let runtime = backends::start_runtime(&args.worker, &args.state_dir, args.listen).await?;
+    let runtime = backends::start_runtime(&args.worker, &args.state_dir, args.listen, true).await?;
     let runtime = std::sync::Arc::new(runtime);
     tokio::spawn(runtime.clone().supervise());
     let shutdown = async {
@@ -374,10 +384,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.debug {
+        // SAFETY: still single-threaded (no runtime, no logging threads yet).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+    }
     init_logging(&cli.log, cli.log_format);
     ateom_runtime::faults::setup();
+    let debug = cli.debug;
+    let starts_worker = matches!(cli.cmd, Command::Serve(_) | Command::Demo(_) | Command::Bench(_));
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", error_report(&e, debug, starts_worker));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
@@ -392,8 +418,36 @@ fn main() -> Result<()> {
             Command::Snapshots(c) => snapshots::main(c).await,
             Command::Demo(a) => demo::demo(a).await,
             Command::Bench(a) => demo::bench(a).await,
+            Command::Doctor(a) => doctor::main(a).await,
         }
     })
+}
+
+/// What a failed command prints: the error's whole chain on one line (`{:#}`), what to do
+/// about it when we can tell, and only with `--debug` the cause list and backtrace. anyhow's
+/// own report (what `main` returning `Err` prints) adds a backtrace whenever RUST_BACKTRACE
+/// or RUST_LIB_BACKTRACE is set, which buries a user's mistake under frames.
+pub fn error_report(e: &anyhow::Error, debug: bool, starts_worker: bool) -> String {
+    let mut out = format!("error: {}\n", ateom_core::errtext::chain_line(e.as_ref()));
+    if let Some(h) = hint(e, starts_worker) {
+        out.push_str(&format!("hint: {h}\n"));
+    }
+    if debug {
+        out.push_str(&format!("\n{e:?}\n"));
+    }
+    out
+}
+
+fn hint(e: &anyhow::Error, starts_worker: bool) -> Option<String> {
+    let text = format!("{e:#}");
+    let io_kind = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+    if io_kind == Some(std::io::ErrorKind::PermissionDenied) || text.contains("Operation not permitted") {
+        return Some("ateom needs root for network namespaces and sandboxes: run it as root".into());
+    }
+    if starts_worker && !text.contains("ateom doctor") {
+        return Some("`ateom doctor` shows what this host can run and what is missing".into());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -410,5 +464,38 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("soon").is_err());
+        Cli::try_parse_from(["ateom", "doctor", "--json", "--store", "file:///x", "--backend", "qemu"])
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_print_their_chain_and_a_hint_but_no_backtrace() {
+        let e = anyhow::anyhow!(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("creating /run/netns/x");
+        let r = error_report(&e, false, true);
+        assert!(r.starts_with("error: creating /run/netns/x: permission denied\n"), "{r}");
+        assert!(r.contains("hint: ateom needs root"), "{r}");
+        assert!(!r.contains("backtrace") && !r.contains("Caused by"), "{r}");
+        let r = error_report(&anyhow::anyhow!("no such actor"), false, false);
+        assert_eq!(r, "error: no such actor\n");
+        let r = error_report(&anyhow::anyhow!("the gvisor backend cannot run"), false, true);
+        assert!(r.contains("hint: `ateom doctor`"), "{r}");
+        // A cause that prints its own source is not repeated.
+        #[derive(Debug)]
+        struct Wraps(std::io::Error);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = anyhow::Error::from(Wraps(std::io::ErrorKind::NotFound.into())).context("caps");
+        assert_eq!(error_report(&wrapped, false, false), "error: caps: connect: entity not found\n");
+        let r = error_report(&anyhow::anyhow!("inner").context("outer"), true, false);
+        assert!(r.contains("Caused by"), "--debug shows the cause list: {r}");
     }
 }

@@ -16,27 +16,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::WorkerArgs;
 use crate::demo::{Harness, ImageSource};
 
-/// The freestanding counter guest: --kernel, or the newest one scripts/build-test-guest.sh
-/// built next to this executable's target directory.
+/// The freestanding counter guest: --kernel, or the one scripts/build-test-guest.sh built
+/// (built now if this binary runs from a checkout that has none yet).
 fn test_guest(worker: &WorkerArgs) -> Result<PathBuf> {
-    if let Some(k) = &worker.kernel {
-        return Ok(k.clone());
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(3) {
-        let Ok(entries) = std::fs::read_dir(dir.join("test-guest")) else { continue };
-        let newest = entries
-            .flatten()
-            .map(|e| e.path().join("counter.elf"))
-            .filter(|p| p.is_file())
-            .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
-        if let Some(p) = newest {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "no guest kernel: build the freestanding test guest with scripts/build-test-guest.sh or pass --kernel"
-    )
+    crate::images::ensure_guest_asset(crate::images::GuestAsset::TestGuest, worker.kernel.as_deref())
 }
 
 /// A connection to a VM's serial console that sends one byte and reads the counter line.
