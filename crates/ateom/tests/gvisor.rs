@@ -596,3 +596,38 @@ async fn a_workload_past_its_memory_limit_is_contained() {
     assert_eq!(hit(&run.host_endpoint).await.memory, 1);
     c.checkpoint_workload(checkpoint_req("next")).await.unwrap();
 }
+
+/// SIGTERM while a Run is still starting and its client has gone away (so no RPC holds the
+/// server open), under `--on-exit stop`: the worker lets the start end and then stops the
+/// workload, so nothing of it is left running (before, shutdown saw no running workload yet
+/// and the sandbox outlived the worker).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_starting_with_on_exit_stop_leaves_nothing_running() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let mut w = Worker::start(&tmp.path().join("state"), &["--on-exit", "stop"]);
+    let mut c = w.client().await;
+    let run = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.run_workload(run_req("st", &image)).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let caps = c.get_capabilities(ateom_proto::GetCapabilitiesRequest {}).await.unwrap().into_inner();
+        if caps.state == "starting" {
+            break;
+        }
+        assert!(caps.state == "idle", "the run ended before it was seen starting: {}", caps.state);
+        assert!(std::time::Instant::now() < deadline, "never seen starting\n{}", w.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    run.abort();
+    let _ = run.await;
+    tokio::task::block_in_place(|| w.stop());
+    let status = w.child.try_wait().unwrap().expect("stopped");
+    assert!(status.code().is_some(), "the worker had to be killed: {status:?}\n{}", w.log_text());
+    assert_eq!(w.runsc_processes(), Vec::<i32>::new(), "sandbox left running\n{}", w.log_text());
+    assert_eq!(w.namespaces(), Vec::<String>::new(), "namespace left behind");
+    assert!(w.log_text().contains("deleting the running workload"), "{}", w.log_text());
+}
