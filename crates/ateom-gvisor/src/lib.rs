@@ -199,7 +199,7 @@ impl GvisorBackend {
             return Err(BackendError::InvalidConfig {
                 field: "spec.containers".into(),
                 reason: format!(
-                    "the gvisor backend runs exactly one container per workload, got {}",
+                    "the gvisor backend runs exactly one container per workload, got {} (this runsc cannot restore a multi-container sandbox; see ARCHITECTURE.md)",
                     ctx.containers.len()
                 ),
             });
