@@ -24,13 +24,14 @@ use serde::{Deserialize, Serialize};
 /// `yyyymmddThhmmss.mmm-xxxxxxxx` for `now_ms` (UTC) and 32 bits of entropy: a valid ateom
 /// snapshot id that sorts by creation time.
 pub fn new_snapshot_id(now_ms: u64, entropy: u32) -> String {
-    let (y, mo, d, secs, ms) = civil(now_ms);
-    format!(
-        "{y:04}{mo:02}{d:02}T{:02}{:02}{:02}.{ms:03}-{entropy:08x}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms);
+    // `2025-11-28T16:31:02.123Z` without its separators and zone: `20251128T163102.123`.
+    let compact: String = humantime::format_rfc3339_millis(t)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':' | 'Z'))
+        .collect();
+    format!("{compact}-{entropy:08x}")
 }
 
 /// Checks that `id` is a snapshot id ateom accepts (1..=128 bytes of `[A-Za-z0-9._-]`,
@@ -50,56 +51,15 @@ pub fn check_snapshot_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// (year, month, day, seconds of the day, milliseconds) of a Unix time in ms.
-fn civil(now_ms: u64) -> (i64, u32, u32, u64, u64) {
-    let secs = now_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, secs % 86_400, now_ms % 1000)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Parses the RFC 3339 UTC timestamps ateom writes (`2025-11-28T16:31:02.123Z`, fraction
 /// optional) into Unix ms. Anything else is `None` (an unknown age, never a guess).
 pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once('T')?;
-    let mut dp = date.splitn(3, '-');
-    let y: i64 = dp.next()?.parse().ok()?;
-    let mo: u32 = dp.next()?.parse().ok()?;
-    let d: u32 = dp.next()?.parse().ok()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut tp = hms.splitn(3, ':');
-    let h: u64 = tp.next()?.parse().ok()?;
-    let mi: u64 = tp.next()?.parse().ok()?;
-    let se: u64 = tp.next()?.parse().ok()?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    if !frac.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let ms: u64 = frac.chars().chain("000".chars()).take(3).collect::<String>().parse().ok()?;
-    let days = days_from_civil(y, mo, d);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + se;
-    Some(secs * 1000 + ms)
+    let s = match s.strip_suffix("+00:00") {
+        Some(rest) => std::borrow::Cow::Owned(format!("{rest}Z")),
+        None => std::borrow::Cow::Borrowed(s),
+    };
+    let t = humantime::parse_rfc3339(&s).ok()?;
+    u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 /// A duration in ms as people read an age: `42s`, `7m`, `3h`, `2d`.
@@ -222,9 +182,8 @@ mod tests {
     #[test]
     fn rfc3339_round_trips_with_ids() {
         for ms in [0u64, 951_782_400_000, 1_764_347_462_123, 4_102_444_800_999] {
-            let (y, mo, d, s, m) = civil(ms);
-            let text =
-                format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{m:03}Z", s / 3600, s / 60 % 60, s % 60);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            let text = humantime::format_rfc3339_millis(t).to_string();
             assert_eq!(parse_rfc3339_ms(&text), Some(ms), "{text}");
         }
         assert_eq!(parse_rfc3339_ms("2025-11-28T16:31:02Z"), Some(1_764_347_462_000));

@@ -220,20 +220,21 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A response body that keeps its request active until it is done.
-pub struct Tracked {
-    inner: HttpBody,
-    _guard: ActiveGuard,
+/// A response body that holds `guard` until the body is done (or dropped): the server keeps
+/// its request counted as active, the router its actor as in flight.
+pub struct Guarded<B, G> {
+    pub inner: B,
+    pub guard: G,
 }
 
-impl Body for Tracked {
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Guarded<B, G> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -394,7 +395,7 @@ pub async fn serve(
                 let handler = handler.clone();
                 async move {
                     let resp = handler(req, peer).await;
-                    Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: guard }))
+                    Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, guard }))
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -45,8 +45,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::controller::{Controller, CtlError, Inflight};
-use crate::http::{Handler, HttpBody, Limits as HttpLimits, OnEvent};
+use crate::controller::{Controller, CtlError};
+use crate::http::{Guarded, Handler, HttpBody, Limits as HttpLimits, OnEvent};
 
 pub type RouterBody = HttpBody;
 
@@ -362,7 +362,7 @@ async fn route(
         match forward(&parts, &mut body, addr, cfg).await {
             Ok(resp) => {
                 let (p, b) = resp.into_parts();
-                let body = GuardedBody { inner: b, _inflight: inf }.boxed();
+                let body = Guarded { inner: b, guard: inf }.boxed();
                 return Ok(Response::from_parts(p, body));
             }
             Err(Attempt::Final(e)) => return Err(e),
@@ -470,32 +470,6 @@ where
                 Poll::Pending => Poll::Pending,
             },
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is done.
-struct GuardedBody {
-    inner: Incoming,
-    _inflight: Inflight,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

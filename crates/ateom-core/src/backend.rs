@@ -106,6 +106,21 @@ impl<'a> AssetPaths<'a> {
     }
 }
 
+/// The microVM backends do not attach durable directories yet: a request with any is refused,
+/// naming the first and the backend that does.
+pub fn refuse_durable_dirs_on_microvms(volumes: &[Volume]) -> Result<(), BackendError> {
+    match volumes.first() {
+        None => Ok(()),
+        Some(v) => Err(BackendError::InvalidConfig {
+            field: "spec.containers.durable_dir_volumes".into(),
+            reason: format!(
+                "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
+                v.mount_path
+            ),
+        }),
+    }
+}
+
 /// A durable-directory volume: a host directory mounted into one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {

@@ -218,6 +218,30 @@ pub struct MicroVmConfig {
     pub ready_console_line: Option<String>,
 }
 
+impl MicroVmConfig {
+    /// Takes the VMM (under `vmm_key`), kernel and root-disk paths from substrate's
+    /// `runtime_asset_paths` where the request's own microVM config (`explicit`) names none:
+    /// an explicit runtime config wins over the assets, which win over the worker's defaults.
+    pub fn take_assets(
+        &mut self,
+        explicit: Option<&MicroVmConfig>,
+        assets: &crate::AssetPaths,
+        vmm_key: &str,
+    ) {
+        let explicit = explicit.cloned().unwrap_or_default();
+        let pick = |mine: Option<PathBuf>, key: &str, slot: &mut Option<PathBuf>| {
+            if mine.is_none()
+                && let Some(p) = assets.get(key)
+            {
+                *slot = Some(p);
+            }
+        };
+        pick(explicit.vmm_path, vmm_key, &mut self.vmm_path);
+        pick(explicit.kernel_image, "kernel", &mut self.kernel_image);
+        pick(explicit.rootfs_image, "rootfs", &mut self.rootfs_image);
+    }
+}
+
 /// Per-request runtime configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeConfig {

@@ -355,36 +355,14 @@ impl FirecrackerBackend {
         let assets =
             ateom_core::AssetPaths::check(&ctx.asset_paths, &["firecracker", "jailer", "kernel", "rootfs"])?;
         let explicit = match &ctx.runtime {
-            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
-            _ => MicroVmConfig::default(),
+            Some(RuntimeConfig::MicroVm(m)) => Some(m),
+            _ => None,
         };
-        if explicit.vmm_path.is_none()
-            && let Some(p) = assets.get("firecracker")
-        {
-            cfg.vmm_path = Some(p);
-        }
-        if explicit.kernel_image.is_none()
-            && let Some(p) = assets.get("kernel")
-        {
-            cfg.kernel_image = Some(p);
-        }
-        if explicit.rootfs_image.is_none()
-            && let Some(p) = assets.get("rootfs")
-        {
-            cfg.rootfs_image = Some(p);
-        }
+        cfg.take_assets(explicit, &assets, "firecracker");
         if let Some(p) = assets.get("jailer") {
             cfg.jailer_path = Some(p);
         }
-        if let Some(v) = ctx.volumes.first() {
-            return Err(BackendError::InvalidConfig {
-                field: "spec.containers.durable_dir_volumes".into(),
-                reason: format!(
-                    "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
-                    v.mount_path
-                ),
-            });
-        }
+        ateom_core::refuse_durable_dirs_on_microvms(&ctx.volumes)?;
         let mut image_digests = BTreeMap::new();
         let mut ateom_init = false;
         if snapshot.is_none() {

@@ -301,33 +301,11 @@ impl QemuBackend {
         // worker's defaults.
         let assets = ateom_core::AssetPaths::check(&ctx.asset_paths, &["qemu", "kernel", "rootfs"])?;
         let explicit = match &ctx.runtime {
-            Some(RuntimeConfig::MicroVm(m)) => m.clone(),
-            _ => MicroVmConfig::default(),
+            Some(RuntimeConfig::MicroVm(m)) => Some(m),
+            _ => None,
         };
-        if explicit.vmm_path.is_none()
-            && let Some(p) = assets.get("qemu")
-        {
-            cfg.vmm_path = Some(p);
-        }
-        if explicit.kernel_image.is_none()
-            && let Some(p) = assets.get("kernel")
-        {
-            cfg.kernel_image = Some(p);
-        }
-        if explicit.rootfs_image.is_none()
-            && let Some(p) = assets.get("rootfs")
-        {
-            cfg.rootfs_image = Some(p);
-        }
-        if let Some(v) = ctx.volumes.first() {
-            return Err(BackendError::InvalidConfig {
-                field: "spec.containers.durable_dir_volumes".into(),
-                reason: format!(
-                    "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
-                    v.mount_path
-                ),
-            });
-        }
+        cfg.take_assets(explicit, &assets, "qemu");
+        ateom_core::refuse_durable_dirs_on_microvms(&ctx.volumes)?;
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
