@@ -363,6 +363,13 @@ async fn crafted_yaml() {
         ("socket-nul", pool.replace("/run/w.sock", "\"/run/w\\0.sock\"").into_bytes()),
         ("socket-relative", pool.replace("/run/w.sock", "../w.sock").into_bytes()),
         ("pool-name-slash", pool.replace("name: p }", "name: \"p/../q\" }").into_bytes()),
+        // Workers on other hosts: mutual TLS or nothing.
+        ("worker-plain-http", pool.replace("socket: /run/w.sock", "address: \"http://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-without-tls", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\"").into_bytes()),
+        ("worker-without-forward", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-socket-and-address", pool.replace("socket: /run/w.sock", "socket: /run/w.sock, address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-tls-relative-key", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: ../k }").into_bytes()),
+        ("worker-address-userinfo", pool.replace("socket: /run/w.sock", "address: \"https://x@127.0.0.1:7443/\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
         ("unknown-kind", b"kind: Root\nmetadata: { name: x }\nspec: {}\n".to_vec()),
         ("no-kind", b"metadata: { name: x }\nspec: {}\n".to_vec()),
         ("yaml-tag", b"kind: !Robot Actor\nmetadata: { name: x }\nspec: { template: t }\n".to_vec()),
