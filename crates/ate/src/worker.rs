@@ -480,6 +480,11 @@ impl Workers {
         {
             return Ok(c.client.clone());
         }
+        // A worker whose target changed (a pool applied again): its old front is no longer
+        // one of ours.
+        if let Some(Cached { target: WorkerTarget::Tls(old), .. }) = m.get(name) {
+            self.fronts.lock().unwrap_or_else(|p| p.into_inner()).remove(&front_endpoint(&old.forward));
+        }
         let (client, last) = match target {
             WorkerTarget::Socket(socket) => (connect_lazy(Path::new(socket)), None),
             WorkerTarget::Tls(r) => {

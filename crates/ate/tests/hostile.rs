@@ -1005,6 +1005,29 @@ async fn fake_workers_are_refused() {
         format!("golden={} reason={reason:?}", t["golden"]["status"]),
     );
 
+    // 3b. A worker on this host names a `tls://` endpoint (what actors on workers of other
+    //     hosts get from their pool's `forward`): refused like any non-loopback endpoint, so
+    //     a worker cannot choose a TLS front for the router to dial.
+    let b2 = FakeWorker::start(
+        &dir.path().join("fb2"),
+        Script { run_endpoint: format!("tls://{}", upstream.addr), ..Default::default() },
+    )
+    .await;
+    serve
+        .api
+        .apply(&pool_and_template("pb2", "fake-b2", &b2.socket, "tb2", &format!("{bucket}/tb2"), ""))
+        .await
+        .unwrap();
+    let t = golden_settled(&serve, "tb2", 20).await;
+    let reason = t["golden"]["reason"].as_str().unwrap_or_default().to_owned();
+    cases.add(
+        "worker.run-endpoint-tls-scheme",
+        t["golden"]["status"] == "FAILED" && reason.contains("not an IP address and port"),
+        0,
+        0,
+        format!("golden={} reason={reason:?}", t["golden"]["status"]),
+    );
+
     // 4. RestoreWorkload names a non-loopback endpoint: the actor CRASHES, the router answers
     //    503 naming nothing internal, nothing reaches the upstream.
     let c = FakeWorker::start(
