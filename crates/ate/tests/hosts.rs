@@ -5,8 +5,9 @@
 //! * actors created, served, paused and resumed, suspended and resumed on workers named by
 //!   `address: https://127.0.0.1:PORT`: every counter continues (memory == file);
 //! * wrong TLS material (a CA that did not sign the workers, a client certificate the workers'
-//!   CA did not sign, an expired one, a missing file): the workers are unhealthy with a reason
-//!   naming TLS (or the file), and nothing is placed on them;
+//!   CA did not sign, an expired one, a missing file, a worker certificate that does not name
+//!   the address dialled) or nothing listening: the workers are unhealthy with a reason naming
+//!   TLS (or the file, or the refused connection), and nothing is placed on them;
 //! * the worker's front refuses a client without a certificate.
 
 mod common;
@@ -92,14 +93,20 @@ impl Pki {
 
 /// A worker on "another host": its gRPC on TCP and its TLS front, both mutual TLS.
 struct Remote {
-    proc_: WorkerProc,
+    /// None: nothing listens at these addresses.
+    proc_: Option<WorkerProc>,
     grpc: SocketAddr,
     front: SocketAddr,
 }
 
 impl Remote {
     fn start(dir: &Path, pki: &Pki, name: &str, host_id: &str) -> Remote {
-        let (cert, key) = leaf(&pki.dir, name, &pki.ca, &["127.0.0.1", "localhost"], false);
+        Self::start_named(dir, pki, name, host_id, &["127.0.0.1", "localhost"])
+    }
+
+    /// [`Self::start`] with a certificate for `names` only.
+    fn start_named(dir: &Path, pki: &Pki, name: &str, host_id: &str, names: &[&str]) -> Remote {
+        let (cert, key) = leaf(&pki.dir, name, &pki.ca, names, false);
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let args: Vec<String> = vec![
@@ -120,7 +127,7 @@ impl Remote {
             assert!(std::time::Instant::now() < until, "{name} does not listen: {}", proc_.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Remote { proc_, grpc, front }
+        Remote { proc_: Some(proc_), grpc, front }
     }
 
     /// Its pool entry: `address`, `forward` and an optional `tls` override.
@@ -297,33 +304,42 @@ async fn workers_with_wrong_tls_material_are_unhealthy_and_get_nothing() {
     let foreign_client = leaf(&pki.dir, "ate-foreign", &pki.foreign, &["ate"], false);
     let expired_client = leaf(&pki.dir, "ate-expired", &pki.ca, &["ate"], true);
     let missing = (pki.dir.join("missing.crt"), pki.ate.1.clone());
-    // One pool per kind of wrong material, all naming the same (real) worker.
+    // A worker whose certificate does not name the address it is dialled at.
+    let misnamed = Remote::start_named(lab.dir.path(), &pki, "r2", "host-2", &["worker.example"]);
+    // Nothing listens there.
+    let nobody =
+        Remote { proc_: None, grpc: format!("127.0.0.1:{}", free_port()).parse().unwrap(), front: r.front };
+    // One pool per kind of wrong material (each naming a real worker, but the last).
+    let good = Pki::yaml(&pki.ca_file, &pki.ate);
     let pools = [
-        ("wrong-ca", Pki::yaml(&pki.foreign_file, &pki.ate)),
-        ("foreign-client", Pki::yaml(&pki.ca_file, &foreign_client)),
-        ("expired-client", Pki::yaml(&pki.ca_file, &expired_client)),
-        ("missing-cert", Pki::yaml(&pki.ca_file, &missing)),
+        ("wrong-ca", Pki::yaml(&pki.foreign_file, &pki.ate), &r),
+        ("foreign-client", Pki::yaml(&pki.ca_file, &foreign_client), &r),
+        ("expired-client", Pki::yaml(&pki.ca_file, &expired_client), &r),
+        ("missing-cert", Pki::yaml(&pki.ca_file, &missing), &r),
+        ("wrong-name", good.clone(), &misnamed),
+        ("unreachable", good, &nobody),
     ];
     let mut yaml = String::new();
-    for (i, (pool, tls)) in pools.iter().enumerate() {
+    for (i, (pool, tls, worker)) in pools.iter().enumerate() {
         if i > 0 {
             yaml.push_str("---\n");
         }
         yaml.push_str(&format!(
             "kind: WorkerPool\nmetadata: {{ name: {pool} }}\nspec:\n  tls: {tls}\n  workers:\n"
         ));
-        yaml.push_str(&r.entry(&format!("x-{pool}"), None));
+        yaml.push_str(&worker.entry(&format!("x-{pool}"), None));
     }
     // A template on the pool whose CA did not sign the worker: its golden build must not start.
     yaml.push_str(&template("wrong-ca", "counter", &lab.image, &lab.location));
     apply(&lab, "wrong.yaml", &yaml);
 
     let api = lab.serve.api.clone();
+    let n = pools.len();
     let ws = wait_for(30, || {
         let api = api.clone();
         async move {
             let ws = api.workers().await.ok()?;
-            (ws.len() == 4 && ws.iter().all(|w| w.error.is_some())).then_some(ws)
+            (ws.len() == n && ws.iter().all(|w| w.error.is_some())).then_some(ws)
         }
     })
     .await
@@ -338,6 +354,8 @@ async fn workers_with_wrong_tls_material_are_unhealthy_and_get_nothing() {
                 assert!(e.contains("TLS") && e.contains("client certificate"), "{e}")
             }
             "x-missing-cert" => assert!(e.contains("TLS material") && e.contains("does not exist"), "{e}"),
+            "x-wrong-name" => assert!(e.contains("TLS handshake") && e.contains("not valid for name"), "{e}"),
+            "x-unreachable" => assert!(e.contains("connecting") && e.contains("refused"), "{e}"),
             other => panic!("{other}"),
         }
     }
@@ -350,7 +368,7 @@ async fn workers_with_wrong_tls_material_are_unhealthy_and_get_nothing() {
     let t = ts.as_array().unwrap().iter().find(|t| t["name"] == "counter").unwrap().clone();
     assert_eq!(t["golden"]["status"], "PENDING", "{t}");
     assert!(t["golden"]["worker"].is_null(), "{t}");
-    let caps = ate::worker::connect_lazy(&r.proc_.socket)
+    let caps = ate::worker::connect_lazy(&r.proc_.as_ref().unwrap().socket)
         .get_capabilities(ateom_proto::GetCapabilitiesRequest {})
         .await
         .unwrap()
