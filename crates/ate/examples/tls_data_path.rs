@@ -6,19 +6,22 @@
 //! cargo run --release -p ate --example tls_data_path -- --samples 300 --warmup 30
 //! ```
 //!
-//! Two real `ateom serve` gVisor workers (the `ateom` next to this binary, or `$ATEOM_BIN`):
-//! `w-local` named by its unix socket, `w-tls` by `address: https://127.0.0.1:PORT` and
-//! `forward: 127.0.0.1:PORT` (rcgen certificates). A control plane in this process with its
-//! router; one counter actor RUNNING on each worker. Four kinds of request, each a `GET /` on
-//! a fresh client connection timed from connect to the last body byte:
+//! Two real `ateom serve` gVisor workers (the `ateom` next to this binary, or `$ATEOM_BIN`),
+//! each listening with `--listen-tcp` and `--forward-tls` (rcgen certificates); a control
+//! plane in this process with its router; one counter actor RUNNING on each worker. The pool
+//! names one worker by `address`/`forward` (the worker "on another host") and the other by
+//! its socket; halfway through it is applied again with the roles swapped (the health check
+//! moves the running actors' endpoints), so both routed kinds cover both sandboxes alike.
+//! Four kinds of request, each a `GET /` on a fresh client connection timed from connect to
+//! the last body byte:
 //!
-//! * `routed_tls_front`: through the router to the actor on `w-tls` (the router opens TCP +
-//!   TLS with its client certificate to the front, which relays to the worker's forwarder);
-//! * `routed_loopback`: through the router to the actor on `w-local` (plain TCP to its
-//!   loopback forwarder) — the baseline of the first, on another sandbox;
-//! * `direct_tls_front`: straight to `w-tls`'s front with the client certificate;
-//! * `direct_loopback`: straight to `w-tls`'s loopback endpoint — the baseline of the third,
-//!   on the same sandbox (what the front alone adds).
+//! * `routed_tls_front`: through the router to the actor on the TLS worker (the router opens
+//!   TCP + TLS with its client certificate to the front, which relays to the forwarder);
+//! * `routed_loopback`: through the router to the actor on the socket worker (plain TCP to
+//!   its loopback forwarder) — the baseline of the first;
+//! * `direct_tls_front`: straight to the TLS worker's front with the client certificate;
+//! * `direct_loopback`: straight to the TLS worker's loopback endpoint — the baseline of the
+//!   third, on the same sandbox (what the front alone adds).
 //!
 //! Every answer is checked (the counters continue, memory == file). After a warm-up of every
 //! kind, the kinds are measured in a rotating order each round. Prints one JSON object:
@@ -74,6 +77,33 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// One worker: both ways in (socket and TLS), so either can be the "other host".
+struct Worker {
+    name: &'static str,
+    socket: std::path::PathBuf,
+    grpc: String,
+    front: String,
+    _proc: WorkerProc,
+}
+
+/// The pool with `tls` named by its address and the other by its socket.
+fn pool(workers: &[Worker], tls: usize, ca: &str, cert: &str, key: &str) -> String {
+    let mut y = format!(
+        "kind: WorkerPool\nmetadata: {{ name: mixed }}\nspec:\n  tls: {{ ca: \"{ca}\", cert: \"{cert}\", key: \"{key}\" }}\n  workers:\n"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        if i == tls {
+            y.push_str(&format!(
+                "    - {{ name: {}, address: \"https://{}\", forward: \"{}\" }}\n",
+                w.name, w.grpc, w.front
+            ));
+        } else {
+            y.push_str(&format!("    - {{ name: {}, socket: \"{}\" }}\n", w.name, w.socket.display()));
+        }
+    }
+    y
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let samples = arg("--samples", 300);
@@ -86,7 +116,7 @@ async fn main() -> Result<()> {
     let ateom = ateom_bin()?;
     let image = pack_counter(&ateom, &d.join("counter-image"))?;
 
-    // Certificates: one CA signs the worker (for 127.0.0.1) and the control plane.
+    // Certificates: one CA signs the workers (for 127.0.0.1) and the control plane.
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -101,36 +131,39 @@ async fn main() -> Result<()> {
         std::fs::write(&k, key.serialize_pem())?;
         Ok((c.display().to_string(), k.display().to_string()))
     };
-    let (wcert, wkey) = leaf("worker", &["127.0.0.1"])?;
     let (acert, akey) = leaf("ate", &["ate"])?;
     let ca_file = d.join("ca.crt");
     std::fs::write(&ca_file, &ca_pem)?;
     let ca_file = ca_file.display().to_string();
 
-    let (grpc, front) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
-    let tls_args: Vec<String> = [
-        "--listen-tcp",
-        &grpc,
-        "--forward-tls",
-        &front,
-        "--tls-cert",
-        &wcert,
-        "--tls-key",
-        &wkey,
-        "--tls-ca",
-        &ca_file,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let _local = WorkerProc::start(&ateom, &d.join("w-local"), "w-local", "node-1")?;
-    let _remote = WorkerProc::start_with(&ateom, &d.join("w-tls"), "w-tls", "node-2", &tls_args)?;
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&grpc).is_err() {
-        if Instant::now() > until {
-            bail!("w-tls does not listen on {grpc}");
+    let mut workers = Vec::new();
+    for (i, name) in ["w1", "w2"].into_iter().enumerate() {
+        let (wcert, wkey) = leaf(name, &["127.0.0.1"])?;
+        let (grpc, front) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+        let args: Vec<String> = [
+            "--listen-tcp",
+            &grpc,
+            "--forward-tls",
+            &front,
+            "--tls-cert",
+            &wcert,
+            "--tls-key",
+            &wkey,
+            "--tls-ca",
+            &ca_file,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let p = WorkerProc::start_with(&ateom, &d.join(name), name, &format!("node-{}", i + 1), &args)?;
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&grpc).is_err() {
+            if Instant::now() > until {
+                bail!("{name} does not listen on {grpc}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        workers.push(Worker { name, socket: p.socket.clone(), grpc, front, _proc: p });
     }
 
     let running = start(ServeOptions {
@@ -151,82 +184,94 @@ async fn main() -> Result<()> {
         },
     })
     .await?;
-    let local_sock = d.join("w-local/ateom.sock");
-    let yaml = format!(
-        "kind: WorkerPool\nmetadata: {{ name: mixed }}\nspec:\n  tls: {{ ca: \"{ca_file}\", cert: \"{acert}\", key: \"{akey}\" }}\n  workers:\n    - {{ name: w-local, socket: \"{}\" }}\n    - {{ name: w-tls, address: \"https://{grpc}\", forward: \"{front}\" }}\n---\nkind: ActorTemplate\nmetadata: {{ name: counter }}\nspec:\n  pool: mixed\n  containers:\n    - name: counter\n      image: \"{image}\"\n      readyz: {{ httpGet: {{ path: /readyz, port: 8080 }} }}\n  snapshot: {{ location: \"file://{}/bucket\" }}\n",
-        local_sock.display(),
+    let template = format!(
+        "---\nkind: ActorTemplate\nmetadata: {{ name: counter }}\nspec:\n  pool: mixed\n  containers:\n    - name: counter\n      image: \"{image}\"\n      readyz: {{ httpGet: {{ path: /readyz, port: 8080 }} }}\n  snapshot: {{ location: \"file://{}/bucket\" }}\n",
         d.display()
     );
+    let front_cfg = ateom_grpc::tls::client_config_plain(&ateom_grpc::tls::TlsFiles {
+        cert: acert.clone().into(),
+        key: akey.clone().into(),
+        ca: ca_file.clone().into(),
+    })?;
     let result = async {
-        running.ctl.apply(ate_core::parse_resources(&yaml)?).await?;
+        let ctl = &running.ctl;
         let router = running.router_addr;
-        let mut on = std::collections::HashMap::new();
+        ctl.apply(ate_core::parse_resources(&(pool(&workers, 1, &ca_file, &acert, &akey) + &template))?).await?;
+        let mut actor_on = std::collections::HashMap::new();
+        let mut last = std::collections::HashMap::new();
         for name in ["b1", "b2"] {
-            running.ctl.create_actor(name, "counter", Duration::from_secs(120)).await?;
+            ctl.create_actor(name, "counter", Duration::from_secs(120)).await?;
             let (s, b) = get(router, name, SUFFIX).await?;
             if s != 200 {
                 bail!("{name}: HTTP {s}: {b}");
             }
-            let a = running.ctl.actor(name).await?.value;
-            on.insert(
-                a.worker.clone().context("running actor without a worker")?,
-                (name, a.endpoint.clone()),
-            );
+            last.insert(name, parse_count(&b)?.memory);
+            let a = ctl.actor(name).await?.value;
+            actor_on.insert(a.worker.clone().context("running actor without a worker")?, name);
         }
-        let (tls_actor, tls_endpoint) = on.get("w-tls").cloned().context("no actor on w-tls")?;
-        let (local_actor, local_endpoint) = on.get("w-local").cloned().context("no actor on w-local")?;
-        if !tls_endpoint.as_deref().is_some_and(|e| e.starts_with("tls://")) {
-            bail!("the actor on w-tls is not routed through the TLS front: {tls_endpoint:?}");
-        }
-        // The TLS worker's own loopback endpoint (what it reports on its unix socket): the
-        // direct baseline for its front, on the same sandbox.
-        let loopback: std::net::SocketAddr = ate::worker::connect_lazy(&d.join("w-tls/ateom.sock"))
-            .get_capabilities(ateom_proto::GetCapabilitiesRequest {})
-            .await?
-            .into_inner()
-            .host_endpoint
-            .parse()?;
-        let front_cfg = ateom_grpc::tls::client_config_plain(&ateom_grpc::tls::TlsFiles {
-            cert: acert.clone().into(),
-            key: akey.clone().into(),
-            ca: ca_file.clone().into(),
-        })?;
-        let front_addr: std::net::SocketAddr = front.parse()?;
-        let mut last = std::collections::HashMap::from([(tls_actor, 1u64), (local_actor, 1u64)]);
         // routed through the TLS front, routed to loopback, direct to the front, direct to
-        // the TLS worker's loopback endpoint.
+        // the TLS worker's own loopback endpoint.
         let kinds = ["routed_tls_front", "routed_loopback", "direct_tls_front", "direct_loopback"];
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-        for round in 0..(warmup + samples) {
-            for k in 0..kinds.len() {
-                let kind = (k + round) % kinds.len();
-                let actor = if kind == 1 { local_actor } else { tls_actor };
-                let t = Instant::now();
-                let (s, b) = match kind {
-                    0 | 1 => get(router, actor, SUFFIX).await?,
-                    2 => get_tls(front_addr, front_cfg.clone()).await?,
-                    _ => get(loopback, actor, SUFFIX).await?,
-                };
-                let took = t.elapsed().as_secs_f64() * 1000.0;
-                let c = parse_count(&b)?;
-                let want = last[actor] + 1;
-                if s != 200 || c.memory != want || c.file != want {
-                    bail!("{}: {actor}: HTTP {s}, counter {c:?}, expected {want}", kinds[kind]);
+        // Two phases: each worker is the one on "another host" for half of the samples.
+        for (phase, tls) in [1usize, 0].into_iter().enumerate() {
+            if phase > 0 {
+                ctl.apply(ate_core::parse_resources(&pool(&workers, tls, &ca_file, &acert, &akey))?).await?;
+            }
+            let (tw, lw) = (&workers[tls], &workers[1 - tls]);
+            let (tls_actor, local_actor) = (actor_on[tw.name], actor_on[lw.name]);
+            // The health check moves the actors' endpoints to the new routes.
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (t, l) = (ctl.actor(tls_actor).await?.value, ctl.actor(local_actor).await?.value);
+                let want = format!("tls://{}", tw.front);
+                if t.endpoint.as_deref() == Some(want.as_str())
+                    && l.endpoint.as_deref().is_some_and(|e| !e.starts_with("tls://"))
+                {
+                    break;
                 }
-                last.insert(actor, want);
-                if round >= warmup {
-                    times[kind].push(took);
+                if Instant::now() > until {
+                    bail!("phase {phase}: endpoints did not move: {:?} {:?}", t.endpoint, l.endpoint);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let loopback: std::net::SocketAddr = ate::worker::connect_lazy(&tw.socket)
+                .get_capabilities(ateom_proto::GetCapabilitiesRequest {})
+                .await?
+                .into_inner()
+                .host_endpoint
+                .parse()?;
+            let front_addr: std::net::SocketAddr = tw.front.parse()?;
+            let n = samples.div_ceil(2);
+            for round in 0..(warmup + n) {
+                for k in 0..kinds.len() {
+                    let kind = (k + round) % kinds.len();
+                    let actor = if kind == 1 { local_actor } else { tls_actor };
+                    let t = Instant::now();
+                    let (s, b) = match kind {
+                        0 | 1 => get(router, actor, SUFFIX).await?,
+                        2 => get_tls(front_addr, front_cfg.clone()).await?,
+                        _ => get(loopback, actor, SUFFIX).await?,
+                    };
+                    let took = t.elapsed().as_secs_f64() * 1000.0;
+                    let c = parse_count(&b)?;
+                    let want = last[actor] + 1;
+                    if s != 200 || c.memory != want || c.file != want {
+                        bail!("{}: {actor}: HTTP {s}, counter {c:?}, expected {want}", kinds[kind]);
+                    }
+                    last.insert(actor, want);
+                    if round >= warmup {
+                        times[kind].push(took);
+                    }
                 }
             }
         }
         let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
         let mut out = json!({
             "what": "GET / latency in ms, client connect to last body byte; fresh connections each time",
-            "statistics": "p50 and p95 over samples_per_kind requests per kind, kinds interleaved (rotating order)",
-            "samples_per_kind": samples,
-            "warmup_per_kind": warmup,
-            "tls_endpoint": tls_endpoint,
-            "loopback_endpoint": local_endpoint,
+            "statistics": "p50 and p95 per kind over samples_per_kind requests, half with each worker as the TLS one; kinds interleaved in a rotating order",
+            "samples_per_kind": times[0].len(),
+            "warmup_per_kind_and_phase": warmup,
         });
         for (kind, v) in kinds.iter().zip(&times) {
             out[format!("{kind}_p50_ms")] = json!(r3(percentile(v, 50.0)));
