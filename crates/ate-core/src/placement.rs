@@ -36,7 +36,8 @@ pub struct WorkerInfo {
     #[serde(default)]
     pub accelerator: String,
     pub host: Host,
-    /// The loopback address ateom forwards into the running workload.
+    /// Where the running workload is reached: the loopback address ateom forwards into it (a
+    /// worker on this host), or `tls://<forward>`, the TLS front of a worker on another host.
     pub host_endpoint: String,
 }
 

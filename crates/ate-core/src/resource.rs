@@ -7,8 +7,11 @@
 //! metadata: { name: gvisor }
 //! spec:
 //!   backend: gvisor
+//!   # for workers named by address: ate's client certificate and the workers' CA
+//!   tls: { ca: /etc/ate/ca.crt, cert: /etc/ate/ate.crt, key: /etc/ate/ate.key }
 //!   workers:
-//!     - { name: w1, socket: /run/ateom/w1.sock }
+//!     - { name: w1, socket: /run/ateom/w1.sock }            # on this host
+//!     - { name: w2, address: "https://10.0.0.5:7443", forward: "10.0.0.5:7444" }
 //! ---
 //! apiVersion: ate.dev/v1
 //! kind: ActorTemplate
@@ -316,19 +319,145 @@ fn default_backend() -> String {
     "gvisor".into()
 }
 
+/// One worker of a pool: on this host (`socket`) or on another one (`address` + `forward`,
+/// always with mutual TLS).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSpec {
     /// Unique among all pools.
     pub name: String,
-    /// The worker's `ateom serve --socket`.
-    pub socket: String,
+    /// The worker's `ateom serve --socket` (a worker on this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// `https://host:port`: the worker's `ateom serve --listen-tcp` (a worker on another host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `host:port`: the worker's `--forward-tls` front, where the router reaches its workload.
+    /// Required with `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
+    /// This worker's TLS material, instead of the pool's `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+impl WorkerSpec {
+    /// How `ate` reaches this worker, with the pool's TLS material as the default. None only
+    /// for a spec that did not validate.
+    pub fn target(&self, pool_tls: Option<&TlsSpec>) -> Option<WorkerTarget> {
+        match (&self.socket, &self.address, &self.forward) {
+            (Some(s), None, None) => Some(WorkerTarget::Socket(s.clone())),
+            (None, Some(a), Some(f)) => Some(WorkerTarget::Tls(RemoteWorker {
+                address: a.clone(),
+                forward: f.clone(),
+                tls: self.tls.clone().or_else(|| pool_tls.cloned())?,
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// Mutual-TLS material for reaching workers on other hosts: absolute paths of PEM files that
+/// `ate serve` reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSpec {
+    /// The CA that signed the workers' certificates.
+    pub ca: String,
+    /// `ate`'s client certificate (signed by a CA the workers accept).
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+/// A worker on another host, as `ate` reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteWorker {
+    /// `https://host:port` (gRPC with mutual TLS).
+    pub address: String,
+    /// `host:port` of its TLS front for the workload.
+    pub forward: String,
+    pub tls: TlsSpec,
+}
+
+/// How `ate` reaches a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerTarget {
+    /// A unix socket on this host.
+    Socket(String),
+    /// Another host, over mutual TLS.
+    Tls(RemoteWorker),
+}
+
+impl std::fmt::Display for WorkerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerTarget::Socket(s) => f.write_str(s),
+            WorkerTarget::Tls(r) => f.write_str(&r.address),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSpec {
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// TLS material for the workers named by `address` (each may override it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
     pub workers: Vec<WorkerSpec>,
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6) into a host ([`check_host`]) and a port 1..=65535.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or_else(|| format!("{s:?}: '[' without ']'"))?;
+        let p = p.strip_prefix(':').ok_or_else(|| format!("{s:?} has no :port"))?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(|| format!("{s:?} has no :port"))?
+    };
+    if !s.starts_with('[') {
+        check_host(host).map_err(|p| format!("{s:?}: {p}"))?;
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: the port must be a number 1..=65535"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// A host name (DNS labels of `[A-Za-z0-9-]`) or an IPv4 address.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!("{host:?} is not a host name or an IP address (IPv6 in [brackets])"));
+    }
+    Ok(())
+}
+
+/// Checks a worker's `address`: `https://host:port` and nothing more.
+pub fn check_worker_address(a: &str) -> Result<(String, u16), String> {
+    let Some(rest) = a.strip_prefix("https://") else {
+        return Err(format!(
+            "{a:?} must be https://host:port (workers on other hosts are reached only with mutual TLS)"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!("{a:?} must be https://host:port, without a path, query or user"));
+    }
+    split_host_port(rest)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,18 +596,93 @@ impl Resource {
                 if spec.workers.is_empty() {
                     return Err(invalid("spec.workers", "must list at least one worker".into()));
                 }
-                let mut seen = std::collections::BTreeSet::new();
-                for (i, w) in spec.workers.iter().enumerate() {
-                    check_name(&w.name).map_err(|p| invalid(&format!("spec.workers[{i}].name"), p))?;
-                    if !seen.insert(&w.name) {
-                        return Err(invalid(&format!("spec.workers[{i}].name"), "is listed twice".into()));
+                let check_tls = |field: &str, t: &TlsSpec| -> Result<(), ResourceError> {
+                    for (f, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                        let field = format!("{field}.{f}");
+                        check_text(path).map_err(|p| invalid(&field, p))?;
+                        if !path.starts_with('/') {
+                            return Err(invalid(&field, format!("{path:?} must be an absolute path")));
+                        }
                     }
-                    check_text(&w.socket).map_err(|p| invalid(&format!("spec.workers[{i}].socket"), p))?;
-                    if !w.socket.starts_with('/') {
-                        return Err(invalid(
-                            &format!("spec.workers[{i}].socket"),
-                            format!("{:?} must be an absolute path", w.socket),
-                        ));
+                    Ok(())
+                };
+                if let Some(t) = &spec.tls {
+                    check_tls("spec.tls", t)?;
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut addresses = std::collections::BTreeSet::new();
+                for (i, w) in spec.workers.iter().enumerate() {
+                    let at = |f: &str| format!("spec.workers[{i}].{f}");
+                    check_name(&w.name).map_err(|p| invalid(&at("name"), p))?;
+                    if !seen.insert(&w.name) {
+                        return Err(invalid(&at("name"), "is listed twice".into()));
+                    }
+                    match (&w.socket, &w.address) {
+                        (Some(_), Some(_)) => {
+                            return Err(invalid(
+                                &format!("spec.workers[{i}]"),
+                                "names both socket and address; give exactly one".into(),
+                            ));
+                        }
+                        (None, None) => {
+                            return Err(invalid(
+                                &format!("spec.workers[{i}]"),
+                                "names neither socket (a worker on this host) nor address (https://host:port of a worker on another host)".into(),
+                            ));
+                        }
+                        (Some(socket), None) => {
+                            check_text(socket).map_err(|p| invalid(&at("socket"), p))?;
+                            if !socket.starts_with('/') {
+                                return Err(invalid(
+                                    &at("socket"),
+                                    format!("{socket:?} must be an absolute path"),
+                                ));
+                            }
+                            for (f, given) in [("forward", w.forward.is_some()), ("tls", w.tls.is_some())] {
+                                if given {
+                                    return Err(invalid(
+                                        &at(f),
+                                        "is only for a worker named by address (this one has a socket)"
+                                            .into(),
+                                    ));
+                                }
+                            }
+                        }
+                        (None, Some(address)) => {
+                            check_text(address).map_err(|p| invalid(&at("address"), p))?;
+                            check_worker_address(address).map_err(|p| invalid(&at("address"), p))?;
+                            let Some(forward) = &w.forward else {
+                                return Err(invalid(
+                                    &at("forward"),
+                                    "is required with address: host:port of the worker's --forward-tls front (where the router reaches its workload)".into(),
+                                ));
+                            };
+                            check_text(forward).map_err(|p| invalid(&at("forward"), p))?;
+                            split_host_port(forward).map_err(|p| {
+                                invalid(&at("forward"), format!("{p} (give host:port, without a scheme)"))
+                            })?;
+                            for (f, v) in [("address", address), ("forward", forward)] {
+                                if !addresses.insert(v.trim_end_matches('/').to_owned()) {
+                                    return Err(invalid(
+                                        &at(f),
+                                        format!("{v:?} is already used by another worker"),
+                                    ));
+                                }
+                            }
+                            match &w.tls {
+                                Some(t) => check_tls(&at("tls"), t)?,
+                                None if spec.tls.is_none() => {
+                                    return Err(invalid(
+                                        "spec.tls",
+                                        format!(
+                                            "is required: worker {} (spec.workers[{i}]) is named by address, and workers on other hosts are reached only with mutual TLS ({{ ca, cert, key }}, or tls on the worker)",
+                                            w.name
+                                        ),
+                                    ));
+                                }
+                                None => {}
+                            }
+                        }
                     }
                 }
             }
@@ -816,6 +1020,102 @@ spec: { template: counter }
         let y =
             EXAMPLE.replace("{ httpGet: { port: 8080 } }", "{ httpGet: { path: \"x\\ny\", port: 8080 } }");
         assert!(parse_resources(&y).unwrap_err().to_string().contains("httpGet.path"));
+    }
+
+    const REMOTE: &str = r#"
+kind: WorkerPool
+metadata: { name: hosts }
+spec:
+  tls: { ca: /etc/ate/ca.crt, cert: /etc/ate/ate.crt, key: /etc/ate/ate.key }
+  workers:
+    - { name: w1, address: "https://10.0.0.5:7443", forward: "10.0.0.5:7444" }
+    - { name: w2, address: "https://node-2.example:7443/", forward: "node-2.example:7444", tls: { ca: /etc/ate/ca2.crt, cert: /etc/ate/b.crt, key: /etc/ate/b.key } }
+    - { name: w3, address: "https://[fd00::3]:7443", forward: "[fd00::3]:7444" }
+    - { name: w4, socket: /run/ateom/w4.sock }
+"#;
+
+    #[test]
+    fn workers_on_other_hosts_are_named_by_address_with_tls() {
+        let rs = parse_resources(REMOTE).unwrap();
+        let Resource::WorkerPool { spec, .. } = &rs[0] else { panic!() };
+        let pool_tls = spec.tls.as_ref();
+        let Some(WorkerTarget::Tls(w1)) = spec.workers[0].target(pool_tls) else { panic!() };
+        assert_eq!((w1.address.as_str(), w1.forward.as_str()), ("https://10.0.0.5:7443", "10.0.0.5:7444"));
+        assert_eq!(w1.tls.ca, "/etc/ate/ca.crt", "the pool's TLS material by default");
+        let Some(WorkerTarget::Tls(w2)) = spec.workers[1].target(pool_tls) else { panic!() };
+        assert_eq!(w2.tls.ca, "/etc/ate/ca2.crt", "overridden per worker");
+        assert!(matches!(spec.workers[2].target(pool_tls), Some(WorkerTarget::Tls(_))));
+        assert_eq!(spec.workers[3].target(pool_tls), Some(WorkerTarget::Socket("/run/ateom/w4.sock".into())));
+        // Backward compatible: the JSON form round-trips, socket pools serialize as before.
+        let json = serde_json::to_string(&rs).unwrap();
+        assert_eq!(parse_resources(&json).unwrap(), rs);
+        let plain = parse_resources(EXAMPLE).unwrap();
+        let json = serde_json::to_string(&plain[0]).unwrap();
+        assert!(!json.contains("address") && !json.contains("tls"), "{json}");
+    }
+
+    #[test]
+    fn worker_addresses_are_validated_naming_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"http://10.0.0.5:7443\"",
+                "spec.workers[0].address",
+            ),
+            ("address: \"https://10.0.0.5:7443\"", "address: \"10.0.0.5:7443\"", "spec.workers[0].address"),
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"https://10.0.0.5\"",
+                "spec.workers[0].address",
+            ),
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"https://10.0.0.5:0\"",
+                "spec.workers[0].address",
+            ),
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"https://10.0.0.5:7443/x\"",
+                "spec.workers[0].address",
+            ),
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"https://u@10.0.0.5:7443\"",
+                "spec.workers[0].address",
+            ),
+            (
+                "address: \"https://10.0.0.5:7443\"",
+                "address: \"https://a b:7443\"",
+                "spec.workers[0].address",
+            ),
+            (", forward: \"10.0.0.5:7444\"", "", "spec.workers[0].forward"),
+            ("forward: \"10.0.0.5:7444\"", "forward: \"https://10.0.0.5:7444\"", "spec.workers[0].forward"),
+            ("forward: \"10.0.0.5:7444\"", "forward: \"10.0.0.5\"", "spec.workers[0].forward"),
+            ("forward: \"10.0.0.5:7444\"", "forward: \"node-2.example:7444\"", "spec.workers[1].forward"),
+            ("{ name: w1, address", "{ name: w1, socket: /run/w1.sock, address", "spec.workers[0]"),
+            ("{ name: w4, socket: /run/ateom/w4.sock }", "{ name: w4 }", "spec.workers[3]"),
+            ("w4.sock }", "w4.sock, forward: \"127.0.0.1:1\" }", "spec.workers[3].forward"),
+            (
+                "  tls: { ca: /etc/ate/ca.crt, cert: /etc/ate/ate.crt, key: /etc/ate/ate.key }\n",
+                "",
+                "spec.tls",
+            ),
+            ("ca: /etc/ate/ca.crt,", "ca: ca.crt,", "spec.tls.ca"),
+            ("key: /etc/ate/b.key", "key: b.key", "spec.workers[1].tls.key"),
+            ("key: /etc/ate/b.key", "key: /etc/ate/b.key, password: x", "spec.workers[1].tls.password"),
+            ("cert: /etc/ate/ate.crt, ", "", "spec.tls"),
+        ];
+        for (from, to, field) in cases {
+            assert!(REMOTE.contains(from), "{from}");
+            let y = REMOTE.replacen(from, to, 1);
+            let err = parse_resources(&y).expect_err(to);
+            let text = err.to_string();
+            assert!(
+                matches!(&err, ResourceError::Invalid { field: f, .. } if f == field)
+                    || (matches!(&err, ResourceError::Yaml { .. }) && text.contains("missing field")),
+                "{to}: want {field}, got {text}"
+            );
+        }
     }
 
     #[test]

@@ -205,7 +205,12 @@ pub struct Lease {
 pub struct WorkerRecord {
     pub name: String,
     pub pool: String,
+    /// Its unix socket (a worker on this host); empty for a worker on another host.
+    #[serde(default)]
     pub socket: String,
+    /// A worker on another host: its address, TLS front and TLS material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::resource::RemoteWorker>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<WorkerInfo>,
     pub healthy: bool,
@@ -222,6 +227,16 @@ pub struct WorkerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub observed_ms: u64,
+}
+
+impl WorkerRecord {
+    /// How `ate` reaches it.
+    pub fn target(&self) -> crate::resource::WorkerTarget {
+        match &self.remote {
+            Some(r) => crate::resource::WorkerTarget::Tls(r.clone()),
+            None => crate::resource::WorkerTarget::Socket(self.socket.clone()),
+        }
+    }
 }
 
 /// A worker pool (kind `pool`).

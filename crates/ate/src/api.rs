@@ -56,7 +56,14 @@ pub struct ActorView {
 pub struct WorkerView {
     pub name: String,
     pub pool: String,
+    /// Its unix socket (a worker on this host; empty for one on another host).
     pub socket: String,
+    /// `https://host:port` of a worker on another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `host:port` of its TLS front (where the router reaches its workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
     pub healthy: bool,
     /// Who holds its lease: "actor a1", "golden build of t", or null.
     pub holder: Option<String>,
@@ -522,6 +529,8 @@ pub async fn workers(ctl: &Controller) -> Result<Vec<WorkerView>, CtlError> {
                 name: w.name,
                 pool: w.pool,
                 socket: w.socket,
+                address: w.remote.as_ref().map(|r| r.address.clone()),
+                forward: w.remote.as_ref().map(|r| r.forward.clone()),
                 healthy: w.healthy,
                 running: w.running,
                 error: w.error,

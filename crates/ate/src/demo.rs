@@ -243,16 +243,16 @@ async fn baseline(
     let mut out = Vec::new();
     for (actor, worker, id) in actors {
         let w = lab.workers.iter().find(|w| &w.name == worker).ok_or_else(|| anyhow!("worker {worker}"))?;
-        let socket = w.socket.display().to_string();
+        let target = ate_core::resource::WorkerTarget::Socket(w.socket.display().to_string());
         let start = Instant::now();
         let keep = [id.clone()];
-        let r = workers.restore(worker, &socket, t, actor, None, id, &keep, Duration::from_secs(60)).await?;
+        let r = workers.restore(worker, &target, t, actor, None, id, &keep, Duration::from_secs(60)).await?;
         let (s, b) = get_direct(&r.endpoint).await?;
         out.push(start.elapsed().as_secs_f64());
         if s != 200 {
             bail!("baseline {actor}: HTTP {s}: {b}");
         }
-        workers.checkpoint(worker, &socket, t, actor, None, None, &keep, Duration::from_secs(60)).await?;
+        workers.checkpoint(worker, &target, t, actor, None, None, &keep, Duration::from_secs(60)).await?;
     }
     Ok(out)
 }

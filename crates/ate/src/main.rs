@@ -520,11 +520,13 @@ fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
                 w.holder.clone().unwrap_or_else(|| "-".into()),
                 if w.running.is_empty() { "-".into() } else { w.running.clone() },
                 w.host_id.clone().unwrap_or_default(),
+                w.address.clone().unwrap_or_else(|| w.socket.clone()),
                 w.endpoint.clone().unwrap_or_default(),
+                w.error.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["NAME", "POOL", "HEALTHY", "HOLDER", "RUNNING", "HOST", "ENDPOINT"], rows);
+    table(&["NAME", "POOL", "HEALTHY", "HOLDER", "RUNNING", "HOST", "ADDRESS", "ENDPOINT", "REASON"], rows);
     Ok(())
 }
 

@@ -2,8 +2,10 @@
 //!
 //! `Host: <actor>.<suffix>` → [`Controller::acquire`] (resume if needed — one resume per
 //! actor however many requests arrive; the others wait, bounded) → forward to the worker's
-//! `host_endpoint`, which must be a loopback address (anything else is refused, so the router
-//! never becomes a proxy to anywhere).
+//! `host_endpoint`, which must be a loopback address for a worker on this host, or to the
+//! `forward` TLS front of a worker on another host (with `ate`'s client certificate; see
+//! [`Controller::upstream`]). Anything else is refused, so the router never becomes a proxy
+//! to anywhere, and never speaks plain HTTP off this host.
 //!
 //! Upstream connections are never reused: each request gets a fresh connection and is sent
 //! with `Connection: close`. gVisor cannot checkpoint while a TCP connection into the sandbox
@@ -47,6 +49,7 @@ use tracing::{debug, warn};
 
 use crate::controller::{Controller, CtlError};
 use crate::http::{Guarded, Handler, HttpBody, Limits as HttpLimits, OnEvent};
+use crate::worker::Upstream;
 
 pub type RouterBody = HttpBody;
 
@@ -103,7 +106,7 @@ pub enum RouteError {
     Crashed(String),
     #[error("actor unavailable: {0}")]
     Unavailable(CtlError),
-    #[error("upstream endpoint {0:?} is not a loopback address; refused")]
+    #[error("upstream endpoint {0:?} is neither loopback nor the TLS front of a worker; refused")]
     EndpointRefused(String),
     #[error("upstream failed: {0}")]
     Upstream(String),
@@ -357,9 +360,12 @@ async fn route(
             Some(i) => i,
             None => ctx.ctl.acquire(&actor).await?,
         };
-        let addr = crate::worker::loopback_endpoint(&inf.endpoint)
+        let upstream = ctx
+            .ctl
+            .upstream(&inf.endpoint)
+            .await
             .map_err(|_| RouteError::EndpointRefused(inf.endpoint.clone()))?;
-        match forward(&parts, &mut body, addr, cfg).await {
+        match forward(&parts, &mut body, &upstream, cfg).await {
             Ok(resp) => {
                 let (p, b) = resp.into_parts();
                 let body = Guarded { inner: b, guard: inf }.boxed();
@@ -386,29 +392,52 @@ enum Attempt {
     Final(RouteError),
 }
 
-async fn forward(
-    parts: &hyper::http::request::Parts,
-    body: &mut UpBody,
-    addr: SocketAddr,
-    cfg: &RouterConfig,
-) -> Result<Response<Incoming>, Attempt> {
-    let stream = match tokio::time::timeout(
-        cfg.upstream_connect_timeout,
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Attempt::Retry(format!("connecting {addr}: {e}"))),
-        Err(_) => return Err(Attempt::Retry(format!("connecting {addr}: timed out"))),
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn http1<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<BoxBody<Bytes, BoxError>>, Attempt>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| Attempt::Retry(format!("handshake: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+async fn forward(
+    parts: &hyper::http::request::Parts,
+    body: &mut UpBody,
+    upstream: &Upstream,
+    cfg: &RouterConfig,
+) -> Result<Response<Incoming>, Attempt> {
+    let mut sender = match upstream {
+        Upstream::Loopback(addr) => {
+            let stream = match tokio::time::timeout(
+                cfg.upstream_connect_timeout,
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(Attempt::Retry(format!("connecting {addr}: {e}"))),
+                Err(_) => return Err(Attempt::Retry(format!("connecting {addr}: timed out"))),
+            };
+            let _ = stream.set_nodelay(true);
+            http1(stream).await?
+        }
+        // Another host: TCP + TLS (our client certificate, the worker's checked against the
+        // pool's CA and the front's host) within the same connect deadline.
+        Upstream::Tls(front) => {
+            let tls = match tokio::time::timeout(cfg.upstream_connect_timeout, front.connect()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(Attempt::Retry(e)),
+                Err(_) => return Err(Attempt::Retry(format!("connecting {}: timed out", front.addr))),
+            };
+            http1(tls).await?
+        }
+    };
     let (up, retryable): (BoxBody<Bytes, BoxError>, bool) = match body {
         UpBody::Buffered(b) => (Full::new(b.clone()).map_err(|never| match never {}).boxed(), true),
         UpBody::Streaming(s) => {

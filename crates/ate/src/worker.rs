@@ -1,14 +1,30 @@
-//! Talking to `ateom` workers over their unix sockets: the `ateom.Ateom` gRPC contract and
-//! nothing else (the control plane never learns a backend's specifics).
+//! Talking to `ateom` workers: the `ateom.Ateom` gRPC contract and nothing else (the control
+//! plane never learns a backend's specifics), over a unix socket for a worker on this host or
+//! over TCP with mutual TLS for a worker on another host.
+//!
+//! A worker on another host is named by `address` (its `--listen-tcp`) and `forward` (its
+//! `--forward-tls` front). `ate` presents its client certificate and checks the worker's
+//! against the pool's CA and the host it dialled. The loopback endpoint such a worker reports
+//! is never dialled: its actors' endpoint is `tls://<forward>` ([`front_endpoint`]), which the
+//! router reaches through [`Front`] (TLS with the same client certificate). A TLS failure is
+//! kept per worker and named in the call's error, so the health check records it (`ate get
+//! workers` shows the reason).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ate_core::resource::{RemoteWorker, WorkerTarget};
 use ate_core::store::TemplateRecord;
 use ate_core::{Host, WorkerInfo};
 use ateom_proto as pb;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 pub type Client = pb::AteomClient<Channel>;
@@ -94,6 +110,17 @@ pub enum EndpointError {
     NotAnAddress(String),
     #[error("{0} is not a loopback address (a worker forwards its workload on its own loopback)")]
     NotLoopback(std::net::SocketAddr),
+    #[error("{0} is the TLS front of no worker in the pools")]
+    UnknownFront(String),
+}
+
+/// Where the router sends an actor's requests.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// A worker on this host: its loopback forwarder, plain HTTP.
+    Loopback(std::net::SocketAddr),
+    /// A worker on another host: its TLS front, with `ate`'s client certificate.
+    Tls(Arc<Front>),
 }
 
 /// The address of an endpoint a worker reported, if it is on this host's loopback
@@ -141,10 +168,192 @@ pub fn connect_lazy(path: &Path) -> Client {
     pb::AteomClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
-/// Clients of every known worker, by name.
+/// The endpoint recorded for an actor running on a worker on another host: the worker's TLS
+/// front, never the loopback endpoint that worker reports.
+pub fn front_endpoint(forward: &str) -> String {
+    format!("tls://{forward}")
+}
+
+/// Why a worker on another host cannot be reached with the TLS material given.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    #[error("TLS material of {address}: {detail}")]
+    Material { address: String, detail: String },
+    #[error("{0}")]
+    Address(String),
+}
+
+/// The last connection failure to one worker on another host (connect, TLS handshake, or a
+/// TLS alert the worker sent after it: a client certificate it refused).
+type LastError = Arc<Mutex<Option<String>>>;
+
+fn tls_files(r: &RemoteWorker) -> ateom_grpc::tls::TlsFiles {
+    ateom_grpc::tls::TlsFiles {
+        cert: PathBuf::from(&r.tls.cert),
+        key: PathBuf::from(&r.tls.key),
+        ca: PathBuf::from(&r.tls.ca),
+    }
+}
+
+/// `host:port` for dialling, and the name the worker's certificate must carry.
+fn dial(hostport: &str) -> Result<(String, ServerName<'static>), RemoteError> {
+    let (host, port) = ate_core::resource::split_host_port(hostport).map_err(RemoteError::Address)?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|e| RemoteError::Address(format!("{host:?} is not a host name or address: {e}")))?;
+    let dial = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    Ok((dial, name))
+}
+
+/// A TLS stream that records the first read or write failure (a worker refusing our client
+/// certificate answers with an alert after the handshake, in TLS 1.3), and clears the
+/// worker's last error once bytes arrive.
+struct Recorded<S> {
+    inner: S,
+    last: LastError,
+    peer: String,
+    answered: bool,
+}
+
+impl<S> Recorded<S> {
+    fn note<T>(&mut self, r: &Poll<std::io::Result<T>>) {
+        if let Poll::Ready(Err(e)) = r {
+            let why = if self.answered {
+                format!("TLS with {}: {e}", self.peer)
+            } else {
+                // TLS 1.3: the worker checks our certificate after the handshake; its alert is
+                // usually lost in the reset that follows.
+                format!(
+                    "TLS with {}: the worker ended the connection right after the handshake ({e}): it refuses this client certificate (not signed by its --tls-ca, or expired), or it is not an ateom worker",
+                    self.peer
+                )
+            };
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(&r);
+        if !self.answered && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.answered = true;
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&r);
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A gRPC client of a worker on another host (mutual TLS, HTTP/2 by ALPN), connecting lazily
+/// and reconnecting by itself; connection failures are recorded in the returned slot.
+pub fn connect_remote(r: &RemoteWorker) -> Result<(Client, LastError), RemoteError> {
+    let config = ateom_grpc::tls::client_config(&tls_files(r))
+        .map_err(|e| RemoteError::Material { address: r.address.clone(), detail: e.to_string() })?;
+    let hostport = r.address.trim_start_matches("https://").trim_end_matches('/');
+    let (hostport, name) = dial(hostport)?;
+    let last: LastError = Arc::default();
+    let connector = TlsConnector::from(config);
+    let slot = last.clone();
+    let channel = Endpoint::from_shared(format!("http://{hostport}"))
+        .map_err(|e| RemoteError::Address(format!("{:?}: {e}", r.address)))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let (connector, name, hostport, last) =
+                (connector.clone(), name.clone(), hostport.clone(), slot.clone());
+            async move {
+                let record = |m: String| *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+                let tcp = TcpStream::connect(&hostport).await.inspect_err(|e| {
+                    record(format!("connecting {hostport}: {e}"));
+                })?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(name, tcp).await.inspect_err(|e| {
+                    record(format!("TLS handshake with {hostport} failed: {e}"));
+                })?;
+                let s = Recorded { inner: tls, last: last.clone(), peer: hostport, answered: false };
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }));
+    Ok((pb::AteomClient::new(channel).max_decoding_message_size(64 << 20), last))
+}
+
+/// The TLS front of a worker on another host: where the router sends an actor's requests.
+pub struct Front {
+    pub worker: String,
+    /// `host:port` dialled.
+    pub addr: String,
+    name: ServerName<'static>,
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").field("worker", &self.worker).field("addr", &self.addr).finish()
+    }
+}
+
+impl Front {
+    /// The front of `r` (TLS without ALPN, with `ate`'s client certificate; the worker's
+    /// certificate must name the front's host).
+    pub fn new(worker: &str, r: &RemoteWorker) -> Result<Front, RemoteError> {
+        let config = ateom_grpc::tls::client_config_plain(&tls_files(r))
+            .map_err(|e| RemoteError::Material { address: r.address.clone(), detail: e.to_string() })?;
+        let (addr, name) = dial(&r.forward)?;
+        Ok(Front { worker: worker.to_owned(), addr, name, connector: TlsConnector::from(config) })
+    }
+
+    /// A fresh connection through the front: TCP, then the TLS handshake.
+    pub async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let tcp =
+            TcpStream::connect(&self.addr).await.map_err(|e| format!("connecting {}: {e}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        self.connector
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {} (worker {}) failed: {e}", self.addr, self.worker))
+    }
+}
+
+/// A cached client of one worker.
+struct Cached {
+    target: WorkerTarget,
+    client: Client,
+    /// Workers on other hosts: their last connection failure.
+    last: Option<LastError>,
+}
+
+/// Clients of every known worker, by name, and the TLS fronts of those on other hosts.
 #[derive(Default)]
 pub struct Workers {
-    clients: Mutex<HashMap<String, (PathBuf, Client)>>,
+    clients: Mutex<HashMap<String, Cached>>,
+    /// By [`front_endpoint`].
+    fronts: Mutex<HashMap<String, Arc<Front>>>,
 }
 
 /// What a successful restore reported.
@@ -262,39 +471,108 @@ fn scope(t: &TemplateRecord) -> i32 {
 }
 
 impl Workers {
-    pub fn client(&self, name: &str, socket: &str) -> Client {
+    /// The client of worker `name` at `target` (cached; replaced when the target changes). A
+    /// worker on another host whose TLS material cannot be read is an error (Unavailable).
+    pub fn client(&self, name: &str, target: &WorkerTarget) -> Result<Client, WorkerError> {
         let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get(name) {
-            Some((p, c)) if p.as_os_str() == socket => c.clone(),
-            _ => {
-                let c = connect_lazy(Path::new(socket));
-                m.insert(name.to_owned(), (PathBuf::from(socket), c.clone()));
-                c
+        if let Some(c) = m.get(name)
+            && &c.target == target
+        {
+            return Ok(c.client.clone());
+        }
+        // A worker whose target changed (a pool applied again): its old front is no longer
+        // one of ours.
+        if let Some(Cached { target: WorkerTarget::Tls(old), .. }) = m.get(name) {
+            self.fronts.lock().unwrap_or_else(|p| p.into_inner()).remove(&front_endpoint(&old.forward));
+        }
+        let (client, last) = match target {
+            WorkerTarget::Socket(socket) => (connect_lazy(Path::new(socket)), None),
+            WorkerTarget::Tls(r) => {
+                let refused = |e: RemoteError| WorkerError {
+                    worker: name.to_owned(),
+                    op: "connect",
+                    code: tonic::Code::Unavailable,
+                    message: e.to_string(),
+                };
+                let (client, last) = connect_remote(r).map_err(refused)?;
+                let front = Front::new(name, r).map_err(refused)?;
+                self.fronts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(front_endpoint(&r.forward), Arc::new(front));
+                (client, Some(last))
             }
+        };
+        m.insert(name.to_owned(), Cached { target: target.clone(), client: client.clone(), last });
+        Ok(client)
+    }
+
+    /// The TLS front an actor endpoint `tls://host:port` names, if a worker of ours has it.
+    pub fn front(&self, endpoint: &str) -> Option<Arc<Front>> {
+        self.fronts.lock().unwrap_or_else(|p| p.into_inner()).get(endpoint).cloned()
+    }
+
+    fn err(&self, worker: &str, op: &'static str, s: tonic::Status) -> WorkerError {
+        let mut message = s.message().to_owned();
+        if let Some(why) = self.last_error(worker) {
+            if why.contains(&message) {
+                message = why;
+            } else if !message.contains(&why) {
+                message = format!("{message}: {why}");
+            }
+        }
+        WorkerError { worker: worker.to_owned(), op, code: s.code(), message }
+    }
+
+    /// The last connection failure to a worker on another host (TLS or TCP), if any.
+    fn last_error(&self, worker: &str) -> Option<String> {
+        let m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let last = m.get(worker)?.last.as_ref()?;
+        last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A call that got no answer within `timeout`.
+    fn no_answer(&self, worker: &str, op: &'static str, timeout: Duration) -> WorkerError {
+        let mut message = format!("no answer within {timeout:?}");
+        if let Some(why) = self.last_error(worker) {
+            message = format!("{message}: {why}");
+        }
+        WorkerError { worker: worker.into(), op, code: tonic::Code::DeadlineExceeded, message }
+    }
+
+    /// The endpoint an actor's requests go to, from what the worker reported: its loopback
+    /// endpoint (checked) for a worker on this host; its TLS front for a worker on another
+    /// host (what it reported is not used).
+    fn endpoint(
+        worker: &str,
+        op: &'static str,
+        target: &WorkerTarget,
+        reported: &str,
+    ) -> Result<String, WorkerError> {
+        match target {
+            WorkerTarget::Socket(_) => {
+                loopback_endpoint(reported).map_err(|e| endpoint_refused(worker, op, e))?;
+                Ok(reported.to_owned())
+            }
+            WorkerTarget::Tls(r) => Ok(front_endpoint(&r.forward)),
         }
     }
 
-    fn err(worker: &str, op: &'static str, s: tonic::Status) -> WorkerError {
-        WorkerError { worker: worker.to_owned(), op, code: s.code(), message: s.message().to_owned() }
-    }
-
-    pub async fn caps(&self, name: &str, socket: &str, timeout: Duration) -> Result<Caps, WorkerError> {
-        let mut c = self.client(name, socket);
+    pub async fn caps(
+        &self,
+        name: &str,
+        target: &WorkerTarget,
+        timeout: Duration,
+    ) -> Result<Caps, WorkerError> {
+        let mut c = self.client(name, target)?;
         let mut req = tonic::Request::new(pb::GetCapabilitiesRequest {});
         req.set_timeout(timeout);
-        let r = match tokio::time::timeout(timeout, c.get_capabilities(req)).await {
-            Ok(r) => r.map_err(|s| Self::err(name, "GetCapabilities", s))?.into_inner(),
-            Err(_) => {
-                return Err(WorkerError {
-                    worker: name.into(),
-                    op: "GetCapabilities",
-                    code: tonic::Code::DeadlineExceeded,
-                    message: format!("no answer within {timeout:?}"),
-                });
-            }
+        let mut r = match tokio::time::timeout(timeout, c.get_capabilities(req)).await {
+            Ok(r) => r.map_err(|s| self.err(name, "GetCapabilities", s))?.into_inner(),
+            Err(_) => return Err(self.no_answer(name, "GetCapabilities", timeout)),
         };
         if !r.host_endpoint.is_empty() {
-            loopback_endpoint(&r.host_endpoint).map_err(|e| endpoint_refused(name, "GetCapabilities", e))?;
+            r.host_endpoint = Self::endpoint(name, "GetCapabilities", target, &r.host_endpoint)?;
         }
         let caps = r.capabilities.unwrap_or_default();
         let host = r.host.unwrap_or_default();
@@ -334,7 +612,7 @@ impl Workers {
     pub async fn run(
         &self,
         name: &str,
-        socket: &str,
+        target: &WorkerTarget,
         t: &TemplateRecord,
         actor: &str,
         timeout: Duration,
@@ -350,13 +628,11 @@ impl Workers {
         });
         req.set_timeout(timeout);
         let r = self
-            .client(name, socket)
+            .client(name, target)?
             .run_workload(req)
             .await
-            .map_err(|s| Self::err(name, "RunWorkload", s))?;
-        let endpoint = r.into_inner().host_endpoint;
-        loopback_endpoint(&endpoint).map_err(|e| endpoint_refused(name, "RunWorkload", e))?;
-        Ok(endpoint)
+            .map_err(|s| self.err(name, "RunWorkload", s))?;
+        Self::endpoint(name, "RunWorkload", target, &r.into_inner().host_endpoint)
     }
 
     /// RestoreWorkload of exactly `snapshot_id`: `prefix` None restores a LOCAL snapshot.
@@ -365,7 +641,7 @@ impl Workers {
     pub async fn restore(
         &self,
         name: &str,
-        socket: &str,
+        target: &WorkerTarget,
         t: &TemplateRecord,
         actor: &str,
         prefix: Option<&str>,
@@ -388,13 +664,13 @@ impl Workers {
         });
         req.set_timeout(timeout);
         let r = self
-            .client(name, socket)
+            .client(name, target)?
             .restore_workload(req)
             .await
-            .map_err(|s| Self::err(name, "RestoreWorkload", s))?
+            .map_err(|s| self.err(name, "RestoreWorkload", s))?
             .into_inner();
-        loopback_endpoint(&r.host_endpoint).map_err(|e| endpoint_refused(name, "RestoreWorkload", e))?;
-        Ok(Restored { endpoint: r.host_endpoint, snapshot_id: r.snapshot_id, pulled_bytes: r.pulled_bytes })
+        let endpoint = Self::endpoint(name, "RestoreWorkload", target, &r.host_endpoint)?;
+        Ok(Restored { endpoint, snapshot_id: r.snapshot_id, pulled_bytes: r.pulled_bytes })
     }
 
     /// CheckpointWorkload: `prefix` Some → DURABLE there, None → LOCAL; into exactly
@@ -404,7 +680,7 @@ impl Workers {
     pub async fn checkpoint(
         &self,
         name: &str,
-        socket: &str,
+        target: &WorkerTarget,
         t: &TemplateRecord,
         actor: &str,
         prefix: Option<&str>,
@@ -428,10 +704,10 @@ impl Workers {
         });
         req.set_timeout(timeout);
         let r = self
-            .client(name, socket)
+            .client(name, target)?
             .checkpoint_workload(req)
             .await
-            .map_err(|s| Self::err(name, "CheckpointWorkload", s))?
+            .map_err(|s| self.err(name, "CheckpointWorkload", s))?
             .into_inner();
         let snapshot_id = r.manifest.map(|m| m.snapshot_id).unwrap_or_default();
         Ok(Checkpointed { snapshot_id, location: r.location })
@@ -441,7 +717,7 @@ impl Workers {
     pub async fn list_snapshots(
         &self,
         name: &str,
-        socket: &str,
+        target: &WorkerTarget,
         t: &TemplateRecord,
         actor: &str,
         timeout: Duration,
@@ -453,8 +729,8 @@ impl Workers {
             actor_id: id,
         });
         req.set_timeout(timeout);
-        let r = match tokio::time::timeout(timeout, self.client(name, socket).list_snapshots(req)).await {
-            Ok(r) => r.map_err(|s| Self::err(name, "ListSnapshots", s))?.into_inner(),
+        let r = match tokio::time::timeout(timeout, self.client(name, target)?.list_snapshots(req)).await {
+            Ok(r) => r.map_err(|s| self.err(name, "ListSnapshots", s))?.into_inner(),
             Err(_) => {
                 return Err(WorkerError {
                     worker: name.into(),
@@ -481,7 +757,7 @@ impl Workers {
     pub async fn delete(
         &self,
         name: &str,
-        socket: &str,
+        target: &WorkerTarget,
         t: &TemplateRecord,
         actor: &str,
         timeout: Duration,
@@ -495,10 +771,10 @@ impl Workers {
         });
         req.set_timeout(timeout);
         let r = self
-            .client(name, socket)
+            .client(name, target)?
             .delete_workload(req)
             .await
-            .map_err(|s| Self::err(name, "DeleteWorkload", s))?
+            .map_err(|s| self.err(name, "DeleteWorkload", s))?
             .into_inner();
         Ok((r.stopped, r.deleted_snapshot_ids.len()))
     }

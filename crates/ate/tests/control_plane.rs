@@ -75,8 +75,14 @@ async fn assert_consistent(lab: &Lab, secs: u64) {
         let workers = lab.serve.api.workers().await.unwrap();
         let mut problems = Vec::new();
         for w in &lab.workers {
-            let caps =
-                clients.caps(&w.name, &w.socket.display().to_string(), Duration::from_secs(5)).await.unwrap();
+            let caps = clients
+                .caps(
+                    &w.name,
+                    &ate_core::resource::WorkerTarget::Socket(w.socket.display().to_string()),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
             let on: Vec<&ActorView> =
                 actors.iter().filter(|a| a.actor.worker.as_deref() == Some(&w.name)).collect();
             if on.len() > 1 {
@@ -1062,7 +1068,11 @@ async fn a_full_worker_keeps_its_workload_and_gets_no_new_placements() {
             let w2 = lab.serve.api.workers().await.unwrap().into_iter().find(|w| w.name == "w2").unwrap();
             assert!(w2.holder.is_none() && w2.healthy, "{w2:?}");
             let caps = Workers::default()
-                .caps("w2", &lab.worker("w2").socket.display().to_string(), Duration::from_secs(5))
+                .caps(
+                    "w2",
+                    &ate_core::resource::WorkerTarget::Socket(lab.worker("w2").socket.display().to_string()),
+                    Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert!(caps.running.is_empty(), "w2 runs {}", caps.running);

@@ -363,6 +363,13 @@ async fn crafted_yaml() {
         ("socket-nul", pool.replace("/run/w.sock", "\"/run/w\\0.sock\"").into_bytes()),
         ("socket-relative", pool.replace("/run/w.sock", "../w.sock").into_bytes()),
         ("pool-name-slash", pool.replace("name: p }", "name: \"p/../q\" }").into_bytes()),
+        // Workers on other hosts: mutual TLS or nothing.
+        ("worker-plain-http", pool.replace("socket: /run/w.sock", "address: \"http://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-without-tls", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\"").into_bytes()),
+        ("worker-without-forward", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-socket-and-address", pool.replace("socket: /run/w.sock", "socket: /run/w.sock, address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
+        ("worker-tls-relative-key", pool.replace("socket: /run/w.sock", "address: \"https://127.0.0.1:7443\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: ../k }").into_bytes()),
+        ("worker-address-userinfo", pool.replace("socket: /run/w.sock", "address: \"https://x@127.0.0.1:7443/\", forward: \"127.0.0.1:7444\", tls: { ca: /c, cert: /c, key: /k }").into_bytes()),
         ("unknown-kind", b"kind: Root\nmetadata: { name: x }\nspec: {}\n".to_vec()),
         ("no-kind", b"metadata: { name: x }\nspec: {}\n".to_vec()),
         ("yaml-tag", b"kind: !Robot Actor\nmetadata: { name: x }\nspec: { template: t }\n".to_vec()),
@@ -993,6 +1000,29 @@ async fn fake_workers_are_refused() {
     cases.add(
         "worker.run-endpoint-not-loopback",
         t["golden"]["status"] == "FAILED" && reason.contains("loopback"),
+        0,
+        0,
+        format!("golden={} reason={reason:?}", t["golden"]["status"]),
+    );
+
+    // 3b. A worker on this host names a `tls://` endpoint (what actors on workers of other
+    //     hosts get from their pool's `forward`): refused like any non-loopback endpoint, so
+    //     a worker cannot choose a TLS front for the router to dial.
+    let b2 = FakeWorker::start(
+        &dir.path().join("fb2"),
+        Script { run_endpoint: format!("tls://{}", upstream.addr), ..Default::default() },
+    )
+    .await;
+    serve
+        .api
+        .apply(&pool_and_template("pb2", "fake-b2", &b2.socket, "tb2", &format!("{bucket}/tb2"), ""))
+        .await
+        .unwrap();
+    let t = golden_settled(&serve, "tb2", 20).await;
+    let reason = t["golden"]["reason"].as_str().unwrap_or_default().to_owned();
+    cases.add(
+        "worker.run-endpoint-tls-scheme",
+        t["golden"]["status"] == "FAILED" && reason.contains("not an IP address and port"),
         0,
         0,
         format!("golden={} reason={reason:?}", t["golden"]["status"]),

@@ -26,8 +26,8 @@ impl Controller {
             // Free the worker: its workload is stopped and its local snapshots deleted.
             gate.drain(self.cfg.drain_timeout).await.ok();
             gate.set_endpoint(None);
-            let socket = self.worker_socket(&worker).await?;
-            if let Err(e) = self.workers.delete(&worker, &socket, &t.value, actor, self.cfg.rpc_timeout).await
+            let target = self.worker_target(&worker).await?;
+            if let Err(e) = self.workers.delete(&worker, &target, &t.value, actor, self.cfg.rpc_timeout).await
             {
                 gate.undrain();
                 return Err(CtlError::Worker(e));
@@ -47,7 +47,8 @@ impl Controller {
             } else {
                 self.cfg.rpc_timeout.min(Duration::from_secs(10))
             };
-            self.workers.delete(&w.name, &w.socket, &t.value, actor, timeout)
+            let (target, t) = (w.target(), &t.value);
+            async move { self.workers.delete(&w.name, &target, t, actor, timeout).await }
         }))
         .await;
         for (w, answer) in records.iter().map(|w| &w.value).zip(answers) {

@@ -22,15 +22,15 @@ impl Controller {
             // free first if it still runs the golden workload).
             let worker = t.value.golden.worker.clone().unwrap_or_default();
             let golden_actor = format!("golden.{}", t.value.golden.generation);
-            if let Ok(socket) = self.worker_socket(&worker).await
-                && let Ok(caps) = self.workers.caps(&worker, &socket, Duration::from_secs(5)).await
+            if let Ok(target) = self.worker_target(&worker).await
+                && let Ok(caps) = self.workers.caps(&worker, &target, Duration::from_secs(5)).await
                 && caps.running == running_name(&t.value, &golden_actor)
             {
                 let _ = self
                     .workers
                     .checkpoint(
                         &worker,
-                        &socket,
+                        &target,
                         &t.value,
                         &golden_actor,
                         None,
@@ -127,19 +127,19 @@ impl Controller {
             Err(CtlError::Store(e)) if e.is_conflict() => return Ok(()),
             Err(e) => return Err(e),
         };
-        let socket = self.worker_socket(&worker).await?;
+        let target = self.worker_target(&worker).await?;
         let golden_actor = format!("golden.{}", t.value.golden.generation);
         info!(%worker, actor = %golden_actor, "golden: booting");
         let t0 = Instant::now();
         let result = async {
-            self.workers.run(&worker, &socket, &building, &golden_actor, self.cfg.rpc_timeout).await?;
+            self.workers.run(&worker, &target, &building, &golden_actor, self.cfg.rpc_timeout).await?;
             let boot_ms = t0.elapsed().as_millis() as u64;
             let prefix = building.golden.prefix.clone();
             let ck = self
                 .workers
                 .checkpoint(
                     &worker,
-                    &socket,
+                    &target,
                     &building,
                     &golden_actor,
                     Some(&prefix),
@@ -156,7 +156,7 @@ impl Controller {
                         .workers
                         .checkpoint(
                             &worker,
-                            &socket,
+                            &target,
                             &building,
                             &golden_actor,
                             None,

@@ -37,7 +37,7 @@ impl Controller {
         let observed = futures::future::join_all(records.iter().map(|w| {
             let w = w.value.clone();
             async move {
-                let caps = self.workers.caps(&w.name, &w.socket, Duration::from_secs(2)).await;
+                let caps = self.workers.caps(&w.name, &w.target(), Duration::from_secs(2)).await;
                 (w, caps)
             }
         }))
@@ -180,7 +180,7 @@ impl Controller {
         warn!(worker = %w.name, running = %caps.running, "a workload nobody placed: checkpointing it away");
         let _ = self
             .workers
-            .checkpoint(&w.name, &w.socket, t, actor, None, None, &[], self.cfg.rpc_timeout)
+            .checkpoint(&w.name, &w.target(), t, actor, None, None, &[], self.cfg.rpc_timeout)
             .await;
         let name = w.name.clone();
         let _ = self

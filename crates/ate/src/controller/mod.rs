@@ -47,6 +47,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ate_core::resource::WorkerTarget;
 use ate_core::store::{
     Expect, Holder, Kind, Lease, PoolRecord, StoreExt, TemplateRecord, Versioned, WorkerRecord, put,
 };
@@ -59,7 +60,7 @@ pub use gate::{Gate, Inflight};
 pub use snapshots::{ActorSnapshot, ActorSnapshots};
 
 use crate::metrics::Metrics;
-use crate::worker::{WorkerError, Workers};
+use crate::worker::{EndpointError, Upstream, WorkerError, Workers, front_endpoint};
 
 /// Tunables of a controller.
 #[derive(Clone, Debug)]
@@ -273,10 +274,30 @@ impl Controller {
         self.db(|s| s.list_as::<PoolRecord>(Kind::Pool)).await
     }
 
-    async fn worker_socket(&self, worker: &str) -> Result<String, CtlError> {
+    /// Where requests to an actor at `endpoint` go: a loopback endpoint as it is, a
+    /// `tls://host:port` endpoint only if it is the TLS front of one of the pools' workers.
+    pub async fn upstream(&self, endpoint: &str) -> Result<Upstream, EndpointError> {
+        if !endpoint.starts_with("tls://") {
+            return crate::worker::loopback_endpoint(endpoint).map(Upstream::Loopback);
+        }
+        if let Some(f) = self.workers.front(endpoint) {
+            return Ok(Upstream::Tls(f));
+        }
+        // Not connected yet (a restarted control plane): from the worker records.
+        let unknown = || EndpointError::UnknownFront(endpoint.chars().take(128).collect());
+        let records = self.worker_records().await.map_err(|_| unknown())?;
+        let w = records
+            .into_iter()
+            .find(|w| w.value.remote.as_ref().is_some_and(|r| front_endpoint(&r.forward) == endpoint))
+            .ok_or_else(unknown)?;
+        self.workers.client(&w.value.name, &w.value.target()).map_err(|_| unknown())?;
+        self.workers.front(endpoint).map(Upstream::Tls).ok_or_else(unknown)
+    }
+
+    async fn worker_target(&self, worker: &str) -> Result<WorkerTarget, CtlError> {
         let n = worker.to_owned();
         let w = self.db(move |s| s.get_as::<WorkerRecord>(Kind::Worker, &n)).await?;
-        w.map(|w| w.value.socket)
+        w.map(|w| w.value.target())
             .ok_or_else(|| CtlError::NotFound { what: "worker", name: worker.to_owned() })
     }
 

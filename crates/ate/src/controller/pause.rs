@@ -79,7 +79,7 @@ impl Controller {
             .intended_snapshot()
             .ok_or_else(|| CtlError::Conflict(format!("actor {actor} checkpoints without a snapshot id")))?
             .to_owned();
-        let socket = self.worker_socket(&worker).await?;
+        let target = self.worker_target(&worker).await?;
         let prefix = durable.then(|| t.actor_prefix(&actor));
         let previous = cur.value.durable.clone();
         let keep = cur.value.referenced_snapshots();
@@ -87,7 +87,7 @@ impl Controller {
             .workers
             .checkpoint(
                 &worker,
-                &socket,
+                &target,
                 t,
                 &actor,
                 prefix.as_deref(),
@@ -228,11 +228,11 @@ impl Controller {
             }
             Err(e) => return Err(e),
         };
-        let socket = self.worker_socket(&worker).await?;
+        let target = self.worker_target(&worker).await?;
         let keep = cur.value.referenced_snapshots();
         let restored = self
             .workers
-            .restore(&worker, &socket, &t.value, &actor, None, &paused_at, &keep, self.cfg.rpc_timeout)
+            .restore(&worker, &target, &t.value, &actor, None, &paused_at, &keep, self.cfg.rpc_timeout)
             .await;
         let e = match restored {
             Ok(_) => return self.checkpoint_and_finish(cur, &t.value, gate).await,
@@ -244,7 +244,7 @@ impl Controller {
                     self.metrics.inc("lost_answers");
                 }
                 let me = running_name(&t.value, &actor);
-                match self.settled_caps(&worker, &socket, &me).await {
+                match self.settled_caps(&worker, &target, &me).await {
                     Ok(c) if c.runs(&me) => self.checkpoint_and_finish(cur, &t.value, gate).await,
                     Ok(c) => {
                         let back = cur.value.rollback(now_ms())?;

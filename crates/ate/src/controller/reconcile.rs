@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ate_core::resource::WorkerTarget;
 use ate_core::store::{TemplateRecord, Versioned};
 use ate_core::{Actor, ActorState, OpKind};
 use tokio::task::JoinHandle;
@@ -103,10 +104,15 @@ impl Controller {
     /// The worker's capabilities once it is no longer busy with `me` (a restore, checkpoint
     /// or push it is still carrying out), waiting up to `settle_timeout`. A worker still
     /// busy after that, or not answering, is an error: the caller retries later.
-    pub(super) async fn settled_caps(&self, worker: &str, socket: &str, me: &str) -> Result<Caps, CtlError> {
+    pub(super) async fn settled_caps(
+        &self,
+        worker: &str,
+        target: &WorkerTarget,
+        me: &str,
+    ) -> Result<Caps, CtlError> {
         let until = Instant::now() + self.cfg.settle_timeout;
         loop {
-            let caps = self.workers.caps(worker, socket, Duration::from_secs(5)).await?;
+            let caps = self.workers.caps(worker, target, Duration::from_secs(5)).await?;
             if !caps.busy_with(me) {
                 return Ok(caps);
             }
@@ -153,9 +159,9 @@ impl Controller {
     ) -> Result<Versioned<Actor>, CtlError> {
         let worker =
             a.value.worker.clone().ok_or_else(|| CtlError::Conflict("RESUMING without a worker".into()))?;
-        let socket = self.worker_socket(&worker).await?;
+        let target = self.worker_target(&worker).await?;
         let me = running_name(t, &a.value.name);
-        let caps = self.settled_caps(&worker, &socket, &me).await?;
+        let caps = self.settled_caps(&worker, &target, &me).await?;
         if caps.runs(&me) {
             info!(%worker, "reconcile: the worker runs it: RUNNING");
             let endpoint = caps.info.host_endpoint.clone();
@@ -184,13 +190,13 @@ impl Controller {
             .worker
             .clone()
             .ok_or_else(|| CtlError::Conflict(format!("{} without a worker", a.value.state)))?;
-        let socket = self.worker_socket(&worker).await?;
+        let target = self.worker_target(&worker).await?;
         let me = running_name(t, &actor);
         let verdict = failure.map(WorkerError::failure).filter(|f| *f != Failure::LostAnswer);
         if failure.is_some() && verdict.is_none() {
             self.metrics.inc("lost_answers");
         }
-        let mut caps = self.settled_caps(&worker, &socket, &me).await?;
+        let mut caps = self.settled_caps(&worker, &target, &me).await?;
         if caps.runs(&me) && verdict.is_none() {
             // No verdict: the checkpoint request may still be on its way (it is sent right
             // after the intent is written). Give it until 5 s after the intent began.
@@ -199,7 +205,7 @@ impl Controller {
             let until = Instant::now() + Duration::from_millis(left);
             while caps.runs(&me) && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                caps = self.settled_caps(&worker, &socket, &me).await?;
+                caps = self.settled_caps(&worker, &target, &me).await?;
             }
         }
         let now = now_ms();
@@ -232,7 +238,7 @@ impl Controller {
         };
         let local = self
             .workers
-            .list_snapshots(&worker, &socket, t, &actor, Duration::from_secs(10))
+            .list_snapshots(&worker, &target, t, &actor, Duration::from_secs(10))
             .await
             .map_err(CtlError::Worker)?;
         let here = local.iter().find(|s| s.id == id);

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use ate_core::resource::WorkerTarget;
 use ate_core::store::{
     Expect, Golden, GoldenStatus, Kind, Lease, PoolRecord, StoreExt, TemplateRecord, WorkerRecord, put,
 };
@@ -31,12 +32,23 @@ impl Controller {
                                     w.name, e.value.pool
                                 )));
                             }
-                            let keep = existing.as_ref().filter(|e| e.value.socket == w.socket);
+                            let Some(target) = w.target(rec.spec.tls.as_ref()) else {
+                                return Err(StoreError::Backend(format!(
+                                    "worker {} names neither a socket nor an address with TLS material",
+                                    w.name
+                                )));
+                            };
+                            let keep = existing.as_ref().filter(|e| e.value.target() == target);
                             if keep.is_none() {
+                                let (socket, remote) = match target {
+                                    WorkerTarget::Socket(s) => (s, None),
+                                    WorkerTarget::Tls(r) => (String::new(), Some(r)),
+                                };
                                 let wr = WorkerRecord {
                                     name: w.name.clone(),
                                     pool: rec.name.clone(),
-                                    socket: w.socket.clone(),
+                                    socket,
+                                    remote,
                                     info: None,
                                     healthy: false,
                                     running: String::new(),

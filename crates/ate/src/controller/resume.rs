@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ate_core::resource::WorkerTarget;
 use ate_core::store::{Holder, TemplateRecord, Versioned};
 use ate_core::{Actor, ActorState, Decision, DurableRef, Source, Tier, place};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -307,7 +308,7 @@ impl Controller {
         started: Instant,
     ) -> Result<Restore, CtlError> {
         let actor = resuming.value.name.clone();
-        let socket = self.worker_socket(worker).await?;
+        let target = self.worker_target(worker).await?;
         let prefix = match &source {
             Source::Local(_) => None,
             Source::Durable(d) => Some(d.prefix.clone()),
@@ -317,7 +318,7 @@ impl Controller {
         info!(%worker, tier = source.tier().as_str(), snapshot = %id, "resuming");
         let r = self
             .workers
-            .restore(worker, &socket, t, &actor, prefix.as_deref(), &id, &keep, self.cfg.rpc_timeout)
+            .restore(worker, &target, t, &actor, prefix.as_deref(), &id, &keep, self.cfg.rpc_timeout)
             .await;
         let e = match r {
             Ok(r) => {
@@ -337,7 +338,7 @@ impl Controller {
         };
         match e.failure() {
             Failure::LostAnswer | Failure::Busy => {
-                self.settle_restore(resuming, t, worker, &socket, &source, &e, gate, started).await
+                self.settle_restore(resuming, t, worker, &target, &source, &e, gate, started).await
             }
             Failure::SnapshotMissing => {
                 self.metrics.resume_failed(source.tier());
@@ -369,7 +370,7 @@ impl Controller {
         resuming: Versioned<Actor>,
         t: &TemplateRecord,
         worker: &str,
-        socket: &str,
+        target: &WorkerTarget,
         source: &Source,
         e: &WorkerError,
         gate: &Arc<Gate>,
@@ -381,7 +382,7 @@ impl Controller {
             self.metrics.inc("lost_answers");
         }
         warn!(%worker, error = %e, "no verdict on the restore; settling it from the worker's state");
-        let caps = match self.settled_caps(worker, socket, &me).await {
+        let caps = match self.settled_caps(worker, target, &me).await {
             Ok(c) => c,
             Err(err) => {
                 return Err(CtlError::Unavailable(format!(

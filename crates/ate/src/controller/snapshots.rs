@@ -70,9 +70,9 @@ impl Controller {
             }
         };
         let timeout = Duration::from_secs(5);
-        let answers = futures::future::join_all(
-            workers.iter().map(|w| self.workers.list_snapshots(&w.name, &w.socket, t, &a.name, timeout)),
-        )
+        let answers = futures::future::join_all(workers.iter().map(|w| async move {
+            self.workers.list_snapshots(&w.name, &w.target(), t, &a.name, timeout).await
+        }))
         .await;
         for (w, answer) in workers.iter().zip(answers) {
             match answer {
