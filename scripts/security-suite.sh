@@ -39,25 +39,57 @@ out_dir="$(mktemp -d)"
 trap 'rm -rf "$out_dir"' EXIT
 start=$SECONDS
 
-# group | cargo test arguments | what a failed plain test counts as (escape, auth, crash, none)
+# The test executables, built once for the whole workspace (after `cargo test --workspace` this
+# builds nothing): a `cargo test -p PKG` per group would resolve features for that package
+# alone and rebuild shared dependencies (object_store, reqwest, ...) several times over.
+log "test executables (cargo test --workspace --no-run)"
+cargo test --locked --workspace --no-run --message-format=json 2>"$out_dir/build.err" | python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+        continue
+    # package_id: path+file:///.../crates/<dir>#[<name>@]<version>
+    path, _, rest = m["package_id"].partition("#")
+    package = rest.split("@")[0] if "@" in rest else os.path.basename(path)
+    kind = "lib" if "lib" in m["target"]["kind"] else m["target"]["kind"][0]
+    print(package, kind + ":" + m["target"]["name"], os.path.dirname(m["manifest_path"]), m["executable"], sep="\t")
+' >"$out_dir/executables.tsv" || { log "building the test executables failed:"; tail -n 30 "$out_dir/build.err" >&2; exit 2; }
+
+# group | package | test targets (kind:name; lib = its unit tests) | filter | what a failed
+# plain test counts as (escape, auth, crash, none)
 groups=(
-    "worker|-p ateom --test hostile|escape"
-    "control|-p ate --test hostile|auth"
-    "image|-p ateom-image --test hostile --test private|escape"
-    "store|-p ateom-store --test index_decoder --test verify --test bounds --test signed|escape"
-    "limits|-p ateom --test gvisor a_workload_past_its_memory_limit_is_contained|escape"
-    "signed|-p ateom --test durable only_snapshots_signed_with_the_workers_key_are_restored|escape"
-    "console|-p ateom-microvm --lib console|crash"
-    "wire|-p ateom-grpc --lib|crash"
+    "worker|ateom|test:hostile||escape"
+    "control|ate|test:hostile||auth"
+    "image|ateom-image|test:hostile test:private||escape"
+    "store|ateom-store|test:index_decoder test:verify test:bounds test:signed||escape"
+    "limits|ateom|test:gvisor|a_workload_past_its_memory_limit_is_contained|escape"
+    "signed|ateom|test:durable|only_snapshots_signed_with_the_workers_key_are_restored|escape"
+    "console|ateom-microvm|lib|console|crash"
+    "wire|ateom-grpc|lib||crash"
 )
 for g in "${groups[@]}"; do
-    IFS='|' read -r name args kind <<<"$g"
-    # Groups whose test target does not exist in this checkout are reported, not hidden.
-    log "$name: cargo test $args"
-    # shellcheck disable=SC2086
-    if ! cargo test --locked $args -- --nocapture --test-threads=2 >"$out_dir/$name.log" 2>&1; then
-        log "$name: some cases failed (log kept in the results)"
-    fi
+    IFS='|' read -r name package targets filter kind <<<"$g"
+    log "$name: $package $targets${filter:+ (filter $filter)}"
+    : >"$out_dir/$name.log"
+    for t in $targets; do
+        [[ $t == lib ]] && t="lib:${package//-/_}"
+        row="$(awk -F'\t' -v p="$package" -v t="$t" '$1 == p && $2 == t' "$out_dir/executables.tsv" | head -n1)"
+        if [[ -z "$row" ]]; then
+            # Reported as skipped by the summary, not hidden.
+            echo "no test target named $t in package $package" >>"$out_dir/$name.log"
+            continue
+        fi
+        IFS=$'\t' read -r _ _ dir exe <<<"$row"
+        # Run as `cargo test` would: from the package's directory, with its manifest dir set.
+        # shellcheck disable=SC2086
+        if ! (cd "$dir" && CARGO_MANIFEST_DIR="$dir" "$exe" $filter --nocapture --test-threads=2) >>"$out_dir/$name.log" 2>&1; then
+            log "$name: some cases failed in $t (log kept in the results)"
+        fi
+    done
     echo "$kind" >"$out_dir/$name.kind"
 done
 

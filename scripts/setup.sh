@@ -5,10 +5,14 @@
 #   scripts/setup.sh --demo [DEMO FLAGS]   what the gVisor demo needs: runsc and a C toolchain,
 #                                          ateom (release) and the static counter; then runs
 #                                          `ateom demo --backend gvisor [DEMO FLAGS]`
-#   scripts/setup.sh --all                 everything (what scripts/test.sh and CI use): all
+#   scripts/setup.sh --all                 everything: all
 #                                          packages (QEMU, Redis, the kernel source, ...), ateom
 #                                          and ate (release), the counter, the guest init, the
 #                                          freestanding test guest and the guest kernel
+#   scripts/setup.sh --tests               what scripts/test.sh (and so CI) uses: --all without the
+#                                          release build of ateom and ate (the tests build their
+#                                          own debug binaries, the fault matrix its release build
+#                                          with crash points)
 #   scripts/setup.sh                       the same as --all
 #
 # Packages the machine already has are never upgraded, downgraded or removed; one that is too
@@ -32,12 +36,13 @@ job=all
 case "${1:-}" in
     --demo) job=demo; shift ;;
     --all) job=all; shift ;;
+    --tests) job=tests; shift ;;
     "") ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 0 ;;
-    *) die "unknown argument $1 (--demo or --all; --help)" ;;
+    *) die "unknown argument $1 (--demo, --all or --tests; --help)" ;;
 esac
-if [[ $job == all && $# -gt 0 ]]; then
-    die "--all takes no further arguments (got: $*)"
+if [[ $job != demo && $# -gt 0 ]]; then
+    die "--$job takes no further arguments (got: $*)"
 fi
 export ATEOM_SETUP_ARGS="--$job"
 
@@ -94,17 +99,19 @@ if [[ $job == demo ]]; then
     step "building ateom (release)"
     cargo build --release --locked -p ateom >&2
     step_done
-else
+elif [[ $job == all ]]; then
     step "building ateom and ate (release)"
     cargo build --release --locked -p ateom -p ate >&2
     step_done
+else
+    log "not building ateom and ate (release): the tests build their own"
 fi
 step "building the static counter demo"
 counter="$(scripts/build-counter.sh | tail -n 1)"
 step_done
 log "counter: $counter"
 
-if [[ $job == all ]]; then
+if [[ $job != demo ]]; then
     step "building the static guest init (ateom-init)"
     guest_init="$(scripts/build-init.sh | tail -n 1)"
     step_done
@@ -122,7 +129,11 @@ fi
 
 log "times:"
 printf '    %s\n' "${timings[@]}" >&2
-log "what this host can run: target/release/ateom doctor"
+if [[ $job == tests ]]; then
+    log "what this host can run: cargo run -p ateom -- doctor"
+else
+    log "what this host can run: target/release/ateom doctor"
+fi
 
 if [[ $job == demo ]]; then
     # A runsc the machine's owner installed outside dpkg is the one to use.
