@@ -32,6 +32,7 @@ impl Runtime {
             (Destination::Durable, Some(prefix)) => Some(self.stores.get(prefix)?),
             _ => None,
         };
+        self.wait_for_dead_cleanup(&req.actor).await;
         let (mut active, guard) = self.take_running(&req.actor)?;
         let id = req
             .snapshot_id

@@ -583,6 +583,19 @@ impl Runtime {
         }
     }
 
+    /// While this actor's workload is being removed (`supervise` found it dead, or a delete
+    /// is under way), waits for that to end (up to 30 s): a checkpoint then learns that
+    /// nothing runs, with the actor reported lost, instead of a "busy" it cannot act on.
+    async fn wait_for_dead_cleanup(&self, actor: &ActorRef) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && matches!(&*self.slot.lock().expect("slot lock"),
+                Slot::Busy { actor: a, state: "deleting", .. } if a == actor)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn take_running(&self, requested: &ActorRef) -> Result<(Box<Active>, SlotGuard<'_>), RuntimeError> {
         let mut slot = self.slot.lock().expect("slot lock");
         match std::mem::replace(&mut *slot, Slot::Idle) {

@@ -302,7 +302,9 @@ impl Tmpfs {
             Some("tmpfs"),
             path,
             Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            // Not nodev: Firecracker's jailer makes /dev/kvm and /dev/net/tun inside its chroot
+            // under the state dir, and a nodev mount turns opening them into EACCES.
+            nix::mount::MsFlags::MS_NOSUID,
             Some(format!("size={size_mib}m,nr_inodes={TMPFS_INODES},mode=0700").as_str()),
         )
         .with_context(|| format!("mounting a {size_mib} MiB tmpfs on {}", path.display()))?;

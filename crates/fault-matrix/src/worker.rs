@@ -308,6 +308,19 @@ pub async fn caps(c: &mut Client) -> Result<pb::GetCapabilitiesResponse, Status>
     call(c.get_capabilities(pb::GetCapabilitiesRequest {})).await
 }
 
+/// Waits (up to `limit`) while the worker is cleaning up after a workload that ended (state
+/// "deleting": a sandbox that died on its own is being removed); its final state.
+pub async fn wait_cleaned_up(c: &mut Client, limit: Duration) -> Result<String, Status> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let state = caps(c).await?.state;
+        if state != "deleting" || tokio::time::Instant::now() >= deadline {
+            return Ok(state);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn list(c: &mut Client, actor: &str) -> Result<Vec<pb::LocalSnapshotInfo>, Status> {
     let req = pb::ListSnapshotsRequest {
         actor_template_namespace: "fm".into(),
@@ -411,8 +424,9 @@ async fn http_hit(endpoint: &str) -> Result<Count> {
 }
 
 async fn console_poke(console: &str) -> Result<Count> {
-    let addr = console.strip_prefix("tcp://").with_context(|| format!("not a tcp console: {console:?}"))?;
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let stream = ateom_microvm::console::connect(console)
+        .await
+        .with_context(|| format!("connecting to the console {console:?}"))?;
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
     w.write_all(b"x").await?;
