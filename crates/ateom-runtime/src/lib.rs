@@ -585,7 +585,8 @@ impl Runtime {
 
     /// While this actor's workload is being removed (`supervise` found it dead, or a delete
     /// is under way), waits for that to end (up to 30 s): a checkpoint then learns that
-    /// nothing runs, with the actor reported lost, instead of a "busy" it cannot act on.
+    /// nothing runs, with the actor reported lost, and a restore goes ahead, instead of a
+    /// "busy" neither can act on.
     async fn wait_for_dead_cleanup(&self, actor: &ActorRef) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline
@@ -642,6 +643,7 @@ impl Runtime {
     /// was checked against this host, so an incompatible snapshot moves no data.
     pub async fn restore(&self, req: RestoreRequest) -> Result<Started, RuntimeError> {
         let start = Instant::now();
+        self.wait_for_dead_cleanup(&req.actor).await;
         let guard = self.claim(&req.actor, "restoring")?;
         self.record_pins(&req.actor, &req.keep);
         let imported = if req.node_agent { self.import_restore_state(&req)? } else { None };

@@ -308,19 +308,6 @@ pub async fn caps(c: &mut Client) -> Result<pb::GetCapabilitiesResponse, Status>
     call(c.get_capabilities(pb::GetCapabilitiesRequest {})).await
 }
 
-/// Waits (up to `limit`) while the worker is cleaning up after a workload that ended (state
-/// "deleting": a sandbox that died on its own is being removed); its final state.
-pub async fn wait_cleaned_up(c: &mut Client, limit: Duration) -> Result<String, Status> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let state = caps(c).await?.state;
-        if state != "deleting" || tokio::time::Instant::now() >= deadline {
-            return Ok(state);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub async fn list(c: &mut Client, actor: &str) -> Result<Vec<pb::LocalSnapshotInfo>, Status> {
     let req = pb::ListSnapshotsRequest {
         actor_template_namespace: "fm".into(),

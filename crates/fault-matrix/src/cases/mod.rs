@@ -292,18 +292,6 @@ pub async fn check_restorable(
     let mut r = worker::restore(&mut c, actor, Some(&s.id), None, keep).await;
     if let Err(e) = &r
         && e.code() == tonic::Code::FailedPrecondition
-        && e.message().contains("is deleting")
-    {
-        // The worker is still removing a sandbox that died (the fault just injected): a
-        // refusal it answers for a moment, not a verdict on the snapshot. Once it is done,
-        // the same restore again.
-        worker::wait_cleaned_up(&mut c, std::time::Duration::from_secs(30))
-            .await
-            .context("waiting for the clean-up")?;
-        r = worker::restore(&mut c, actor, Some(&s.id), None, keep).await;
-    }
-    if let Err(e) = &r
-        && e.code() == tonic::Code::FailedPrecondition
         && e.message().contains("busy")
     {
         // Not the snapshot's fault: the worker still holds a workload (one it believes runs).
