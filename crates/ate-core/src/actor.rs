@@ -609,6 +609,29 @@ impl Actor {
         Ok(a)
     }
 
+    /// PAUSED at S → SUSPENDED at S: the worker that holds local snapshot S copied it to
+    /// object storage under `prefix` in the background (durability `both`). The record is the
+    /// one a durable checkpoint leaves: the same snapshot local and durable. Refused unless S
+    /// is still the newest state (a copy that lands after a resume changes nothing).
+    pub fn durable_copy_landed(
+        &self,
+        prefix: &str,
+        snapshot_id: &str,
+        now_ms: u64,
+    ) -> Result<Actor, TransitionError> {
+        let newest = self.local.as_ref().is_some_and(|l| l.snapshot_id == snapshot_id);
+        if self.state != ActorState::Paused || self.op.is_some() || !newest || snapshot_id.is_empty() {
+            return Err(self.refuse("record a durable copy of a snapshot that is not its paused state"));
+        }
+        let mut a = self.moved(ActorState::Suspended, now_ms);
+        a.durable = Some(DurableRef {
+            prefix: prefix.to_owned(),
+            snapshot_id: snapshot_id.to_owned(),
+            tier: Tier::Durable,
+        });
+        Ok(a)
+    }
+
     /// SUSPENDING → PAUSED on the same worker at exactly the intended snapshot: the DURABLE
     /// checkpoint committed locally but was not shipped (or its outcome is unknown); the
     /// newest state is on the node.
@@ -814,6 +837,24 @@ mod tests {
         assert_eq!(s.local, Some(local("w1", "s2")));
         // The same snapshot is on w1 too; a durable resume anywhere fits its newest state.
         assert!(s.begin_resume(Source::Durable(s.durable.clone().unwrap()), "w3", "cp", 10).is_ok());
+    }
+
+    #[test]
+    fn a_durable_copy_of_the_paused_snapshot_makes_it_restorable_anywhere() {
+        let p = running_on("w1").begin_pause("s1", "cp", 4).unwrap().finish_pause(5).unwrap();
+        let s = p.durable_copy_landed("file:///b/actors/a1", "s1", 6).unwrap();
+        assert_eq!(s.state, ActorState::Suspended);
+        assert_eq!(s.local, Some(local("w1", "s1")), "the local copy stays the preferred one");
+        let d = s.durable.clone().unwrap();
+        assert_eq!((d.tier, d.snapshot_id.as_str()), (Tier::Durable, "s1"));
+        assert_eq!(lease_change(&p, &s), LeaseChange::default());
+        assert!(s.begin_resume(Source::Durable(d), "w2", "cp", 7).is_ok(), "another host may restore it");
+        // A copy of anything but the paused state changes nothing.
+        assert!(p.durable_copy_landed("file:///b/actors/a1", "s0", 6).is_err(), "an older snapshot");
+        assert!(running_on("w1").durable_copy_landed("file:///b/actors/a1", "s1", 6).is_err());
+        let resuming = p.begin_resume(p.resume_source().unwrap(), "w1", "cp", 6).unwrap();
+        assert!(resuming.durable_copy_landed("file:///b/actors/a1", "s1", 7).is_err());
+        assert!(s.durable_copy_landed("file:///b/actors/a1", "s1", 8).is_err(), "already SUSPENDED");
     }
 
     #[test]

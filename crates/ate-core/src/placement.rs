@@ -127,8 +127,13 @@ pub fn place(req: &Request<'_>, workers: &[Candidate]) -> Decision {
             Some(w) if w.healthy && w.free => return Decision::Use { worker: w.name.clone(), local: true },
             Some(w) if !req.waited || req.durable.is_none() => {
                 let why = if w.healthy { "busy" } else { "not answering" };
+                let host = w.info.as_ref().map(|i| i.host.host_id.as_str()).filter(|h| !h.is_empty());
+                let on = match host {
+                    Some(h) => format!("worker {home} (host {h})"),
+                    None => format!("worker {home}"),
+                };
                 return Decision::Wait {
-                    reason: format!("the actor's newest snapshot is on worker {home}, which is {why}"),
+                    reason: format!("the actor's newest snapshot is on {on}, which is {why}"),
                     busy: if w.healthy { vec![w.name.clone()] } else { vec![] },
                 };
             }

@@ -277,6 +277,33 @@ pub enum Scope {
     Data,
 }
 
+/// What survives the loss of the host an actor was paused on (`snapshot.durability`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A pause is a LOCAL snapshot on the actor's worker: the fastest pause and resume, lost
+    /// with its host.
+    #[default]
+    Local,
+    /// Every pause is a DURABLE checkpoint (a local copy and object storage, before the pause
+    /// answers): the actor is SUSPENDED, resumable on any fitting host.
+    Durable,
+    /// A pause is LOCAL; the worker then copies that snapshot to object storage in the
+    /// background, and when it lands the actor is SUSPENDED at the same snapshot. Resumes
+    /// prefer the local copy and use the durable one on another host when the first is gone.
+    Both,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Durable => "durable",
+            Durability::Both => "both",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
@@ -285,6 +312,9 @@ pub struct SnapshotSpec {
     pub location: String,
     #[serde(default)]
     pub scope: Scope,
+    /// What a pause leaves behind (see [`Durability`]).
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 /// When the control plane pauses and suspends an idle actor on its own.

@@ -62,6 +62,28 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
+/// When a snapshot id made by [`new_snapshot_id`] was chosen (Unix ms); `None` for ids of
+/// another shape (a golden snapshot named by a worker, a node agent's id).
+pub fn snapshot_id_time_ms(id: &str) -> Option<u64> {
+    let stamp = id.split('-').next()?;
+    let b = stamp.as_bytes();
+    if b.len() != 19 || b[8] != b'T' || b[15] != b'.' {
+        return None;
+    }
+    let f = |r: std::ops::Range<usize>| stamp.get(r).filter(|p| p.bytes().all(|c| c.is_ascii_digit()));
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}.{}Z",
+        f(0..4)?,
+        f(4..6)?,
+        f(6..8)?,
+        f(9..11)?,
+        f(11..13)?,
+        f(13..15)?,
+        f(16..19)?
+    );
+    parse_rfc3339_ms(&rfc)
+}
+
 /// A duration in ms as people read an age: `42s`, `7m`, `3h`, `2d`.
 pub fn format_age(ms: u64) -> String {
     let s = ms / 1000;
@@ -197,6 +219,15 @@ mod tests {
             "2025-11-28T16:31:02.1a2Z",
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_tell_when_they_were_chosen() {
+        let id = new_snapshot_id(1_764_347_462_123, 7);
+        assert_eq!(snapshot_id_time_ms(&id), Some(1_764_347_462_123));
+        for other in ["golden-1", "", "20251128T163102-x", "2025112xT163102.123-00000001"] {
+            assert_eq!(snapshot_id_time_ms(other), None, "{other}");
         }
     }
 

@@ -227,6 +227,9 @@ pub struct WorkerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub observed_ms: u64,
+    /// Unhealthy: since when it has not answered (its host may be lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since_ms: Option<u64>,
 }
 
 impl WorkerRecord {

@@ -49,6 +49,10 @@ pub struct ActorView {
     pub version: u64,
     #[serde(flatten)]
     pub actor: ate_core::Actor,
+    /// Set when the actor's newest state is on a worker that does not answer: which worker
+    /// and host, for how long, and its newest durable snapshot with its age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// A worker as the API shows it.
@@ -365,11 +369,12 @@ async fn dispatch(
                 Ok((StatusCode::OK, json!({ "applied": out })))
             }
             RouteId::ListActors => {
-                let v: Vec<ActorView> = ctl
-                    .actors()
-                    .await?
+                let all = ctl.actors().await?;
+                let notes = ctl.unavailable_notes(all.iter().map(|a| &a.value)).await;
+                let v: Vec<ActorView> = all
                     .into_iter()
-                    .map(|a| ActorView { version: a.version, actor: a.value })
+                    .zip(notes)
+                    .map(|(a, unavailable)| ActorView { version: a.version, actor: a.value, unavailable })
                     .collect();
                 Ok((StatusCode::OK, serde_json::to_value(v).unwrap_or_default()))
             }
@@ -386,9 +391,9 @@ async fn dispatch(
                     .map_err(|p| CtlError::Invalid(format!("template name {p}")))?;
                 ctl.create_actor(&c.name, &c.template, Duration::from_secs(120)).await?;
                 let a = ctl.actor(&c.name).await?;
-                Ok((StatusCode::CREATED, view(a)))
+                Ok((StatusCode::CREATED, view(ctl, a).await))
             }
-            RouteId::GetActor => Ok((StatusCode::OK, view(ctl.actor(name).await?))),
+            RouteId::GetActor => Ok((StatusCode::OK, view(ctl, ctl.actor(name).await?).await)),
             RouteId::ActorSnapshots => Ok((
                 StatusCode::OK,
                 serde_json::to_value(ctl.actor_snapshots(name).await?).unwrap_or_default(),
@@ -409,15 +414,15 @@ async fn dispatch(
                     Some(id) => ctl.resume_from(name, id).await?,
                     None => ctl.resume(name).await?,
                 };
-                Ok((StatusCode::OK, view(ctl.actor(name).await?)))
+                Ok((StatusCode::OK, view(ctl, ctl.actor(name).await?).await))
             }
             RouteId::Pause => {
                 ctl.pause(name).await?;
-                Ok((StatusCode::OK, view(ctl.actor(name).await?)))
+                Ok((StatusCode::OK, view(ctl, ctl.actor(name).await?).await))
             }
             RouteId::Suspend => {
                 ctl.suspend(name).await?;
-                Ok((StatusCode::OK, view(ctl.actor(name).await?)))
+                Ok((StatusCode::OK, view(ctl, ctl.actor(name).await?).await))
             }
             RouteId::DeleteActor => {
                 ctl.delete(name).await?;
@@ -509,8 +514,9 @@ pub async fn metrics_text(ctl: &Controller) -> String {
     text
 }
 
-fn view(a: ate_core::Versioned<ate_core::Actor>) -> Value {
-    serde_json::to_value(ActorView { version: a.version, actor: a.value }).unwrap_or_default()
+async fn view(ctl: &Controller, a: ate_core::Versioned<ate_core::Actor>) -> Value {
+    let unavailable = ctl.unavailable_note(&a.value).await;
+    serde_json::to_value(ActorView { version: a.version, actor: a.value, unavailable }).unwrap_or_default()
 }
 
 pub async fn workers(ctl: &Controller) -> Result<Vec<WorkerView>, CtlError> {

@@ -241,6 +241,12 @@ struct ServeArgs {
     /// How long a PAUSED actor waits for its node before using a durable copy elsewhere.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     local_wait: Duration,
+    /// How long the worker holding an actor's newest state must have been silent (its host
+    /// presumed lost) before `ate resume actor NAME --from-snapshot ID` may restore an older
+    /// durable snapshot on another host. Actors of templates with `durability: both` or
+    /// `durable` whose newest state is durable move on their own, without this wait.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    host_loss_grace: Duration,
     /// Do not pause idle actors to make room for a resume.
     #[arg(long)]
     no_evict: bool,
@@ -462,7 +468,10 @@ fn print_actors(actors: &[ActorView], output: Output) -> Result<()> {
                 snapshot,
                 a.resumes.to_string(),
                 age(a.state_since_ms),
-                a.reason.clone().unwrap_or_default(),
+                match &v.unavailable {
+                    Some(n) => format!("unavailable: {n}"),
+                    None => a.reason.clone().unwrap_or_default(),
+                },
             ]
         })
         .collect();
@@ -593,6 +602,7 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
             owner: a.replica_id,
             resume_timeout: a.resume_timeout,
             local_wait: a.local_wait,
+            host_loss_grace: a.host_loss_grace,
             evict: !a.no_evict,
             stale_op: a.stale_op,
             replica_ttl: a.replica_ttl,

@@ -150,6 +150,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
         tokio::spawn(ctl.clone().health_loop()),
         tokio::spawn(ctl.clone().idle_loop()),
         tokio::spawn(ctl.clone().golden_loop()),
+        tokio::spawn(ctl.clone().durability_loop()),
     ];
     let ctl2 = ctl.clone();
     tasks.push(tokio::spawn(async move {

@@ -57,6 +57,9 @@ pub enum Failure {
     KeptLocal,
     /// The worker is busy with another operation (refused before doing anything).
     Busy,
+    /// The call never reached the worker: nothing listens where it should (its daemon or
+    /// its host is gone). Certain not to have started anything.
+    NotReached,
     /// The snapshot asked for does not exist there.
     SnapshotMissing,
     /// The snapshot exists but does not fit this host, or its bytes are damaged.
@@ -69,6 +72,9 @@ impl WorkerError {
     /// What this failure means (see [`Failure`]).
     pub fn failure(&self) -> Failure {
         use tonic::Code;
+        if self.not_reached() {
+            return Failure::NotReached;
+        }
         if self.lost_in_transit() {
             return Failure::LostAnswer;
         }
@@ -88,6 +94,14 @@ impl WorkerError {
         } else {
             Failure::Failed
         }
+    }
+
+    /// The connection was refused, or the worker's socket is gone: the request was never
+    /// sent.
+    pub fn not_reached(&self) -> bool {
+        let m = self.message.to_ascii_lowercase();
+        self.code == tonic::Code::Unavailable
+            && (m.contains("connection refused") || m.contains("no such file or directory"))
     }
 
     /// The call failed on the way (connection reset, HTTP/2 error, cancelled), not with the
@@ -778,6 +792,38 @@ impl Workers {
             .into_inner();
         Ok((r.stopped, r.deleted_snapshot_ids.len()))
     }
+
+    /// Copies the actor's local snapshot `snapshot_id` to object storage under `prefix`
+    /// (`PushSnapshot`; the worker is not held meanwhile). Returns the bytes written (0: it
+    /// was stored already).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn push_snapshot(
+        &self,
+        name: &str,
+        target: &WorkerTarget,
+        t: &TemplateRecord,
+        actor: &str,
+        snapshot_id: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<u64, WorkerError> {
+        let (ns, tpl, id) = actor_ref(t, actor);
+        let mut req = tonic::Request::new(pb::PushSnapshotRequest {
+            actor_template_namespace: ns,
+            actor_template_name: tpl,
+            actor_id: id,
+            snapshot_id: snapshot_id.to_owned(),
+            snapshot_uri_prefix: prefix.to_owned(),
+        });
+        req.set_timeout(timeout);
+        let r = self
+            .client(name, target)?
+            .push_snapshot(req)
+            .await
+            .map_err(|s| self.err(name, "PushSnapshot", s))?
+            .into_inner();
+        Ok(r.stored_bytes)
+    }
 }
 
 #[cfg(test)]
@@ -849,6 +895,8 @@ mod transit_tests {
             (Code::DataLoss, "artifact memory is corrupt", SnapshotRefused),
             (Code::FailedPrecondition, "snapshot s1 cannot be restored on this host: x", SnapshotRefused),
             (Code::DeadlineExceeded, "workload not ready within 30s", Failed),
+            (Code::Unavailable, "Connection refused (os error 111)", NotReached),
+            (Code::Unavailable, "transport error: No such file or directory (os error 2)", NotReached),
         ];
         for (code, message, want) in cases {
             assert_eq!(err(code, message).failure(), want, "{code:?} {message}");

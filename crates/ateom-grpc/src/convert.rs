@@ -405,6 +405,16 @@ fn snapshot_ids(field: &str, ids: &[String]) -> Result<Vec<SnapshotId>, InvalidA
     ids.iter().enumerate().map(|(i, id)| SnapshotId::parse(&format!("{field}[{i}]"), id)).collect()
 }
 
+/// A `PushSnapshot` request: every field is required.
+pub fn push_request(r: &pb::PushSnapshotRequest) -> Result<(ActorRef, SnapshotId, String), InvalidArgument> {
+    let actor = ActorRef::parse(&r.actor_template_namespace, &r.actor_template_name, &r.actor_id)?;
+    let id = SnapshotId::parse("snapshot_id", &r.snapshot_id)?;
+    let prefix = uri_prefix("snapshot_uri_prefix", &r.snapshot_uri_prefix)?.ok_or_else(|| {
+        InvalidArgument::new("snapshot_uri_prefix", "is required (where to copy the snapshot)")
+    })?;
+    Ok((actor, id, prefix))
+}
+
 /// The actor triple of a request that may leave all three empty (meaning every actor).
 pub fn optional_actor(ns: &str, template: &str, id: &str) -> Result<Option<ActorRef>, InvalidArgument> {
     if ns.is_empty() && template.is_empty() && id.is_empty() {

@@ -234,6 +234,23 @@ impl pb::Ateom for AteomService {
                 .collect(),
         }))
     }
+
+    async fn push_snapshot(
+        &self,
+        request: Request<pb::PushSnapshotRequest>,
+    ) -> Result<Response<pb::PushSnapshotResponse>, Status> {
+        let (actor, id, prefix) = convert::push_request(request.get_ref()).map_err(status::invalid)?;
+        let rt = self.runtime.clone();
+        let span = info_span!("push", %actor, snapshot = %id);
+        let done =
+            detached(async move { rt.push_snapshot(&actor, &id, &prefix).await }.instrument(span)).await?;
+        Ok(Response::new(pb::PushSnapshotResponse {
+            location: done.location,
+            stored_bytes: done.stored_bytes,
+            push_ms: done.elapsed.as_millis() as u64,
+            already_stored: done.already_stored,
+        }))
+    }
 }
 
 /// Runs a state-changing runtime operation in its own task, so that a client that goes

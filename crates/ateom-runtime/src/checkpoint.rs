@@ -21,7 +21,9 @@ use ateom_core::{CheckpointRequest, Destination, MANIFEST_FORMAT_VERSION, Snapsh
 use ateom_snapshot::LocalSnapshot;
 use tracing::{debug, info, warn};
 
-use crate::{Active, Checkpointed, Runtime, RuntimeError, Slot, durable, faults, journal, task_failed};
+use crate::{
+    Active, Checkpointed, PushedSnapshot, Runtime, RuntimeError, Slot, durable, faults, journal, task_failed,
+};
 
 impl Runtime {
     /// Freezes the running workload into a snapshot and frees the worker.
@@ -391,8 +393,10 @@ impl Runtime {
     /// that nobody pinned go (never the one just made).
     async fn retain(&self, actor: &ateom_core::ActorRef, just_made: &SnapshotId) {
         let snapshots = self.snapshots.clone();
-        let (who, keep, made) = (actor.clone(), self.opts.keep_snapshots.max(1), just_made.clone());
-        match tokio::task::spawn_blocking(move || snapshots.prune(&who, keep, &[made])).await {
+        let mut also_keep = self.copying_of(actor);
+        also_keep.push(just_made.clone());
+        let (who, keep) = (actor.clone(), self.opts.keep_snapshots.max(1));
+        match tokio::task::spawn_blocking(move || snapshots.prune(&who, keep, &also_keep)).await {
             Ok(Ok(deleted)) if !deleted.is_empty() => {
                 let freed: u64 = deleted.iter().map(|(_, b)| b).sum();
                 let ids: Vec<String> = deleted.iter().map(|(i, _)| i.to_string()).collect();
@@ -445,6 +449,72 @@ impl Runtime {
         };
         *self.pushing.lock().expect("pushing lock") = None;
         result
+    }
+
+    /// Snapshots of `actor` being copied to object storage now (retention keeps them).
+    pub(crate) fn copying_of(&self, actor: &ateom_core::ActorRef) -> Vec<SnapshotId> {
+        let copying = self.copying.lock().expect("copying lock");
+        copying.iter().filter(|(a, _)| a == actor).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Copies a committed local snapshot to object storage under `uri_prefix` without holding
+    /// the worker (`PushSnapshot`): a control plane pauses locally and makes the pause durable
+    /// in the background while this worker runs the next workload. One copy at a time (they
+    /// compete for the same disk and network); retention keeps the snapshot until the copy
+    /// ends. Idempotent: a snapshot whose index is already stored there, matching its manifest,
+    /// answers at once. A copy that fails removes what it wrote (the store's gc would too).
+    pub async fn push_snapshot(
+        &self,
+        actor: &ateom_core::ActorRef,
+        id: &SnapshotId,
+        uri_prefix: &str,
+    ) -> Result<PushedSnapshot, RuntimeError> {
+        let store = self.stores.get(uri_prefix)?;
+        // Opened (and checked) before waiting for the turn: a wrong id fails at once.
+        self.snapshots.open(actor, id)?;
+        let _turn = self.copy_turn.lock().await;
+        if let Ok(stored) = durable::manifest(&store, id.as_str()).await
+            && stored.manifest.actor == *actor
+        {
+            return Ok(PushedSnapshot {
+                location: format!("{}/{id}", store.uri()),
+                stored_bytes: 0,
+                elapsed: std::time::Duration::ZERO,
+                already_stored: true,
+            });
+        }
+        let key = (actor.clone(), id.clone());
+        self.copying.lock().expect("copying lock").insert(key.clone());
+        struct Done<'a>(
+            &'a std::sync::Mutex<std::collections::HashSet<(ateom_core::ActorRef, SnapshotId)>>,
+            (ateom_core::ActorRef, SnapshotId),
+        );
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.lock().expect("copying lock").remove(&self.1);
+            }
+        }
+        let _done = Done(&self.copying, key);
+        // Opened again under the copy's protection: retention may have run in between.
+        let snap = self.snapshots.open(actor, id)?;
+        let progress = durable::LogProgress::new("push", id.as_str());
+        match durable::push(&store, &snap, Some(progress)).await {
+            Ok(p) => {
+                info!(%actor, snapshot = %id, location = %p.location, stored_bytes = p.stored_bytes, "local snapshot copied to the store");
+                Ok(PushedSnapshot {
+                    location: p.location,
+                    stored_bytes: p.stored_bytes,
+                    elapsed: p.elapsed,
+                    already_stored: false,
+                })
+            }
+            Err(e) => {
+                if let Err(d) = store.delete(id.as_str()).await {
+                    warn!(snapshot = %id, error = %d, "removing what a failed copy wrote (gc will)");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

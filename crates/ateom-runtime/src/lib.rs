@@ -215,6 +215,16 @@ pub struct Checkpointed {
     pub pushed: Option<(u64, Duration)>,
 }
 
+/// What `push_snapshot` did.
+#[derive(Clone, Debug)]
+pub struct PushedSnapshot {
+    pub location: String,
+    pub stored_bytes: u64,
+    pub elapsed: Duration,
+    /// The store held it whole already; nothing was written.
+    pub already_stored: bool,
+}
+
 /// What a delete did on this worker.
 #[derive(Clone, Debug, Default)]
 pub struct Deleted {
@@ -313,6 +323,10 @@ pub struct Runtime {
     deleting: Mutex<std::collections::HashSet<ActorRef>>,
     /// The push under way, if any: the actor and the switch a delete uses to stop it.
     pushing: Mutex<Option<(ActorRef, tokio::sync::watch::Sender<bool>)>>,
+    /// Committed snapshots being copied to object storage by `push_snapshot` (the worker is
+    /// not held meanwhile): retention keeps them until the copy ends. One copy at a time.
+    copying: Mutex<std::collections::HashSet<(ActorRef, SnapshotId)>>,
+    copy_turn: tokio::sync::Mutex<()>,
     /// Disk space of the local snapshots, refreshed after every change.
     used_bytes: AtomicU64,
 }
@@ -1057,8 +1071,13 @@ impl Runtime {
             // The snapshot a checkpoint of this actor is writing right now is not a candidate.
             let snapshots = self.snapshots.clone();
             let who = a.clone();
+            let copying = self.copying_of(&a);
             let deleted = tokio::task::spawn_blocking(move || {
-                if dry_run { snapshots.prune_plan(&who, keep, &[]) } else { snapshots.prune(&who, keep, &[]) }
+                if dry_run {
+                    snapshots.prune_plan(&who, keep, &copying)
+                } else {
+                    snapshots.prune(&who, keep, &copying)
+                }
             })
             .await
             .map_err(task_failed("pruning snapshots"))??;

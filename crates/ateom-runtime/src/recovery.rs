@@ -120,6 +120,8 @@ pub(crate) async fn start(
         slot: Mutex::new(Slot::Idle),
         deleting: Mutex::new(std::collections::HashSet::new()),
         pushing: Mutex::new(None),
+        copying: Mutex::new(std::collections::HashSet::new()),
+        copy_turn: tokio::sync::Mutex::new(()),
         used_bytes: AtomicU64::new(0),
     };
     if let Some(mut a) = adopted {

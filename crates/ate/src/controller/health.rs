@@ -125,12 +125,18 @@ impl Controller {
                 next.error = Some(e.to_string());
             }
         }
+        next.unhealthy_since_ms = match (next.healthy, w.unhealthy_since_ms) {
+            (true, _) => None,
+            (false, Some(since)) => Some(since),
+            (false, None) => Some(now_ms()),
+        };
         let changed = next.healthy != w.healthy
             || next.info != w.info
             || next.running != w.running
             || next.state != w.state
             || next.snapshot_bytes_free != w.snapshot_bytes_free
-            || next.error != w.error;
+            || next.error != w.error
+            || next.unhealthy_since_ms != w.unhealthy_since_ms;
         let stale = now_ms().saturating_sub(w.observed_ms) > 30_000;
         if changed || stale {
             next.observed_ms = now_ms();

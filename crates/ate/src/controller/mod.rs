@@ -23,6 +23,7 @@
 //! | [`resources`] | `apply` (pools, templates, actors) and actor creation |
 //! | [`resume`] | the router's entry, resumes (placement, restore, lost answers), eviction, `--from-snapshot` |
 //! | [`pause`] | pause and suspend (LOCAL/DURABLE checkpoints into chosen ids) |
+//! | [`durability`] | durability policies: durable pauses, background copies of paused snapshots |
 //! | [`reconcile`] | settling intents from the worker's state: after a lost answer, a restart, a dead replica |
 //! | [`snapshots`] | which snapshots of an actor exist (local, durable, golden) and the reasons naming them |
 //! | [`delete`] | delete |
@@ -32,6 +33,7 @@
 //! | [`replicas`] | this replica's liveness lease and the liveness of others |
 
 mod delete;
+mod durability;
 mod gate;
 mod golden;
 mod health;
@@ -72,6 +74,11 @@ pub struct Config {
     /// How long a PAUSED actor waits for the worker holding its snapshot before it may use
     /// a durable copy of the same snapshot elsewhere.
     pub local_wait: Duration,
+    /// How long the worker holding an actor's newest state must have been silent (its host
+    /// presumed lost) before an operator may resume the actor from an older durable snapshot
+    /// on another host (`--host-loss-grace`). Shorter risks two copies of one actor, should
+    /// the host come back.
+    pub host_loss_grace: Duration,
     /// How long a pause/suspend waits for requests in flight to finish.
     pub drain_timeout: Duration,
     /// Deadline of one worker call (`--rpc-timeout`). A call past it is a lost answer, settled
@@ -112,6 +119,7 @@ impl Default for Config {
             owner: "ate".into(),
             resume_timeout: Duration::from_secs(30),
             local_wait: Duration::from_secs(3),
+            host_loss_grace: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(120),
             settle_timeout: Duration::from_secs(120),
@@ -193,6 +201,15 @@ pub struct Controller {
     lease_freed: Notify,
     snapshot_stores: Mutex<HashMap<String, ateom_store::Store>>,
     golden_running: Mutex<HashSet<String>>,
+    /// Background copies of paused snapshots (durability `both`): asked for, and under way.
+    copies: Mutex<Copies>,
+    copy_wanted: Notify,
+}
+
+#[derive(Default)]
+struct Copies {
+    wanted: HashSet<String>,
+    running: HashSet<String>,
 }
 
 type Lock = tokio::sync::OwnedMutexGuard<()>;
@@ -208,6 +225,8 @@ impl Controller {
             lease_freed: Notify::new(),
             snapshot_stores: Mutex::new(HashMap::new()),
             golden_running: Mutex::new(Default::default()),
+            copies: Mutex::new(Copies::default()),
+            copy_wanted: Notify::new(),
         })
     }
 

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ate_core::resource::Durability;
 use ate_core::snapshot::new_snapshot_id;
 use ate_core::store::{TemplateRecord, Versioned};
 use ate_core::{Actor, ActorState, Tier};
@@ -32,9 +33,15 @@ impl Controller {
                 return Err(CtlError::Conflict(format!("actor {actor} is {s}; only a RUNNING actor pauses")));
             }
         }
+        let t = self.template(&a.value.template).await?;
+        let policy = t.value.spec.snapshot.durability;
         gate.drain(self.cfg.drain_timeout).await?;
-        let r = self.checkpoint_running(a, gate, false).await;
+        // `durable`: every pause is a DURABLE checkpoint (see `durability`).
+        let r = self.checkpoint_running(a, gate, policy == Durability::Durable).await;
         gate.undrain();
+        if r.is_ok() && policy == Durability::Both {
+            self.want_durable_copy(actor);
+        }
         r
     }
 
@@ -152,7 +159,7 @@ impl Controller {
     }
 
     /// Deletes a replaced durable snapshot of an actor (best effort, in the background).
-    fn forget_durable(&self, prefix: String, id: String) {
+    pub(super) fn forget_durable(&self, prefix: String, id: String) {
         let Ok(store) = self.snapshot_store(&prefix) else { return };
         tokio::spawn(async move {
             if let Err(e) = store.delete(&id).await {
@@ -239,6 +246,13 @@ impl Controller {
             Err(e) => e,
         };
         match e.failure() {
+            Failure::NotReached => {
+                let back = cur.value.rollback(now_ms())?;
+                self.commit_retrying(&cur, back).await?;
+                Err(CtlError::Unavailable(format!(
+                    "worker {worker} holding paused snapshot {paused_at} could not be reached ({e}); actor {actor} is PAUSED at {paused_at} again"
+                )))
+            }
             Failure::LostAnswer | Failure::Busy => {
                 if e.failure() == Failure::LostAnswer {
                     self.metrics.inc("lost_answers");

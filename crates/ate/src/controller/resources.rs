@@ -56,6 +56,7 @@ impl Controller {
                                     snapshot_bytes_free: None,
                                     error: None,
                                     observed_ms: 0,
+                                    unhealthy_since_ms: None,
                                 };
                                 changes.push(put(Kind::Worker, &w.name, Expect::Any, &wr));
                             }

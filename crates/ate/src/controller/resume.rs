@@ -268,10 +268,19 @@ impl Controller {
                     }
                 }
                 Decision::Wait { reason, busy } => {
-                    if Instant::now() > deadline {
-                        return Err(CtlError::Unavailable(format!(
-                            "cannot resume actor {actor} now: {reason}"
-                        )));
+                    // The worker holding the newest state does not answer (its host may be
+                    // lost): say so once the local wait is over, instead of holding every
+                    // request for the whole resume timeout.
+                    let silent = waited
+                        && local_on
+                            .as_deref()
+                            .is_some_and(|h| candidates.iter().any(|c| c.name == h && !c.healthy));
+                    if silent || Instant::now() > deadline {
+                        let why = match silent {
+                            true => self.unavailable_note(&a.value).await.unwrap_or(reason),
+                            false => reason,
+                        };
+                        return Err(CtlError::Unavailable(format!("cannot resume actor {actor} now: {why}")));
                     }
                     if self.cfg.evict && self.evict_one(&busy, actor).await {
                         started = Instant::now();
@@ -339,6 +348,16 @@ impl Controller {
         match e.failure() {
             Failure::LostAnswer | Failure::Busy => {
                 self.settle_restore(resuming, t, worker, &target, &source, &e, gate, started).await
+            }
+            Failure::NotReached => {
+                // Nothing started there (the worker, maybe its host, is gone): back to where the
+                // actor came from, and placement again (health marks the worker unhealthy).
+                let from = resuming.value.op.as_ref().map_or(ActorState::Crashed, |o| o.from);
+                let back = resuming.value.rollback(now_ms())?;
+                self.commit_retrying(&resuming, back).await?;
+                Ok(Restore::RolledBack(format!(
+                    "worker {worker} could not be reached ({e}); actor {actor} is {from} again with its snapshot intact"
+                )))
             }
             Failure::SnapshotMissing => {
                 self.metrics.resume_failed(source.tier());
@@ -451,6 +470,7 @@ impl Controller {
         gate: &Arc<Gate>,
     ) -> Result<(), CtlError> {
         ate_core::snapshot::check_snapshot_id(id).map_err(CtlError::Invalid)?;
+        self.give_up_silent_home(actor).await?;
         let a = self.actor(actor).await?;
         if !matches!(a.value.state, ActorState::Suspended | ActorState::Paused | ActorState::Crashed) {
             return Err(CtlError::Conflict(format!(

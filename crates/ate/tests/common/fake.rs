@@ -240,6 +240,13 @@ impl pb::Ateom for Svc {
     ) -> Result<Response<pb::RecoverSnapshotsResponse>, Status> {
         Ok(Response::new(pb::RecoverSnapshotsResponse::default()))
     }
+
+    async fn push_snapshot(
+        &self,
+        _r: Request<pb::PushSnapshotRequest>,
+    ) -> Result<Response<pb::PushSnapshotResponse>, Status> {
+        Err(Status::unimplemented("the fake worker does not copy snapshots"))
+    }
 }
 
 /// Pushes a one-file snapshot `id` under `prefix`, signed with the key in `key_file` if given.
