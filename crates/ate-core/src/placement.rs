@@ -224,7 +224,11 @@ pub fn place(req: &Request<'_>, workers: &[Candidate]) -> Decision {
     {
         return Decision::Use { worker: w.name.clone(), local: false };
     }
-    if let Some(w) = free.first() {
+    // Spread: the free worker on the host with the fewest busy workers of the pool (so one
+    // host's loss takes as few running actors as it can), the first such in the pool's order.
+    let host_of = |c: &Candidate| c.info.as_ref().map(|i| i.host.host_id.clone()).unwrap_or_default();
+    let busy_on = |host: &str| pool.iter().filter(|c| !c.free && host_of(c) == host).count();
+    if let Some(w) = free.iter().min_by_key(|w| busy_on(&host_of(w))) {
         return Decision::Use { worker: w.name.clone(), local: false };
     }
     Decision::Wait {
@@ -311,6 +315,22 @@ mod tests {
         assert_eq!(place(&r, &ws), Decision::Use { worker: "w1".into(), local: false });
         r.waited = false;
         assert!(matches!(place(&r, &ws), Decision::Wait { .. }));
+    }
+
+    #[test]
+    fn new_placements_spread_over_hosts() {
+        let p = prov("a", false);
+        // w1 and w2 on host a (w1 busy), w3 on host b: w3, though w2 comes first.
+        let ws = [cand("w1", "a", false), cand("w2", "a", true), cand("w3", "b", true)];
+        assert_eq!(place(&req(Some(&p)), &ws), Decision::Use { worker: "w3".into(), local: false });
+        // Equally loaded hosts: the pool's order.
+        let ws = [cand("w1", "a", true), cand("w2", "b", true)];
+        assert_eq!(place(&req(Some(&p)), &ws), Decision::Use { worker: "w1".into(), local: false });
+        // A worker holding the snapshot locally still wins.
+        let ws = [cand("w1", "a", false), cand("w2", "a", true), cand("w3", "b", true)];
+        let mut r = req(Some(&p));
+        r.prefer = Some("w2");
+        assert_eq!(place(&r, &ws), Decision::Use { worker: "w2".into(), local: false });
     }
 
     #[test]

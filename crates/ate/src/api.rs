@@ -77,6 +77,9 @@ pub struct WorkerView {
     pub host_id: Option<String>,
     pub endpoint: Option<String>,
     pub error: Option<String>,
+    /// Not answering: since when (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since_ms: Option<u64>,
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<HttpBody> {
@@ -540,6 +543,7 @@ pub async fn workers(ctl: &Controller) -> Result<Vec<WorkerView>, CtlError> {
                 healthy: w.healthy,
                 running: w.running,
                 error: w.error,
+                unhealthy_since_ms: w.unhealthy_since_ms,
             }
         })
         .collect())

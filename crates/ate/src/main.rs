@@ -539,6 +539,57 @@ fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
     Ok(())
 }
 
+/// Workers grouped by the host they report: how many answer, how many hold an actor, and for
+/// how long a silent host has not answered.
+fn print_hosts(ws: &[WorkerView], output: Output) -> Result<()> {
+    let mut hosts: std::collections::BTreeMap<String, Vec<&WorkerView>> = Default::default();
+    for w in ws {
+        let h = w.host_id.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "(unknown)".into());
+        hosts.entry(h).or_default().push(w);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rows: Vec<(String, usize, usize, usize, Option<u64>, Vec<String>)> = hosts
+        .into_iter()
+        .map(|(h, ws)| {
+            let answering = ws.iter().filter(|w| w.healthy).count();
+            let holding = ws.iter().filter(|w| w.holder.is_some()).count();
+            // Silent for as long as its most recently silent worker (the host is silent when all are).
+            let silent = (answering == 0)
+                .then(|| ws.iter().filter_map(|w| w.unhealthy_since_ms).max())
+                .flatten()
+                .map(|since| now.saturating_sub(since));
+            (h, ws.len(), answering, holding, silent, ws.iter().map(|w| w.name.clone()).collect())
+        })
+        .collect();
+    if output == Output::Json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(h, n, ok, holding, silent, names)| {
+                json!({"host": h, "workers": n, "answering": ok, "holding": holding, "silent_ms": silent, "worker_names": names})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows = rows
+        .into_iter()
+        .map(|(h, n, ok, holding, silent, names)| {
+            vec![
+                h,
+                n.to_string(),
+                ok.to_string(),
+                holding.to_string(),
+                silent.map_or_else(|| "-".into(), ate_core::snapshot::format_age),
+                names.join(","),
+            ]
+        })
+        .collect();
+    table(&["HOST", "WORKERS", "ANSWERING", "HOLDING", "SILENT FOR", "WORKER NAMES"], rows);
+    Ok(())
+}
+
 async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
     let shared_store = a.redis.is_some();
     let store = match a.redis {
@@ -702,6 +753,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("actor" | "actors", Some(name)) => print_actors(&[c.actor(&name).await?], g.output),
                 ("actors" | "actor", None) => print_actors(&c.actors().await?, g.output),
                 ("workers" | "worker", _) => print_workers(&c.workers().await?, g.output),
+                ("hosts" | "host", _) => print_hosts(&c.workers().await?, g.output),
                 ("templates" | "template", _) => {
                     let v = c.call(Method::GET, "/v1/templates", None).await?;
                     if g.output == Output::Json {
@@ -732,7 +784,9 @@ fn run(cli: Cli) -> Result<()> {
                     );
                     Ok(())
                 }
-                (w, _) => bail!("unknown resource {w:?} (actors, actor NAME, workers, templates, pools)"),
+                (w, _) => {
+                    bail!("unknown resource {w:?} (actors, actor NAME, workers, hosts, templates, pools)")
+                }
             },
             Cmd::List { output, .. } => print_actors(&c.actors().await?, output),
             Cmd::Pause(a) => print_actors(&[c.action(&a.name, "pause").await?], a.output),

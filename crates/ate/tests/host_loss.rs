@@ -180,6 +180,12 @@ async fn actors_survive_or_are_reported_when_their_host_is_lost() {
     assert!(note.contains(&golden) && note.contains("old"), "names the durable snapshot and its age: {note}");
     let (ok, out) = cli(&lab, &["get", "actor", "l1"]);
     assert!(ok && out.contains("unavailable") && out.contains(&host), "{out}");
+    // Health per host: the lost one answers on none of its workers.
+    let (ok, out) = cli(&lab, &["get", "hosts", "-o", "json"]);
+    assert!(ok, "{out}");
+    let hosts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lost = hosts.as_array().unwrap().iter().find(|h| h["host"] == host.as_str()).expect("the lost host");
+    assert_eq!((lost["answering"].as_u64(), lost["silent_ms"].is_u64()), (Some(0), true), "{lost}");
 
     // Before the grace: refused (the host may come back with the newer state).
     let (ok, out) = cli(&lab, &["resume", "actor", "l1", "--from-snapshot", &golden]);

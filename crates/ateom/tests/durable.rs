@@ -75,6 +75,50 @@ async fn file_store_restore_on_a_fresh_node_continues() {
     b.checkpoint_workload(checkpoint_req("d1")).await.unwrap();
 }
 
+/// A LOCAL snapshot copied to the store afterwards (`PushSnapshot`) while the worker already
+/// runs another actor; a second copy is a no-op; another node restores the copy and continues.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_snapshot_is_copied_to_the_store_while_the_worker_runs_another_actor() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let prefix = format!("file://{}/bucket/actors", tmp.path().display());
+    let node_a = Worker::start(&tmp.path().join("node-a"), &["--host-id", "node-a"]);
+    let mut a = node_a.client().await;
+    let run = a.run_workload(run_req("p1", &image)).await.expect("run").into_inner();
+    hit(&run.host_endpoint).await;
+    let before = hit(&run.host_endpoint).await;
+    let ck = a.checkpoint_workload(checkpoint_req("p1")).await.expect("local checkpoint").into_inner();
+    let id = ck.manifest.unwrap().snapshot_id;
+    // The worker is busy with another actor while the copy runs.
+    let other = a.run_workload(run_req("p2", &image)).await.expect("run p2").into_inner();
+    let (ns, tpl, actor_id) = actor("p1");
+    let push = ateom_proto::PushSnapshotRequest {
+        actor_template_namespace: ns,
+        actor_template_name: tpl,
+        actor_id,
+        snapshot_id: id.clone(),
+        snapshot_uri_prefix: prefix.clone(),
+    };
+    let first = a.push_snapshot(push.clone()).await.expect("copy").into_inner();
+    assert_eq!(first.location, format!("{prefix}/{id}"));
+    assert!(first.stored_bytes > 0 && !first.already_stored, "{first:?}");
+    assert_eq!(hit(&other.host_endpoint).await.memory, 1, "p2 kept running through the copy");
+    let again = a.push_snapshot(push).await.expect("copy again").into_inner();
+    assert!(again.already_stored && again.stored_bytes == 0, "{again:?}");
+
+    let node_b = Worker::start(&tmp.path().join("node-b"), &["--host-id", "node-b"]);
+    let mut b = node_b.client().await;
+    let mut req = durable_restore("p1", &prefix);
+    req.snapshot_id = id.clone();
+    let r = b.restore_workload(req).await.expect("restore the copy on node B").into_inner();
+    assert!(r.pulled_bytes > 0);
+    let after = hit(&r.host_endpoint).await;
+    assert_eq!((after.memory, after.sha), (before.memory + 1, before.sha));
+    let _ = b.delete_workload(delete_req_for("p1")).await;
+    let _ = a.delete_workload(delete_req_for("p2")).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_restore_on_a_fresh_node_continues() {
     require_gvisor!();

@@ -235,6 +235,31 @@ async fn crafted_grpc_requests_are_refused_and_the_worker_survives() {
     rs.snapshot_uri_prefix = format!("file://{}", "/..".repeat(10));
     let e = c.restore_workload(rs).await.unwrap_err();
     report.case("restore_store_prefix_traversal", e.code() != Code::Ok, true, e.message());
+    // PushSnapshot: ids, prefixes and actors it must refuse before touching anything.
+    let push = |id: &str, prefix: &str| {
+        let (a, b, c) = actor("h1");
+        ateom_proto::PushSnapshotRequest {
+            actor_template_namespace: a,
+            actor_template_name: b,
+            actor_id: c,
+            snapshot_id: id.into(),
+            snapshot_uri_prefix: prefix.into(),
+        }
+    };
+    let store = format!("file://{}/bucket", tmp.path().display());
+    for (name, req, want, traversal) in [
+        ("push_snapshot_id_traversal", push("../../etc", &store), Code::InvalidArgument, true),
+        ("push_without_a_prefix", push("s1", ""), Code::InvalidArgument, false),
+        ("push_to_a_foreign_scheme", push("s1", "http://169.254.169.254/x"), Code::InvalidArgument, false),
+        ("push_of_a_snapshot_that_is_not_here", push("s1", &store), Code::NotFound, false),
+    ] {
+        let e = c.push_snapshot(req).await.unwrap_err();
+        report.case(name, e.code() == want, traversal, &format!("{:?}: {}", e.code(), e.message()));
+    }
+    let mut other = push("s1", &store);
+    other.actor_id = "../h1".into();
+    let e = c.push_snapshot(other).await.unwrap_err();
+    report.case("push_actor_id_traversal", e.code() == Code::InvalidArgument, true, e.message());
     // An oversized message is refused by the transport, not decoded.
     let mut r = base();
     r.spec.as_mut().unwrap().containers[0].env.insert("BIG".into(), "y".repeat(64 << 20));

@@ -304,6 +304,23 @@ pub async fn restore(
     Ok((Live { endpoint: r.host_endpoint.clone(), console: r.console.clone() }, r))
 }
 
+/// `PushSnapshot`: copies a committed local snapshot to the store (the worker is not held).
+pub async fn push(
+    c: &mut Client,
+    actor: &str,
+    id: &str,
+    prefix: &str,
+) -> Result<pb::PushSnapshotResponse, Status> {
+    let req = pb::PushSnapshotRequest {
+        actor_template_namespace: "fm".into(),
+        actor_template_name: "counter".into(),
+        actor_id: actor.into(),
+        snapshot_id: id.into(),
+        snapshot_uri_prefix: prefix.into(),
+    };
+    call(c.push_snapshot(req)).await
+}
+
 pub async fn caps(c: &mut Client) -> Result<pb::GetCapabilitiesResponse, Status> {
     call(c.get_capabilities(pb::GetCapabilitiesRequest {})).await
 }

@@ -25,6 +25,7 @@ pub enum Point {
     CheckpointAfterCommit,
     PushBefore,
     MidPush,
+    MidCopy,
     PullBefore,
     MidPull,
     RestoreBeforeSandbox,
@@ -32,7 +33,7 @@ pub enum Point {
 }
 
 impl Point {
-    pub const ALL: [Point; 11] = [
+    pub const ALL: [Point; 12] = [
         Point::RunAfterStart,
         Point::GoLiveAfterJournal,
         Point::CheckpointBeforeFreeze,
@@ -40,6 +41,7 @@ impl Point {
         Point::CheckpointAfterCommit,
         Point::PushBefore,
         Point::MidPush,
+        Point::MidCopy,
         Point::PullBefore,
         Point::MidPull,
         Point::RestoreBeforeSandbox,
@@ -55,6 +57,7 @@ impl Point {
             Point::CheckpointAfterCommit => "checkpoint-after-commit",
             Point::PushBefore => "push-before",
             Point::MidPush => "mid-push",
+            Point::MidCopy => "mid-copy",
             Point::PullBefore => "pull-before",
             Point::MidPull => "mid-pull",
             Point::RestoreBeforeSandbox => "restore-before-sandbox",
@@ -72,6 +75,7 @@ pub async fn run(ctx: &mut Ctx<'_>, p: Point) -> Result<()> {
             during_checkpoint(ctx, p).await
         }
         Point::PushBefore | Point::MidPush => during_push(ctx, p).await,
+        Point::MidCopy => during_copy(ctx).await,
         Point::PullBefore | Point::MidPull => during_pull(ctx, p).await,
         Point::RestoreBeforeSandbox | Point::RestoreAfterSandbox => during_restore(ctx, p).await,
     }
@@ -199,6 +203,66 @@ async fn settle(ctx: &mut Ctx<'_>, w: usize, s1: &Acked, s2: &str, last: u64) ->
 
 /// The worker dies before or in the middle of shipping a DURABLE checkpoint (committed
 /// locally first).
+/// The worker dies while it copies a committed LOCAL snapshot to the store in the background
+/// (`PushSnapshot`, durability `both`): a chunk PUT stalls, then SIGKILL. The local snapshot
+/// must stay whole and restorable, the store must not hold an index for a half copy, and the
+/// copy asked again must complete (and a third ask be a no-op).
+async fn during_copy(ctx: &mut Ctx<'_>) -> Result<()> {
+    let env = ctx.env;
+    let proxy = env.proxy()?;
+    let s3 = env.s3()?;
+    let state = ctx.state_dir("s");
+    let w = ctx.start(&state, None)?;
+    let (s1, _live, last) = running_after_restore(ctx, w, ACTOR).await?;
+    let mut c = ctx.client(w).await?;
+    let s2 = ctx.snap_id("s2");
+    let keep = vec![s1.id.clone()];
+    worker::checkpoint(&mut c, ACTOR, &s2, None, &keep).await.context("local checkpoint s2")?;
+    let prefix = ctx.prefix("c");
+    proxy.set(
+        json!([{"method": "PUT", "path_contains": "/chunks/", "action": {"type": "stall", "ms": 60000}}]),
+    )?;
+    let (pf, sf) = (prefix.clone(), s2.clone());
+    let mut cc = ctx.client(w).await?;
+    let task = tokio::spawn(async move { worker::push(&mut cc, ACTOR, &sf, &pf).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.applied(0) < 1 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the copy never reached the store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.w(w).kill();
+    ctx.note("worker SIGKILLed while a chunk PUT of its background copy stalled");
+    if task.await?.is_ok() {
+        ctx.problem("the copy answered OK although the worker died during it");
+    }
+    proxy.clear();
+    let index = s3.object(&Ctx::key(&prefix, &format!("{s2}/index.json")));
+    if index.is_file() {
+        ctx.problem("the store holds an index for a copy that never finished");
+    }
+    let w2 = ctx.start(&state, None)?;
+    let mut c = ctx.client(w2).await?;
+    let keep = vec![s1.id.clone(), s2.clone()];
+    match worker::list(&mut c, ACTOR).await?.iter().find(|s| s.snapshot_id == s2).map(|s| s.state.clone()) {
+        Some(st) if st == "complete" => {}
+        other => {
+            ctx.lost_ack += 1;
+            ctx.problem(format!("LOST: local snapshot s2 is {other:?} after a copy was killed"));
+        }
+    }
+    let again = worker::push(&mut c, ACTOR, &s2, &prefix).await.context("copying s2 again")?;
+    if again.already_stored || again.stored_bytes == 0 || !index.is_file() {
+        ctx.problem(format!("the second copy did not store s2 whole: {again:?}"));
+    }
+    let third = worker::push(&mut c, ACTOR, &s2, &prefix).await.context("copying s2 a third time")?;
+    if !third.already_stored {
+        ctx.problem("a copy of a snapshot stored whole was not a no-op");
+    }
+    check_restorable(ctx, w2, ACTOR, &Acked { id: s2.clone(), value: last }, &keep).await?;
+    ctx.note(format!("s2 kept locally, copied on the second ask, restores as {}", last + 1));
+    Ok(())
+}
+
 async fn during_push(ctx: &mut Ctx<'_>, p: Point) -> Result<()> {
     let env = ctx.env;
     let proxy = env.proxy()?;
