@@ -539,6 +539,18 @@ fn print_workers(ws: &[WorkerView], output: Output) -> Result<()> {
     Ok(())
 }
 
+/// One host as `ate get hosts` shows it.
+#[derive(serde::Serialize)]
+struct HostRow {
+    host: String,
+    workers: usize,
+    answering: usize,
+    holding: usize,
+    /// Every worker of it silent: for how long (ms).
+    silent_ms: Option<u64>,
+    worker_names: Vec<String>,
+}
+
 /// Workers grouped by the host they report: how many answer, how many hold an actor, and for
 /// how long a silent host has not answered.
 fn print_hosts(ws: &[WorkerView], output: Output) -> Result<()> {
@@ -550,39 +562,39 @@ fn print_hosts(ws: &[WorkerView], output: Output) -> Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let rows: Vec<(String, usize, usize, usize, Option<u64>, Vec<String>)> = hosts
+    let rows: Vec<HostRow> = hosts
         .into_iter()
-        .map(|(h, ws)| {
+        .map(|(host, ws)| {
             let answering = ws.iter().filter(|w| w.healthy).count();
-            let holding = ws.iter().filter(|w| w.holder.is_some()).count();
-            // Silent for as long as its most recently silent worker (the host is silent when all are).
-            let silent = (answering == 0)
+            // Silent since its most recently silent worker (the host is silent when all are).
+            let silent_ms = (answering == 0)
                 .then(|| ws.iter().filter_map(|w| w.unhealthy_since_ms).max())
                 .flatten()
                 .map(|since| now.saturating_sub(since));
-            (h, ws.len(), answering, holding, silent, ws.iter().map(|w| w.name.clone()).collect())
+            HostRow {
+                host,
+                workers: ws.len(),
+                answering,
+                holding: ws.iter().filter(|w| w.holder.is_some()).count(),
+                silent_ms,
+                worker_names: ws.iter().map(|w| w.name.clone()).collect(),
+            }
         })
         .collect();
     if output == Output::Json {
-        let v: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(h, n, ok, holding, silent, names)| {
-                json!({"host": h, "workers": n, "answering": ok, "holding": holding, "silent_ms": silent, "worker_names": names})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let rows = rows
         .into_iter()
-        .map(|(h, n, ok, holding, silent, names)| {
+        .map(|r| {
             vec![
-                h,
-                n.to_string(),
-                ok.to_string(),
-                holding.to_string(),
-                silent.map_or_else(|| "-".into(), ate_core::snapshot::format_age),
-                names.join(","),
+                r.host,
+                r.workers.to_string(),
+                r.answering.to_string(),
+                r.holding.to_string(),
+                r.silent_ms.map_or_else(|| "-".into(), ate_core::snapshot::format_age),
+                r.worker_names.join(","),
             ]
         })
         .collect();
