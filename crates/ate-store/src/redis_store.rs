@@ -267,9 +267,8 @@ impl Store for RedisStore {
 
     fn leader(&self, name: &str) -> Result<Option<LeaderState>, StoreError> {
         let key = self.leader_key(name);
-        let (holder, left): (Option<String>, i64) = self.with_conn(|c| {
-            redis::pipe().atomic().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query(c)
-        })?;
+        let (holder, left): (Option<String>, i64) =
+            self.with_conn(|c| redis::pipe().atomic().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query(c))?;
         Ok(holder.map(|holder| LeaderState { holder, ttl_left_ms: left.max(0) as u64 }))
     }
 

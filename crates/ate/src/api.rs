@@ -443,7 +443,9 @@ async fn dispatch(
                 let p: Vec<_> = ctl.pools().await?.into_iter().map(|p| p.value).collect();
                 Ok((StatusCode::OK, serde_json::to_value(p).unwrap_or_default()))
             }
-            RouteId::Status => Ok((StatusCode::OK, serde_json::to_value(ctl.status().await?).unwrap_or_default())),
+            RouteId::Status => {
+                Ok((StatusCode::OK, serde_json::to_value(ctl.status().await?).unwrap_or_default()))
+            }
         }
     }
     .await;

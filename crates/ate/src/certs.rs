@@ -21,7 +21,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-const LONG_ABOUT: &str = "\
+/// `ate certs --help`.
+pub const LONG_ABOUT: &str = "\
 Make a CA and the certificates workers on other hosts and ate present to each other (mutual
 TLS), for tests and small deployments; bring your own PKI in production.
 
@@ -54,9 +55,8 @@ ate itself (a client certificate, the pool's tls block; paths are absolute):
 Copy NAME.crt, NAME.key and ca.crt to the host that uses them. Existing files are never
 overwritten unless --force. Certificates made from another CA are refused by both sides.";
 
-/// `ate certs`.
+/// `ate certs` (its help text is [`LONG_ABOUT`], set where the subcommand is declared).
 #[derive(Args, Debug)]
-#[command(long_about = LONG_ABOUT)]
 pub struct CertsArgs {
     #[command(subcommand)]
     pub cmd: CertsCmd,
@@ -330,11 +330,8 @@ fn verify(
         roots.add(c).map_err(|e| CertsError::BadCa { path: ca_crt.to_owned(), detail: e.to_string() })?;
     }
     let roots = Arc::new(roots);
-    let fail = |detail: String| CertsError::DoesNotVerify {
-        ca: ca_crt.to_owned(),
-        key: ca_key.to_owned(),
-        detail,
-    };
+    let fail =
+        |detail: String| CertsError::DoesNotVerify { ca: ca_crt.to_owned(), key: ca_key.to_owned(), detail };
     let now = UnixTime::now();
     if client {
         let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
@@ -370,9 +367,20 @@ mod tests {
         for ok in ["127.0.0.1", "::1", "fd00::5", "host-a", "host-a.example", "*.fleet.example", "a1.b2"] {
             assert!(parse_san(ok).is_ok(), "{ok}");
         }
-        for bad in
-            ["", "host a", "https://h", "h:7443", "a..b", "-a", "a-", "1.2.3", "999.1.1.1", "*", "a/b", "é.example"]
-        {
+        for bad in [
+            "",
+            "host a",
+            "https://h",
+            "h:7443",
+            "a..b",
+            "-a",
+            "a-",
+            "1.2.3",
+            "999.1.1.1",
+            "*",
+            "a/b",
+            "é.example",
+        ] {
             let e = parse_san(bad).unwrap_err().to_string();
             assert!(e.contains("neither an IP address nor a DNS name"), "{bad}: {e}");
         }

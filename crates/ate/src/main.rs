@@ -120,6 +120,7 @@ enum Cmd {
         output: Output,
     },
     /// Make a CA and certificates for workers on other hosts (mutual TLS).
+    #[command(long_about = ate::certs::LONG_ABOUT)]
     Certs(ate::certs::CertsArgs),
     /// 3 gVisor workers, 30 actors, traffic through the router through pause/suspend cycles.
     Demo(ate::demo::DemoArgs),
@@ -552,7 +553,9 @@ fn print_status(s: &ate::controller::LeaderStatus, output: Output) -> Result<()>
         return Ok(());
     }
     let leader = match &s.leader {
-        Some(l) => format!("{} (lease lasts {:.1} s more unless renewed)", l.holder, l.ttl_left_ms as f64 / 1000.0),
+        Some(l) => {
+            format!("{} (lease lasts {:.1} s more unless renewed)", l.holder, l.ttl_left_ms as f64 / 1000.0)
+        }
         None => "nobody (a replica takes the lease within a fraction of a second)".into(),
     };
     println!("replica:  {}", s.replica);
