@@ -395,4 +395,50 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }
+
+    fn issue_args(dir: &Path, name: &str, sans: &[&str], force: bool) -> Result<Vec<String>, CertsError> {
+        issue(dir, name, &sans.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false, 30, force)
+    }
+
+    /// Hostile input (the security suite's `certs` group): names that would leave the
+    /// directory, a symbolic link planted where a key goes, a CA key that does not belong to
+    /// the CA, a file that is no certificate: refused, nothing written through, keys 0600.
+    #[test]
+    fn hostile_inputs_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        init(&dir, "test CA", 30, false).unwrap();
+        for name in ["../escape", "/abs", "a/../../b", "..", ".", "x\ny"] {
+            let e = issue_args(&dir, name, &["127.0.0.1"], true).unwrap_err();
+            assert!(matches!(e, CertsError::BadName(_)), "{name}: {e}");
+        }
+        assert!(!tmp.path().join("escape.key").exists());
+        for san in ["127.0.0.1/8", "h\0x", "a b", "'; rm -rf /", "http://h", "[::1]"] {
+            let e = issue_args(&dir, "w", &[san], false).unwrap_err();
+            assert!(matches!(e, CertsError::BadSan(_)), "{san}: {e}");
+        }
+        // A symbolic link where the key goes: refused without --force; with it, the link is
+        // replaced by a private file and its target is untouched.
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("w.key")).unwrap();
+        let e = issue_args(&dir, "w", &["127.0.0.1"], false).unwrap_err();
+        assert!(matches!(e, CertsError::Exists(_)), "{e}");
+        issue_args(&dir, "w", &["127.0.0.1"], true).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        let meta = std::fs::symlink_metadata(dir.join("w.key")).unwrap();
+        assert!(meta.file_type().is_file() && meta.permissions().mode() & 0o777 == 0o600);
+        // Another CA's key with this CA's certificate: nothing verifies, nothing is written.
+        let other = tmp.path().join("other");
+        init(&other, "other CA", 30, false).unwrap();
+        std::fs::copy(other.join("ca.key"), dir.join("ca.key")).unwrap();
+        let e = issue_args(&dir, "v", &["127.0.0.1"], false).unwrap_err();
+        assert!(matches!(e, CertsError::DoesNotVerify { .. }), "{e}");
+        assert!(!dir.join("v.crt").exists() && !dir.join("v.key").exists());
+        // Garbage in place of the CA certificate.
+        std::fs::write(dir.join("ca.crt"), "not a certificate").unwrap();
+        let e = issue_args(&dir, "v", &["127.0.0.1"], false).unwrap_err();
+        assert!(matches!(e, CertsError::BadCa { .. }), "{e}");
+    }
 }
