@@ -26,6 +26,8 @@ suspended while idle, resumed when traffic arrives, with their state intact.
   curl -H 'Host: a1.actors.local' http://127.0.0.1:7080/     # resumes a1, forwards
   ate get actors; ate get workers; ate pause actor a1; ate suspend actor a1
   ate snapshots actor a1                 # every snapshot of a1 that exists, with ages
+  ate status                             # which replica leads (several share --redis)
+  ate certs init --dir D; ate certs issue --dir D --name host-a --san 10.0.0.5   # mutual TLS
   ate resume actor a1 --from-snapshot ID # explicitly restore that one (maybe older state)
 
 The admin API needs a token. At first start `ate serve` writes <data dir>/tokens/admin (every
