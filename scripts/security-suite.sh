@@ -18,6 +18,8 @@
 #               mis-signed snapshots (crates/ateom-store/tests/{index_decoder,verify,bounds,signed}.rs)
 #   limits      a workload past its memory limit; signed snapshots end to end; a console
 #               client that never reads
+#   certs       `ate certs`: names leaving the directory, hostile SANs, a symbolic link where a
+#               key goes, a CA key of another CA, garbage as the CA (crates/ate/src/certs.rs)
 # and prints one JSON object (with --json) or a table and the same summary:
 #   cases, passed, failed, escapes, unauthenticated_accepted, crashes, elapsed_s, results[]
 # `escapes` counts a file, process or request that reached what it should not;
@@ -70,6 +72,7 @@ groups=(
     "signed|ateom|test:durable|only_snapshots_signed_with_the_workers_key_are_restored|escape"
     "console|ateom-microvm|lib|console|crash"
     "wire|ateom-grpc|lib||crash"
+    "certs|ate|lib|certs::|escape"
 )
 for g in "${groups[@]}"; do
     IFS='|' read -r name package targets filter kind <<<"$g"

@@ -20,6 +20,13 @@
 //! decide *when* another replica starts reconciling; the compare-and-set of the actor record
 //! still decides *what* is written.
 //!
+//! **Leadership.** Work that must run on one replica at a time (reconciling other replicas'
+//! intents, the idle policy, golden builds, repairs after observing workers) is done by the
+//! holder of a named leadership lease ([`Store::try_lead`]): one atomic step that takes the
+//! lease when it is free or expired, renews it when the caller already holds it, and
+//! otherwise answers who holds it and for how much longer. Like liveness leases, it is no
+//! versioned record; what the leader writes still goes through compare-and-set.
+//!
 //! Implementations (`ate-store`): SQLite (one table, `BEGIN IMMEDIATE`) and Redis/Valkey (a
 //! Lua script). Both run the same conformance suite.
 
@@ -118,6 +125,29 @@ pub trait Store: Send + Sync {
     fn replica_alive(&self, replica: &str) -> Result<bool, StoreError>;
     /// Gives `replica`'s lease up at once (a replica that stops cleanly).
     fn release_replica(&self, replica: &str) -> Result<(), StoreError>;
+    /// One atomic step on the leadership lease `name`: taken by `owner` for `ttl` from now
+    /// when nobody holds it or its holder's lease expired, renewed for `ttl` from now when
+    /// `owner` already holds it; otherwise left alone. Answers who holds it afterwards.
+    fn try_lead(&self, name: &str, owner: &str, ttl: std::time::Duration) -> Result<LeaderState, StoreError>;
+    /// Who holds the leadership lease `name` now (None: nobody, or it expired).
+    fn leader(&self, name: &str) -> Result<Option<LeaderState>, StoreError>;
+    /// Gives the leadership lease `name` up at once if `owner` holds it (a clean stop);
+    /// answers whether it did.
+    fn resign(&self, name: &str, owner: &str) -> Result<bool, StoreError>;
+}
+
+/// The holder of a leadership lease, as the store saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderState {
+    pub holder: String,
+    /// How long the lease lasts from the moment the store answered, unless renewed.
+    pub ttl_left_ms: u64,
+}
+
+impl LeaderState {
+    pub fn held_by(&self, owner: &str) -> bool {
+        self.holder == owner
+    }
 }
 
 /// A decoded record with its version.

@@ -13,7 +13,7 @@ pub type Check = fn(&Arc<dyn Store>, &Arc<dyn Store>);
 
 /// Runs every check; panics with a description on the first failure.
 pub fn run_all(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 11] = [
         ("create_get_and_absent", create_get_and_absent),
         ("writes_are_all_or_nothing", writes_are_all_or_nothing),
         ("versions_never_repeat", versions_never_repeat),
@@ -23,6 +23,8 @@ pub fn run_all(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
         ("cas_increments_are_linearizable", cas_increments_are_linearizable),
         ("typed_access", typed_access),
         ("replica_leases_expire_unless_renewed", replica_leases_expire_unless_renewed),
+        ("one_leader_renews_expires_and_is_taken_over", one_leader_renews_expires_and_is_taken_over),
+        ("exactly_one_contender_leads", exactly_one_contender_leads),
     ];
     for (name, check) in checks {
         let (a, b) = open();
@@ -265,4 +267,80 @@ pub fn replica_leases_expire_unless_renewed(s: &Arc<dyn Store>, other: &Arc<dyn 
     s.release_replica("never-seen").unwrap();
     // Leases are not records.
     assert!(s.list(Kind::Actor).unwrap().is_empty());
+}
+
+/// A leadership lease: taken when free, renewed only by its holder, refused to others while
+/// it lasts (they learn who holds it), taken over by another once its holder stops renewing
+/// it (after its TTL, not before), given up at once by a resignation of its holder only.
+pub fn one_leader_renews_expires_and_is_taken_over(s: &Arc<dyn Store>, other: &Arc<dyn Store>) {
+    use std::time::{Duration, Instant};
+    let ttl = Duration::from_millis(600);
+    assert_eq!(other.leader("control").unwrap(), None, "nobody leads before the first step");
+    let st = s.try_lead("control", "r1", ttl).unwrap();
+    assert!(st.held_by("r1") && st.ttl_left_ms <= 600, "{st:?}");
+    let seen = other.try_lead("control", "r2", ttl).unwrap();
+    assert_eq!(seen.holder, "r1", "a held lease is not taken");
+    assert!(seen.ttl_left_ms > 0 && seen.ttl_left_ms <= 600, "{seen:?}");
+    assert_eq!(other.leader("control").unwrap().map(|l| l.holder).as_deref(), Some("r1"));
+    // Leases are per name.
+    assert!(other.try_lead("golden", "r2", ttl).unwrap().held_by("r2"));
+    assert!(!s.try_lead("golden", "r1", ttl).unwrap().held_by("r1"));
+    // Renewed by its holder: r2 never gets it, past several TTLs.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert!(s.try_lead("control", "r1", ttl).unwrap().held_by("r1"), "the holder's renewal failed");
+        assert_eq!(other.try_lead("control", "r2", ttl).unwrap().holder, "r1", "taken while renewed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // r1 stops renewing (it died): r2, trying all along, takes over within the TTL.
+    let stopped = Instant::now();
+    loop {
+        let st = other.try_lead("control", "r2", ttl).unwrap();
+        if st.held_by("r2") {
+            break;
+        }
+        assert_eq!(st.holder, "r1");
+        assert!(stopped.elapsed() < Duration::from_secs(3), "an unrenewed leadership never expired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_millis(300), "taken over early: {took:?}");
+    // The old holder coming back does not renew over the new one.
+    let back = s.try_lead("control", "r1", ttl).unwrap();
+    assert_eq!(back.holder, "r2", "{back:?}");
+    assert_eq!(s.leader("control").unwrap().map(|l| l.holder).as_deref(), Some("r2"));
+    // Only the holder can resign; then the lease is free at once.
+    assert!(!s.resign("control", "r1").unwrap(), "r1 does not hold it");
+    assert_eq!(s.leader("control").unwrap().map(|l| l.holder).as_deref(), Some("r2"));
+    assert!(other.resign("control", "r2").unwrap());
+    assert_eq!(s.leader("control").unwrap(), None);
+    let at_once = Instant::now();
+    assert!(s.try_lead("control", "r1", ttl).unwrap().held_by("r1"));
+    assert!(at_once.elapsed() < Duration::from_millis(300));
+    assert!(!other.resign("never", "r2").unwrap());
+    // Leadership leases are not records.
+    assert!(s.list(Kind::Actor).unwrap().is_empty());
+}
+
+/// Contenders on both handles race for a free leadership lease: exactly one leads, and every
+/// one of them is told the same holder.
+pub fn exactly_one_contender_leads(s: &Arc<dyn Store>, other: &Arc<dyn Store>) {
+    use std::time::Duration;
+    for round in 0..10 {
+        let name = format!("loop{round}");
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+                let (barrier, name) = (barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    st.try_lead(&name, &format!("r{i}"), Duration::from_secs(30)).unwrap().holder
+                })
+            })
+            .collect();
+        let holders: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(holders.iter().all(|h| h == &holders[0]), "round {round}: {holders:?}");
+        assert_eq!(s.leader(&name).unwrap().unwrap().holder, holders[0]);
+    }
 }

@@ -7,7 +7,12 @@
 //! <prefix>idx:<kind>          set of names of that kind
 //! <prefix>rev                 the store-wide revision counter
 //! <prefix>replica:<name>      a replica's liveness lease (SET ... PX <ttl>: Redis expires it)
+//! <prefix>leader:<name>       a leadership lease: the holder's replica name, PX expiry
 //! ```
+//!
+//! A leadership step is one Lua script (`LEAD`): take the lease if the key is absent (free
+//! or expired: Redis removed it), renew it if it names the caller, else answer its holder
+//! and `PTTL`. A resignation deletes it only if it still names the caller (`RESIGN`).
 //!
 //! A write is one Lua script (`COMMIT` below), which Redis runs atomically: it checks every
 //! expectation, `INCR`s the revision and applies every change, or returns the first conflict
@@ -18,7 +23,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ate_core::store::{Change, Expect, Kind, Record, Store, StoreError};
+use ate_core::store::{Change, Expect, Kind, LeaderState, Record, Store, StoreError};
 
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
@@ -60,6 +65,22 @@ end
 return out
 "#;
 
+const LEAD: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {ARGV[1], tonumber(ARGV[2])}
+end
+return {cur, redis.call('PTTL', KEYS[1])}
+"#;
+
+const RESIGN: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 /// A [`Store`] in Redis or Valkey.
 pub struct RedisStore {
     client: redis::Client,
@@ -67,6 +88,8 @@ pub struct RedisStore {
     pool: Mutex<Vec<redis::Connection>>,
     commit: redis::Script,
     list: redis::Script,
+    lead: redis::Script,
+    resign: redis::Script,
 }
 
 fn backend(e: redis::RedisError) -> StoreError {
@@ -83,6 +106,8 @@ impl RedisStore {
             pool: Mutex::new(Vec::new()),
             commit: redis::Script::new(COMMIT),
             list: redis::Script::new(LIST),
+            lead: redis::Script::new(LEAD),
+            resign: redis::Script::new(RESIGN),
         };
         // Fail now, clearly, rather than on the first transition.
         s.with_conn(|c| redis::cmd("PING").query::<String>(c))?;
@@ -118,6 +143,10 @@ impl RedisStore {
 
     fn replica_key(&self, replica: &str) -> String {
         format!("{}replica:{replica}", self.prefix)
+    }
+
+    fn leader_key(&self, name: &str) -> String {
+        format!("{}leader:{name}", self.prefix)
     }
 
     fn idx_key(&self, kind: Kind) -> String {
@@ -224,5 +253,28 @@ impl Store for RedisStore {
     fn release_replica(&self, replica: &str) -> Result<(), StoreError> {
         let key = self.replica_key(replica);
         self.with_conn(|c| redis::cmd("DEL").arg(&key).query::<()>(c))
+    }
+
+    fn try_lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<LeaderState, StoreError> {
+        let key = self.leader_key(name);
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        let (holder, left): (String, i64) =
+            self.with_conn(|c| self.lead.key(&key).arg(owner).arg(ttl_ms).invoke(c))?;
+        // PTTL is -1 for a key without expiry (never written so by ate) and -2 for one
+        // that vanished in between (impossible inside the script): both read as "expiring".
+        Ok(LeaderState { holder, ttl_left_ms: left.max(0) as u64 })
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<LeaderState>, StoreError> {
+        let key = self.leader_key(name);
+        let (holder, left): (Option<String>, i64) =
+            self.with_conn(|c| redis::pipe().atomic().cmd("GET").arg(&key).cmd("PTTL").arg(&key).query(c))?;
+        Ok(holder.map(|holder| LeaderState { holder, ttl_left_ms: left.max(0) as u64 }))
+    }
+
+    fn resign(&self, name: &str, owner: &str) -> Result<bool, StoreError> {
+        let key = self.leader_key(name);
+        let n: i64 = self.with_conn(|c| self.resign.key(&key).arg(owner).invoke(c))?;
+        Ok(n > 0)
     }
 }

@@ -7,11 +7,14 @@
 //!                       body BLOB NOT NULL, PRIMARY KEY (kind, name)) WITHOUT ROWID;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'revision', 'schema_version'
 //! CREATE TABLE replicas (name TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);  -- liveness leases
+//! CREATE TABLE leaders (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 //! ```
 //!
-//! Replica leases are timestamps of this host's wall clock (every process sharing the file
-//! runs on the same machine): a lease is alive while `expires_ms` is in the future. The table
-//! is additive, so databases of schema 1 written before it simply gain it.
+//! Replica and leadership leases are timestamps of this host's wall clock (every process
+//! sharing the file runs on the same machine): a lease is alive while `expires_ms` is in the
+//! future. The tables are additive, so databases of schema 1 written before them simply gain
+//! them. A leadership step (`try_lead`) is one `BEGIN IMMEDIATE` transaction: read the row,
+//! take or renew it if it is free, expired or the caller's, answer the holder.
 //!
 //! A write is one `BEGIN IMMEDIATE` transaction (so several processes sharing the file
 //! serialize on SQLite's write lock): check every expectation, bump `revision`, apply every
@@ -23,7 +26,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ate_core::store::{Change, Expect, Kind, Record, Store, StoreError};
+use ate_core::store::{Change, Expect, Kind, LeaderState, Record, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -110,6 +113,7 @@ impl SqliteStore {
                  PRIMARY KEY (kind, name)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS replicas (name TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS leaders (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
              INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);",
         )
         .map_err(backend)?;
@@ -241,6 +245,57 @@ impl Store for SqliteStore {
     fn release_replica(&self, replica: &str) -> Result<(), StoreError> {
         self.lock().execute("DELETE FROM replicas WHERE name = ?1", [replica]).map_err(backend)?;
         Ok(())
+    }
+
+    fn try_lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<LeaderState, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let now = now_ms();
+        let cur: Option<(String, i64)> = tx
+            .query_row("SELECT holder, expires_ms FROM leaders WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        let state = match cur {
+            Some((holder, expires)) if holder != owner && expires > now => {
+                LeaderState { holder, ttl_left_ms: (expires - now) as u64 }
+            }
+            _ => {
+                let ttl_ms = (ttl.as_millis() as i64).max(1);
+                tx.execute(
+                    "INSERT INTO leaders (name, holder, expires_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms",
+                    params![name, owner, now.saturating_add(ttl_ms)],
+                )
+                .map_err(backend)?;
+                LeaderState { holder: owner.to_owned(), ttl_left_ms: ttl_ms as u64 }
+            }
+        };
+        tx.commit().map_err(backend)?;
+        Ok(state)
+    }
+
+    fn leader(&self, name: &str) -> Result<Option<LeaderState>, StoreError> {
+        let cur: Option<(String, i64)> = self
+            .lock()
+            .query_row("SELECT holder, expires_ms FROM leaders WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        let now = now_ms();
+        Ok(cur
+            .filter(|(_, e)| *e > now)
+            .map(|(holder, e)| LeaderState { holder, ttl_left_ms: (e - now) as u64 }))
+    }
+
+    fn resign(&self, name: &str, owner: &str) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM leaders WHERE name = ?1 AND holder = ?2", [name, owner])
+            .map_err(backend)?;
+        Ok(n > 0)
     }
 }
 

@@ -18,6 +18,7 @@
 //! | `GET /v1/actors/<name>/snapshots` | read | the actor's snapshots that exist: local on each worker (complete or quarantined), durable, golden; newest first, with ages |
 //! | `DELETE /v1/actors/<name>` | admin | delete it and its durable snapshots |
 //! | `GET /v1/workers`, `GET /v1/templates`, `GET /v1/pools` | read | the rest of the state (environment values of templates only for the admin token) |
+//! | `GET /v1/status` | read | the replica that answered, the store, and which replica leads (the leadership lease's holder and how long it lasts) |
 //! | `GET /metrics` | read | Prometheus text (also served without a token, and nothing else, on `--metrics ADDR`) |
 //! | `GET /healthz` | read | `ok` |
 //!
@@ -130,6 +131,7 @@ pub enum RouteId {
     Workers,
     Templates,
     Pools,
+    Status,
 }
 
 /// One route: method, path pattern (`{name}` is one path segment), body.
@@ -192,6 +194,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/workers" Workers None),
         route!(GET "/v1/templates" Templates None),
         route!(GET "/v1/pools" Pools None),
+        route!(GET "/v1/status" Status None),
     ]
 }
 
@@ -448,6 +451,9 @@ async fn dispatch(
                 let p: Vec<_> = ctl.pools().await?.into_iter().map(|p| p.value).collect();
                 Ok((StatusCode::OK, serde_json::to_value(p).unwrap_or_default()))
             }
+            RouteId::Status => {
+                Ok((StatusCode::OK, serde_json::to_value(ctl.status().await?).unwrap_or_default()))
+            }
         }
     }
     .await;
@@ -510,11 +516,43 @@ pub async fn metrics_text(ctl: &Controller) -> String {
             ctl.metrics.render(&Default::default(), &Default::default())
         ),
     };
+    text.push_str(&leader_metrics(ctl));
     text.push_str(&format!(
         "# HELP ate_actor_gates Per-actor gates held by this process (bounded by the actors that exist).\n# TYPE ate_actor_gates gauge\nate_actor_gates {}\n",
         ctl.gate_count()
     ));
     text
+}
+
+/// `ate_leader` (this replica leads: 1, else 0), the gains and losses of the leadership and
+/// the rounds of leader-only work this replica ran.
+fn leader_metrics(ctl: &Controller) -> String {
+    use std::fmt::Write;
+    let m = &ctl.metrics;
+    let replica = ctl.cfg.owner.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP ate_leader Whether this replica holds the leadership lease (reconciles others' intents, idle policies, golden builds, worker repairs).\n# TYPE ate_leader gauge\nate_leader{{replica=\"{replica}\"}} {}",
+        u8::from(ctl.leading())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ate_leader_changes_total Leadership gained or lost by this replica.\n# TYPE ate_leader_changes_total counter\nate_leader_changes_total{{event=\"gained\"}} {}\nate_leader_changes_total{{event=\"lost\"}} {}",
+        m.counter("leader_gained"),
+        m.counter("leader_lost")
+    );
+    out.push_str("# HELP ate_leader_rounds_total Rounds of leader-only work this replica ran, by loop.\n# TYPE ate_leader_rounds_total counter\n");
+    for l in ["reconcile", "idle", "golden", "health"] {
+        let n = match l {
+            "reconcile" => m.counter("round_reconcile"),
+            "idle" => m.counter("round_idle"),
+            "golden" => m.counter("round_golden"),
+            _ => m.counter("round_health"),
+        };
+        let _ = writeln!(out, "ate_leader_rounds_total{{loop=\"{l}\"}} {n}");
+    }
+    out
 }
 
 async fn view(ctl: &Controller, a: ate_core::Versioned<ate_core::Actor>) -> Value {
@@ -662,6 +700,11 @@ impl ApiClient {
 
     pub async fn actors(&self) -> anyhow::Result<Vec<ActorView>> {
         Ok(serde_json::from_value(self.call(Method::GET, "/v1/actors", None).await?)?)
+    }
+
+    /// `GET /v1/status`: this replica, the store, who leads.
+    pub async fn status(&self) -> anyhow::Result<crate::controller::LeaderStatus> {
+        Ok(serde_json::from_value(self.call(Method::GET, "/v1/status", None).await?)?)
     }
 
     pub async fn workers(&self) -> anyhow::Result<Vec<WorkerView>> {

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod cluster;
 pub mod controller;
 pub mod demo;

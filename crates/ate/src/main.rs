@@ -26,6 +26,8 @@ suspended while idle, resumed when traffic arrives, with their state intact.
   curl -H 'Host: a1.actors.local' http://127.0.0.1:7080/     # resumes a1, forwards
   ate get actors; ate get workers; ate pause actor a1; ate suspend actor a1
   ate snapshots actor a1                 # every snapshot of a1 that exists, with ages
+  ate status                             # which replica leads (several share --redis)
+  ate certs init --dir D; ate certs issue --dir D --name host-a --san 10.0.0.5   # mutual TLS
   ate resume actor a1 --from-snapshot ID # explicitly restore that one (maybe older state)
 
 The admin API needs a token. At first start `ate serve` writes <data dir>/tokens/admin (every
@@ -112,6 +114,16 @@ enum Cmd {
     Snapshots(ActorArg),
     /// Delete an actor and its durable snapshots.
     Delete(ActorArg),
+    /// The replica that answers, its store, and which replica leads (holds the leadership
+    /// lease: reconciles other replicas' intents, applies idle policies, builds golden
+    /// snapshots, repairs workers).
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Make a CA and certificates for workers on other hosts (mutual TLS).
+    #[command(long_about = ate::certs::LONG_ABOUT)]
+    Certs(ate::certs::CertsArgs),
     /// 3 gVisor workers, 30 actors, traffic through the router through pause/suspend cycles.
     Demo(ate::demo::DemoArgs),
     /// Traffic-triggered resume latency and throughput vs direct ateom restores.
@@ -255,6 +267,13 @@ struct ServeArgs {
     /// operations once its lease has expired.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     replica_ttl: Duration,
+    /// The leadership lease (one replica reconciles other replicas' intents, applies idle
+    /// policies, builds golden snapshots and repairs workers; every replica routes) lasts this
+    /// long unless renewed; renewed every fifth of it. A leader that dies is replaced about
+    /// this long after its last renewal; one that stops cleanly, at once. Default:
+    /// --replica-ttl.
+    #[arg(long, value_parser = parse_duration)]
+    leader_ttl: Option<Duration>,
     /// Last resort: an operation of a replica that is alive (renews its lease) but has not
     /// finished it after this long is finished or rolled back here. It must exceed the longest
     /// checkpoint or restore.
@@ -602,6 +621,28 @@ fn print_hosts(ws: &[WorkerView], output: Output) -> Result<()> {
     Ok(())
 }
 
+fn print_status(s: &ate::controller::LeaderStatus, output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let leader = match &s.leader {
+        Some(l) => {
+            format!("{} (lease lasts {:.1} s more unless renewed)", l.holder, l.ttl_left_ms as f64 / 1000.0)
+        }
+        None => "nobody (a replica takes the lease within a fraction of a second)".into(),
+    };
+    println!("replica:  {}", s.replica);
+    println!("store:    {}", s.store);
+    println!("leader:   {leader}");
+    match s.leading_since_ms {
+        Some(ms) if s.leading => println!("leading:  yes, for {}", age(ms)),
+        _ => println!("leading:  {}", if s.leading { "yes" } else { "no" }),
+    }
+    println!("lease:    {} (ttl {:.1} s)", s.lease, s.leader_ttl_ms as f64 / 1000.0);
+    Ok(())
+}
+
 async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
     let shared_store = a.redis.is_some();
     let store = match a.redis {
@@ -669,6 +710,7 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
             evict: !a.no_evict,
             stale_op: a.stale_op,
             replica_ttl: a.replica_ttl,
+            leader_ttl: a.leader_ttl.unwrap_or(a.replica_ttl),
             rpc_timeout: a.rpc_timeout,
             min_snapshot_free: a.min_snapshot_free,
             shared_store,
@@ -737,7 +779,7 @@ fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let c = match &cli.cmd {
-            Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Bench(_) => ApiClient::new(&cli.api),
+            Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Certs(_) => ApiClient::new(&cli.api),
             _ => ApiClient::with_token(&cli.api, client_token(cli.token_file.as_deref(), &cli.data_dir)?),
         };
         match cli.cmd {
@@ -817,6 +859,13 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{v}");
                 } else {
                     println!("actor/{} deleted", a.name);
+                }
+                Ok(())
+            }
+            Cmd::Status { output } => print_status(&c.status().await?, output),
+            Cmd::Certs(a) => {
+                for line in ate::certs::run(a)? {
+                    println!("{line}");
                 }
                 Ok(())
             }

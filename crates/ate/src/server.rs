@@ -79,11 +79,15 @@ impl Running {
         }
     }
 
-    /// Stops every task, then gives this replica's liveness lease up, so that other replicas
-    /// take over its unfinished operations at once.
+    /// Stops every task, then gives the leadership (if it held it) and this replica's
+    /// liveness lease up, so that another replica leads and takes over its unfinished
+    /// operations at once.
     pub async fn shutdown(self) {
         let ctl = self.ctl.clone();
         self.stop();
+        if let Err(e) = ctl.resign_leadership().await {
+            warn!(error = %e, "giving up the leadership (it expires by itself)");
+        }
         if let Err(e) = ctl.release_replica_lease().await {
             warn!(error = %e, "giving up the liveness lease (it expires by itself)");
         }
@@ -120,6 +124,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     if let Err(e) = ctl.heartbeat().await {
         warn!(error = %e, "first liveness heartbeat");
     }
+    // Leader or not decides what the first observation and reconciliation do (a follower
+    // settles only its own intents); the leader loop logs the outcome.
+    if let Err(e) = ctl.lead_once().await {
+        warn!(error = %e, "first step on the leadership lease");
+    }
     if let Err(e) = ctl.health_once().await {
         warn!(error = %e, "first observation of the workers");
     }
@@ -145,6 +154,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     let (router_addr, api_addr) = (router.local_addr()?, api.local_addr()?);
     let mut tasks = vec![
         tokio::spawn(ctl.clone().heartbeat_loop()),
+        tokio::spawn(ctl.clone().leader_loop()),
         tokio::spawn(crate::router::serve(router, ctl.clone(), opts.router_cfg.clone())),
         tokio::spawn(crate::api::serve(api, ctl.clone(), auth, opts.api_limits.clone(), opts.http.clone())),
         tokio::spawn(ctl.clone().health_loop()),
@@ -154,16 +164,19 @@ pub async fn start(opts: ServeOptions) -> Result<Running> {
     ];
     let ctl2 = ctl.clone();
     tasks.push(tokio::spawn(async move {
-        // Intents whose worker did not answer yet, and intents of replicas that died (their
-        // liveness lease expired): settled in tasks of their own, so a slow worker never
-        // delays the takeover of another actor.
+        // Intents whose worker did not answer yet (every replica, its own), and while this
+        // replica leads intents of replicas that died (their liveness lease expired): settled
+        // in tasks of their own, so a slow worker never delays the takeover of another actor.
         let mut last_golden = std::time::Instant::now();
         loop {
             tokio::time::sleep(ctl2.cfg.reconcile_interval).await;
+            if ctl2.leading() {
+                ctl2.metrics.inc("round_reconcile");
+            }
             if let Err(e) = ctl2.reconcile_pass().await {
                 warn!(error = %e, "reconcile");
             }
-            if last_golden.elapsed() >= Duration::from_secs(5) {
+            if ctl2.leading() && last_golden.elapsed() >= Duration::from_secs(5) {
                 last_golden = std::time::Instant::now();
                 if let Err(e) = ctl2.reconcile_golden().await {
                     warn!(error = %e, "reconcile golden builds");

@@ -107,6 +107,11 @@ impl Remote {
     /// [`Self::start`] with a certificate for `names` only.
     fn start_named(dir: &Path, pki: &Pki, name: &str, host_id: &str, names: &[&str]) -> Remote {
         let (cert, key) = leaf(&pki.dir, name, &pki.ca, names, false);
+        Self::start_files(dir, name, host_id, &cert, &key, &pki.ca_file)
+    }
+
+    /// A worker presenting `cert`/`key` and accepting clients `ca` signed.
+    fn start_files(dir: &Path, name: &str, host_id: &str, cert: &Path, key: &Path, ca: &Path) -> Remote {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let args: Vec<String> = vec![
@@ -119,7 +124,7 @@ impl Remote {
             "--tls-key".into(),
             key.display().to_string(),
             "--tls-ca".into(),
-            pki.ca_file.display().to_string(),
+            ca.display().to_string(),
         ];
         let proc_ = WorkerProc::start_with(&ateom_bin(), &dir.join(name), name, host_id, &args).unwrap();
         let until = deadline(20);
@@ -374,4 +379,111 @@ async fn workers_with_wrong_tls_material_are_unhealthy_and_get_nothing() {
         .unwrap()
         .into_inner();
     assert!(caps.running_actor.is_empty() && caps.state == "idle", "{caps:?}");
+}
+
+/// Runs the real `ate` binary.
+fn ate_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ate")).args(args).output().expect("running ate");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `ate certs init|issue` makes what a real `ateom serve --listen-tcp` and `ate` need: an
+/// actor runs on a worker reached over mutual TLS with them only; `ate`'s certificate from
+/// another CA made by `ate certs` too is refused by the worker, with a reason naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_made_by_ate_certs_carry_mutual_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED certificates_made_by_ate_certs_carry_mutual_tls: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let lab = Lab::start(StoreKind::Sqlite, 0);
+    let pki = lab.dir.path().join("pki");
+    let other = lab.dir.path().join("other-pki");
+    let (p, o) = (pki.to_str().unwrap(), other.to_str().unwrap());
+    for args in [
+        vec!["certs", "init", "--dir", p],
+        vec!["certs", "issue", "--dir", p, "--name", "r1", "--san", "127.0.0.1", "--san", "localhost"],
+        vec!["certs", "issue", "--dir", p, "--name", "r2", "--san", "127.0.0.1"],
+        vec!["certs", "issue", "--dir", p, "--name", "ate", "--client"],
+        vec!["certs", "init", "--dir", o, "--name", "another CA"],
+        vec!["certs", "issue", "--dir", o, "--name", "ate", "--client"],
+    ] {
+        let (ok, out) = ate_cli(&args);
+        assert!(ok, "ate {args:?}: {out}");
+        eprint!("{out}");
+    }
+    let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    for k in ["ca.key", "r1.key", "ate.key"] {
+        assert_eq!(mode(&pki.join(k)), 0o600, "{k}");
+    }
+    assert_eq!(mode(&pki), 0o700);
+    // Nothing is overwritten without --force; clear errors for a missing CA and a bad name.
+    let (ok, out) = ate_cli(&["certs", "issue", "--dir", p, "--name", "r1", "--san", "127.0.0.1"]);
+    assert!(!ok && out.contains("already exist") && out.contains("--force"), "{out}");
+    let (ok, out) = ate_cli(&["certs", "init", "--dir", p]);
+    assert!(!ok && out.contains("--force"), "{out}");
+    let nowhere = lab.dir.path().join("nowhere");
+    let (ok, out) =
+        ate_cli(&["certs", "issue", "--dir", nowhere.to_str().unwrap(), "--name", "x", "--san", "127.0.0.1"]);
+    assert!(!ok && out.contains("ate certs init"), "{out}");
+    let (ok, out) = ate_cli(&["certs", "issue", "--dir", p, "--name", "x", "--san", "not a host"]);
+    assert!(!ok && out.contains("neither an IP address nor a DNS name"), "{out}");
+    let (ok, out) = ate_cli(&["certs", "issue", "--dir", p, "--name", "x"]);
+    assert!(!ok && out.contains("--san"), "{out}");
+    let (ok, out) = ate_cli(&["certs", "--help"]);
+    assert!(ok && out.contains("--tls-ca") && out.contains("tls: { ca:"), "{out}");
+
+    let r = Remote::start_files(
+        lab.dir.path(),
+        "r1",
+        "host-1",
+        &pki.join("r1.crt"),
+        &pki.join("r1.key"),
+        &pki.join("ca.crt"),
+    );
+    // Another worker (two entries must not share a TLS front: the router picks the front's
+    // client certificate by its address).
+    let r2 = Remote::start_files(
+        lab.dir.path(),
+        "r2",
+        "host-2",
+        &pki.join("r2.crt"),
+        &pki.join("r2.key"),
+        &pki.join("ca.crt"),
+    );
+    let tls = |dir: &Path| {
+        format!(
+            "{{ ca: \"{}\", cert: \"{}\", key: \"{}\" }}",
+            pki.join("ca.crt").display(),
+            dir.join("ate.crt").display(),
+            dir.join("ate.key").display()
+        )
+    };
+    let mut yaml =
+        format!("kind: WorkerPool\nmetadata: {{ name: hosts }}\nspec:\n  tls: {}\n  workers:\n", tls(&pki));
+    yaml.push_str(&r.entry("r1", None));
+    yaml.push_str(&format!(
+        "---\nkind: WorkerPool\nmetadata: {{ name: strangers }}\nspec:\n  tls: {}\n  workers:\n",
+        tls(&other)
+    ));
+    yaml.push_str(&r2.entry("x-foreign", None));
+    yaml.push_str(&template("hosts", "counter", &lab.image, &lab.location));
+    apply(&lab, "certs.yaml", &yaml);
+    let golden = golden_settled(&lab.serve, "counter", 120).await;
+    assert_eq!(golden["golden"]["status"], "READY", "{golden}\n{}", lab.serve.log_text());
+    let names = lab.create_actors(1);
+    expect_count(&lab, &names[0], 1).await;
+    expect_count(&lab, &names[0], 2).await;
+    let ws = workers(&lab).await;
+    let good = ws.iter().find(|w| w.name == "r1").unwrap();
+    assert!(good.healthy, "{good:?}");
+    let foreign = ws.iter().find(|w| w.name == "x-foreign").unwrap();
+    let e = foreign.error.as_deref().unwrap_or_default();
+    eprintln!("x-foreign: {e}");
+    assert!(!foreign.healthy && e.contains("TLS") && e.contains("client certificate"), "{foreign:?}");
+    let log = r2.proc_.as_ref().unwrap().log_text();
+    assert!(log.contains("refused") || log.contains("certificate"), "the worker logs the refusal:\n{log}");
 }

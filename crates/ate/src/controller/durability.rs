@@ -17,8 +17,8 @@
 //! and only then is the record changed, with a compare-and-set, from PAUSED at S to
 //! SUSPENDED at S ([`ate_core::Actor::durable_copy_landed`]). A copy that lands after the
 //! actor moved on changes nothing and is deleted from the store. Copies that never landed
-//! (this replica stopped, the worker or the store was down) are found again by a sweep of
-//! PAUSED actors of `both` templates every `copy_sweep`.
+//! (this replica stopped, the worker or the store was down) are found again by the leader's
+//! sweep of PAUSED actors of `both` templates every [`COPY_SWEEP`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,8 @@ impl Controller {
         let mut last_sweep = std::time::Instant::now();
         loop {
             let _ = tokio::time::timeout(COPY_SWEEP, self.copy_wanted.notified()).await;
-            if last_sweep.elapsed() >= COPY_SWEEP {
+            // The sweep is the leader's (every replica copies what it paused itself).
+            if last_sweep.elapsed() >= COPY_SWEEP && self.leading() {
                 last_sweep = std::time::Instant::now();
                 match self.copies_missing().await {
                     Ok(names) => names.into_iter().for_each(|n| self.want_durable_copy_quietly(n)),

@@ -60,9 +60,16 @@ impl Controller {
         Ok(())
     }
 
-    /// Builds pending golden snapshots, one task per template.
+    /// Builds pending golden snapshots, one task per template, while this replica leads. A
+    /// build under way when the leadership is lost is abandoned at once: the new leader's
+    /// `reconcile_golden` restarts it, as after a crash.
     pub async fn golden_loop(self: Arc<Self>) {
         loop {
+            if !self.leading() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            self.metrics.inc("round_golden");
             if let Ok(ts) = self.templates().await {
                 for t in ts {
                     if t.value.golden.status != GoldenStatus::Pending {
@@ -76,10 +83,14 @@ impl Controller {
                     let ctl = self.clone();
                     tokio::spawn(async move {
                         let name = t.value.name.clone();
-                        if let Err(e) =
-                            ctl.build_golden(t).instrument(info_span!("golden", template = %name)).await
-                        {
-                            warn!(template = %name, error = %e, "golden build");
+                        let build = ctl.build_golden(t).instrument(info_span!("golden", template = %name));
+                        tokio::select! {
+                            r = build => if let Err(e) = r {
+                                warn!(template = %name, error = %e, "golden build");
+                            },
+                            _ = ctl.leadership_lost() => {
+                                warn!(template = %name, "leadership lost: golden build abandoned (the new leader restarts it)");
+                            }
                         }
                         ctl.golden_running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                     });

@@ -25,8 +25,13 @@ impl Controller {
         }
     }
 
-    /// One round of [`Self::health_loop`].
+    /// One round of [`Self::health_loop`]; only the leader observes and repairs (one observer:
+    /// see [`super::leader`]), other replicas skip it.
     pub async fn health_once(self: &Arc<Self>) -> Result<(), CtlError> {
+        if !self.leading() {
+            return Ok(());
+        }
+        self.metrics.inc("round_health");
         // Actors read *before* asking the workers: a RUNNING actor seen here was running
         // when its worker answered.
         let actors = self.actors().await?;

@@ -13,11 +13,15 @@ use super::{Controller, CtlError, now_ms};
 
 impl Controller {
     /// Pauses actors idle longer than their template's `pauseAfterSeconds`, suspends actors
-    /// paused longer than `suspendAfterSeconds`.
+    /// paused longer than `suspendAfterSeconds`. Only while this replica leads
+    /// ([`super::leader`]): the idle time it sees is that of requests through its own router.
     pub async fn idle_loop(self: Arc<Self>) {
         loop {
-            if let Err(e) = self.idle_once().await {
-                warn!(error = %e, "idle policy");
+            if self.leading() {
+                self.metrics.inc("round_idle");
+                if let Err(e) = self.idle_once().await {
+                    warn!(error = %e, "idle policy");
+                }
             }
             tokio::time::sleep(self.cfg.idle_interval).await;
         }

@@ -31,6 +31,7 @@
 //! | [`health`] | observing workers: capabilities, free space, lost and stray workloads |
 //! | [`idle`] | the templates' idle policies |
 //! | [`replicas`] | this replica's liveness lease and the liveness of others |
+//! | [`leader`] | the leadership lease: which replica reconciles others' intents, applies idle policies, builds golden snapshots and repairs workers |
 
 mod delete;
 mod durability;
@@ -38,6 +39,7 @@ mod gate;
 mod golden;
 mod health;
 mod idle;
+mod leader;
 mod pause;
 mod reconcile;
 mod replicas;
@@ -59,6 +61,7 @@ use tracing::Instrument;
 use tracing::{info_span, warn};
 
 pub use gate::{Gate, Inflight};
+pub use leader::{LEADER_LEASE, Status as LeaderStatus};
 pub use snapshots::{ActorSnapshot, ActorSnapshots};
 
 use crate::metrics::Metrics;
@@ -95,6 +98,10 @@ pub struct Config {
     /// This replica's liveness lease lasts this long unless renewed (renewed every fifth of
     /// it): another replica takes over its operations at most this long after it died.
     pub replica_ttl: Duration,
+    /// The leadership lease lasts this long unless renewed (renewed every fifth of it): a
+    /// leader that dies is replaced about this long after its last renewal (`--leader-ttl`,
+    /// default `--replica-ttl`).
+    pub leader_ttl: Duration,
     /// The last resort for intents of *other* replicas that are alive (still renew their
     /// lease) but never finish: reconciled here once this old.
     pub stale_op: Duration,
@@ -127,6 +134,7 @@ impl Default for Config {
             idle_interval: Duration::from_millis(200),
             reconcile_interval: Duration::from_secs(1),
             replica_ttl: Duration::from_secs(5),
+            leader_ttl: Duration::from_secs(5),
             stale_op: Duration::from_secs(300),
             evict: true,
             min_snapshot_free: 256 << 20,
@@ -204,6 +212,7 @@ pub struct Controller {
     /// Background copies of paused snapshots (durability `both`): asked for, and under way.
     copies: Mutex<Copies>,
     copy_wanted: Notify,
+    leadership: leader::Leadership,
 }
 
 #[derive(Default)]
@@ -227,6 +236,7 @@ impl Controller {
             golden_running: Mutex::new(Default::default()),
             copies: Mutex::new(Copies::default()),
             copy_wanted: Notify::new(),
+            leadership: Default::default(),
         })
     }
 

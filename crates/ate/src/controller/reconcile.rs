@@ -49,24 +49,31 @@ impl Controller {
                 Err(e) => error!(error = %e, "reconcile task"),
             }
         }
-        self.reconcile_golden().await?;
+        if self.leading() {
+            self.reconcile_golden().await?;
+        }
         Ok(done)
     }
 
     /// Starts settling, each in a task of its own, the intents that are due: this replica's
-    /// own (left by its previous life, or whose worker did not answer), those of replicas
-    /// whose liveness lease expired (they died: taken over at once), and as a last resort
-    /// those of live replicas older than `stale_op`. An actor whose operation lock is held
-    /// here (an operation under way, or a settle of a previous pass) is skipped.
+    /// own (left by its previous life, or whose worker did not answer), and, only while this
+    /// replica leads ([`super::leader`]), those of replicas whose liveness lease expired
+    /// (they died: taken over at once) and as a last resort those of live replicas older
+    /// than `stale_op`. An actor whose operation lock is held here (an operation under way,
+    /// or a settle of a previous pass) is skipped.
     pub async fn reconcile_pass(
         self: &Arc<Self>,
     ) -> Result<Vec<JoinHandle<Result<bool, CtlError>>>, CtlError> {
         let now = now_ms();
         let mut alive: HashMap<String, bool> = HashMap::new();
         let mut tasks = Vec::new();
+        let leading = self.leading();
         for a in self.actors().await? {
             let Some(op) = &a.value.op else { continue };
             if op.owner != self.cfg.owner {
+                if !leading {
+                    continue;
+                }
                 let stale = now.saturating_sub(op.started_ms) > self.cfg.stale_op.as_millis() as u64;
                 let owner_alive = match alive.get(&op.owner) {
                     Some(b) => *b,

@@ -122,6 +122,20 @@ impl Serve {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (a clean stop) and waits for the process to exit (at most 30 s).
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on the PID of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+
     /// Starts the same `ate serve` again (new ports).
     pub fn restart(&mut self) {
         self.kill();
