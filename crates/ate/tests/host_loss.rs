@@ -208,3 +208,82 @@ async fn actors_survive_or_are_reported_when_their_host_is_lost() {
         assert!(ok, "{a}: {out}");
     }
 }
+
+/// A partition, simulated by freezing a worker's daemon (SIGSTOP: it neither answers the control
+/// plane nor forwards traffic, its sandbox stays alive, as on a host cut off from the network),
+/// then healed (SIGCONT). Within the grace nothing moves; an operator moves the RUNNING actor
+/// after it; when the host is back, its old copy of that actor is checkpointed away (it holds no
+/// lease) so the actor runs exactly once, and the PAUSED actor there resumes with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healed_partition_never_runs_an_actor_twice() {
+    if let Some(why) = unavailable(false) {
+        eprintln!("SKIPPED a_healed_partition_never_runs_an_actor_twice: {why}");
+        return;
+    }
+    let _serial = serial().await;
+    let lab = Lab::start_with(
+        StoreKind::Sqlite,
+        2,
+        &[],
+        &["--host-loss-grace".into(), "3s".into(), "--local-wait".into(), "1s".into()],
+    );
+    let path = lab.dir.path().join("resources.yaml");
+    std::fs::write(&path, resources(&lab, &["w1"])).unwrap();
+    let (ok, out) = cli(&lab, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(golden_settled(&lab.serve, "cl", 180).await["golden"]["status"], "READY");
+    hit(&lab, "l1").await;
+    let l1_before = hit(&lab, "l1").await;
+    let (ok, out) = cli(&lab, &["pause", "actor", "l1"]);
+    assert!(ok, "{out}");
+    hit(&lab, "r1").await;
+    assert_eq!(view(&lab, "r1").await.actor.worker.as_deref(), Some("w1"));
+    std::fs::write(&path, resources(&lab, &["w1", "w2"])).unwrap();
+    let (ok, out) = cli(&lab, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let healthy = |name: &'static str, want: bool| {
+        let api = lab.serve.api.clone();
+        async move {
+            wait_for(30, || async {
+                let ws = api.workers().await.ok()?;
+                ws.iter().any(|w| w.name == name && w.healthy == want).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+    assert!(healthy("w2", true).await, "w2 never answered");
+
+    let w1 = lab.worker("w1").child.id() as i32;
+    // SAFETY: our own child.
+    unsafe { libc::kill(w1, libc::SIGSTOP) };
+    assert!(healthy("w1", false).await, "the frozen w1 still counts as healthy");
+    let (s, body) = get(lab.serve.router, "l1").await.unwrap();
+    assert_eq!(s, 503, "{body}");
+    // Past the grace, the operator moves r1 (to its golden state: what was in its memory is
+    // out of reach).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let golden = view(&lab, "r1").await.actor.durable.unwrap().snapshot_id;
+    let (ok, out) = cli(&lab, &["resume", "actor", "r1", "--from-snapshot", &golden]);
+    assert!(ok, "{out}\n{}", lab.serve.log_text());
+    assert_eq!(hit(&lab, "r1").await, 1);
+    assert_eq!(view(&lab, "r1").await.actor.worker.as_deref(), Some("w2"));
+
+    // The partition heals.
+    // SAFETY: our own child.
+    unsafe { libc::kill(w1, libc::SIGCONT) };
+    assert!(healthy("w1", true).await, "w1 did not come back");
+    let runs_of_r1 = || async {
+        let ws = lab.serve.api.workers().await.unwrap();
+        ws.iter().filter(|w| w.running.ends_with("/r1")).map(|w| w.name.clone()).collect::<Vec<_>>()
+    };
+    let once = wait_for(30, || async {
+        let on = runs_of_r1().await;
+        (on == ["w2"]).then_some(())
+    })
+    .await;
+    assert!(once.is_some(), "r1 runs on {:?}\n{}", runs_of_r1().await, lab.serve.log_text());
+    assert_eq!(hit(&lab, "r1").await, 2, "r1 continues where it runs");
+    // The paused actor was never moved: it resumes on w1 with its state.
+    assert_eq!(hit(&lab, "l1").await, l1_before + 1);
+}
