@@ -124,6 +124,8 @@ pub fn refuse_durable_dirs_on_microvms(volumes: &[Volume]) -> Result<(), Backend
 /// A durable-directory volume: a host directory mounted into one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
+    /// The volume's name: `<actorDir>/durable-dir/<name>/`, `durable/<name>/` in a snapshot.
+    pub name: String,
     /// The container it is mounted into.
     pub container: String,
     /// Where it appears inside the container (absolute).

@@ -10,7 +10,9 @@
 //! * `cpu_milli` / `memory_bytes` are the domain [`Resources`](ateom_core::Resources);
 //! * `snapshot_uri` is the checkpoint's / restore's object-store prefix (a checkpoint with
 //!   it is DURABLE, without it LOCAL);
-//! * `durable_dir_volume_mounts[].mount_path` are the container's durable directories.
+//! * `durable_dir_volume_mounts[]` are the container's durable directories: volume
+//!   `volume_name` (host directory `<actorDir>/durable-dir/<volume_name>/`) at `mount_path`;
+//! * `readyz.timeout_seconds` is that probe's own readiness timeout (0: the worker's).
 //!
 //! Refused with [`Refused::Unimplemented`] (naming the field): what ateom has no meaning
 //! for yet — `golden_snapshot_uri`, `SNAPSHOT_SCOPE_DATA_ON_GOLDEN`, DATA restores,
@@ -22,7 +24,7 @@ use ateom_core as core;
 use ateom_core::{ActorRef, InvalidArgument, Name, SandboxStats, WorkloadSpec};
 use ateom_proto::substrate::v2 as pb;
 
-use crate::convert::{self, CheckpointFields, ContainerFields};
+use crate::convert::{self, CheckpointFields, ContainerFields, DurableDirField};
 
 /// Why a request of this layout is refused.
 #[derive(Debug, thiserror::Error)]
@@ -119,21 +121,20 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
                 return Err(unimplemented(format!("{at}.{field}"), "ateom does not mount these volumes"));
             }
         }
-        if let Some(r) = &c.readyz
-            && r.timeout_seconds < 0
-        {
-            return Err(
-                InvalidArgument::new(format!("{at}.readyz.timeout_seconds"), "must not be negative").into()
-            );
-        }
-        let mut durable_dirs = Vec::with_capacity(c.durable_dir_volume_mounts.len());
-        for (j, m) in c.durable_dir_volume_mounts.iter().enumerate() {
-            Name::parse(&format!("{at}.durable_dir_volume_mounts[{j}].volume_name"), &m.volume_name)?;
-            durable_dirs.push((format!("durable_dir_volume_mounts[{j}].mount_path"), m.mount_path.as_str()));
-        }
+        let durable_dirs = c
+            .durable_dir_volume_mounts
+            .iter()
+            .enumerate()
+            .map(|(j, m)| DurableDirField {
+                at: format!("durable_dir_volume_mounts[{j}]"),
+                volume: Some(("volume_name", m.volume_name.as_str())),
+                mount_path: ("mount_path", m.mount_path.as_str()),
+            })
+            .collect();
         fields.push(ContainerFields {
             name: &c.name,
             readyz: c.readyz.as_ref().map(|r| r.http_get.as_ref().map(|g| (g.path.as_str(), g.port))),
+            readyz_timeout_seconds: c.readyz.as_ref().map_or(0, |r| r.timeout_seconds),
             durable_dirs,
             image: "",
             command: &[],

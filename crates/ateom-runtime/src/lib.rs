@@ -509,10 +509,16 @@ impl Runtime {
     ) -> Result<Started, RuntimeError> {
         let service = spec.service().map(|(_, p)| p.clone());
         let dialer = sandbox.dialer();
-        if let (Some(probe), Some(dialer)) = (&service, &dialer) {
+        if let Some(dialer) = &dialer {
+            // Every container's probe, each within its own timeout (from now: the sandbox is
+            // up), all at once.
             let exited = || sandbox.exited();
-            if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout, &exited).await
-            {
+            let probes =
+                spec.containers.iter().filter_map(|c| c.readyz.as_ref()).map(|p| {
+                    probe::wait_ready(dialer.as_ref(), p, p.timeout(self.opts.ready_timeout), &exited)
+                });
+            let outcome = futures::future::try_join_all(probes).await;
+            if let Err(e) = outcome {
                 warn!(%actor, error = %e, "workload never became ready; tearing it down");
                 let e = self.keep_failure(&actor, &work_dir, "readiness", e.into());
                 if let Err(del) = sandbox.delete().await {

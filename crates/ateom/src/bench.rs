@@ -205,7 +205,7 @@ impl Baseline {
 
     async fn first_answer(gw: &Netns) -> Result<()> {
         let dialer: Arc<dyn Dialer> = Arc::new(NetnsDialer::new(gw, IpAddr::V4(SB_IP))?);
-        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080, timeout_seconds: None };
         ateom_runtime::probe::wait_ready(dialer.as_ref(), &probe, Duration::from_secs(30), &|| None).await?;
         Ok(())
     }
@@ -606,7 +606,7 @@ impl DirectQemu {
     /// boot -> ready, checkpoint, restore -> first answer; (ms, ms, ms, snapshot bytes).
     async fn cycle(&self, base_disk: &Path, dir: &Path) -> Result<[f64; 4]> {
         use ateom_qemu::qmp::Qmp;
-        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080, timeout_seconds: None };
         let caps = json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]});
         let snap = dir.join("snap");
         std::fs::create_dir_all(&snap)?;

@@ -189,6 +189,7 @@ async fn crafted_grpc_requests_are_refused_and_the_worker_survives() {
     let mut r = base();
     r.spec.as_mut().unwrap().containers[0].readyz = Some(ateom_proto::Readyz {
         http_get: Some(ateom_proto::HttpGetAction { path: huge.clone(), port: 70000 }),
+        timeout_seconds: 0,
     });
     cases.push(("bad_probe", r));
     for (name, req) in cases {

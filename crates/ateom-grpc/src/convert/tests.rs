@@ -3,7 +3,10 @@ use super::*;
 fn container(name: &str) -> pb::Container {
     pb::Container {
         name: name.into(),
-        readyz: Some(pb::Readyz { http_get: Some(pb::HttpGetAction { path: String::new(), port: 8080 }) }),
+        readyz: Some(pb::Readyz {
+            http_get: Some(pb::HttpGetAction { path: String::new(), port: 8080 }),
+            timeout_seconds: 0,
+        }),
         image: "oci-layout:/images/counter:latest".into(),
         ..Default::default()
     }
@@ -56,7 +59,7 @@ fn every_malformed_field_is_named() {
     assert_eq!(field_of(r), "spec.containers[0].readyz.http_get.port");
 
     let mut r = run();
-    r.spec.as_mut().unwrap().containers[0].readyz = Some(pb::Readyz { http_get: None });
+    r.spec.as_mut().unwrap().containers[0].readyz = Some(pb::Readyz { http_get: None, timeout_seconds: 0 });
     assert_eq!(field_of(r), "spec.containers[0].readyz.http_get");
 
     let mut r = run();
