@@ -452,6 +452,22 @@ pub struct RestoreRequest {
     /// The request carried only substrate's fields: files its node agent placed in
     /// `<actorDir>/restore-state/` are the snapshot to restore.
     pub node_agent: bool,
+    /// DATA on golden: the workload is restored from this golden snapshot (a FULL snapshot of
+    /// the actor's template: memory, processes, root file system), and the durable-directory
+    /// volumes from the actor's own snapshot (`uri_prefix` / `snapshot_id`, of either scope)
+    /// are put back before it resumes. `scope` is then [`Scope::Data`].
+    pub golden: Option<GoldenSource>,
+}
+
+/// Where a DATA-on-golden restore takes its golden snapshot from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoldenSource {
+    /// The object-store prefix of the golden snapshots (the newest, by its `LATEST`, is used).
+    pub uri_prefix: String,
+    /// The namespaces a golden snapshot of the actor's template may come from (the actor's
+    /// own, and its template's when the request names one): a golden snapshot of another
+    /// template, or of a template elsewhere, is refused.
+    pub namespaces: Vec<Name>,
 }
 
 /// Checks an object-store URI prefix: a scheme ateom knows and something after it.

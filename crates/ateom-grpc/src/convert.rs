@@ -483,6 +483,7 @@ pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRe
         },
         keep: snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?,
         resources: resources(r.resources.as_ref())?,
+        golden: None,
     })
 }
 

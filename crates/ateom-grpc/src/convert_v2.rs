@@ -14,9 +14,14 @@
 //!   `volume_name` (host directory `<actorDir>/durable-dir/<volume_name>/`) at `mount_path`;
 //! * `readyz.timeout_seconds` is that probe's own readiness timeout (0: the worker's).
 //!
+//! * `SNAPSHOT_SCOPE_DATA_ON_GOLDEN` with `golden_snapshot_uri` (required then, refused
+//!   otherwise) is a DATA restore onto the template's golden snapshot
+//!   ([`GoldenSource`](ateom_core::GoldenSource)): a golden snapshot of the actor's template in
+//!   the actor's atespace or `actor_template_atespace`.
+//!
 //! Refused with [`Refused::Unimplemented`] (naming the field): what ateom has no meaning
-//! for yet — `golden_snapshot_uri`, `SNAPSHOT_SCOPE_DATA_ON_GOLDEN`, DATA restores,
-//! `egress_gateway`, CSI / system-info / image volume mounts. Nothing is silently dropped.
+//! for yet — `egress_gateway`, CSI / system-info / image volume mounts. Nothing is silently
+//! dropped.
 
 use std::time::SystemTime;
 
@@ -205,18 +210,40 @@ pub fn checkpoint_request(r: &pb::CheckpointWorkloadRequest) -> Result<core::Che
 
 pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<(core::RestoreRequest, Identity), Refused> {
     let identity = identity_of!(r);
-    if !r.golden_snapshot_uri.is_empty() {
-        return Err(unimplemented(
-            "golden_snapshot_uri",
-            "restoring durable data onto a template's golden snapshot is not supported yet",
-        ));
-    }
-    if r.scope == pb::SnapshotScope::DataOnGolden as i32 {
-        return Err(unimplemented("scope", "SNAPSHOT_SCOPE_DATA_ON_GOLDEN is not supported yet"));
-    }
+    let actor = identity.actor()?;
+    let on_golden = r.scope == pb::SnapshotScope::DataOnGolden as i32;
+    let golden = match (on_golden, r.golden_snapshot_uri.as_str()) {
+        (false, "") => None,
+        (false, _) => {
+            return Err(InvalidArgument::new(
+                "golden_snapshot_uri",
+                "is only used with scope SNAPSHOT_SCOPE_DATA_ON_GOLDEN",
+            )
+            .into());
+        }
+        (true, "") => {
+            return Err(InvalidArgument::new(
+                "golden_snapshot_uri",
+                "is required with scope SNAPSHOT_SCOPE_DATA_ON_GOLDEN",
+            )
+            .into());
+        }
+        (true, uri) => {
+            let uri_prefix = core::parse_uri_prefix("golden_snapshot_uri", uri)?;
+            let mut namespaces = vec![actor.namespace.clone()];
+            if !r.actor_template_atespace.is_empty() {
+                let t = Name::parse("actor_template_atespace", &r.actor_template_atespace)?;
+                if t != actor.namespace {
+                    namespaces.push(t);
+                }
+            }
+            Some(core::GoldenSource { uri_prefix, namespaces })
+        }
+    };
     let req = core::RestoreRequest {
-        actor: identity.actor()?,
-        scope: convert::scope(r.scope)?,
+        actor,
+        golden,
+        scope: if on_golden { core::Scope::Data } else { convert::scope(r.scope)? },
         node_agent: false,
         spec: workload(r.spec.as_ref(), false)?,
         runtime: convert::runtime(&r.runsc_path, None)?,

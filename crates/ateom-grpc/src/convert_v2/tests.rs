@@ -233,9 +233,27 @@ fn what_ateom_cannot_honour_is_unimplemented_and_named() {
 
     let mut r = restore();
     r.scope = pb::SnapshotScope::DataOnGolden as i32;
-    assert_eq!(unimplemented_field(restore_request(&r)), "scope");
+    assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "required with DATA_ON_GOLDEN");
     r.golden_snapshot_uri = "gs://bucket/golden".into();
-    assert_eq!(unimplemented_field(restore_request(&r)), "golden_snapshot_uri");
+    let (req, _) = restore_request(&r).unwrap();
+    let golden = req.golden.expect("a golden source");
+    assert_eq!((golden.uri_prefix.as_str(), req.scope), ("gs://bucket/golden", ateom_core::Scope::Data));
+    let namespaces: Vec<&str> = golden.namespaces.iter().map(|n| n.as_str()).collect();
+    assert_eq!(namespaces, ["team-a"]);
+    r.scope = pb::SnapshotScope::Full as i32;
+    assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "only with DATA_ON_GOLDEN");
+    for bad in [
+        "http://169.254.169.254/golden",
+        "file://relative/golden",
+        "file:///var/golden/../../etc",
+        "s3://",
+        "s3://bucket/a\nb",
+    ] {
+        let mut r = restore();
+        r.scope = pb::SnapshotScope::DataOnGolden as i32;
+        r.golden_snapshot_uri = bad.into();
+        assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "{bad:?}");
+    }
     // DATA (the durable directories only, into a fresh start) maps onto ateom's DATA scope.
     let mut r = restore();
     r.scope = pb::SnapshotScope::Data as i32;
