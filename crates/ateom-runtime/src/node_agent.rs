@@ -61,16 +61,10 @@ pub fn volumes_for(actor_dir: &Path, spec: &WorkloadSpec) -> Result<Vec<Volume>,
     Ok(out)
 }
 
-/// The volumes, each once (a volume mounted into several containers is one directory).
-fn distinct(volumes: &[Volume]) -> impl Iterator<Item = &Volume> {
-    let mut seen = std::collections::BTreeSet::new();
-    volumes.iter().filter(move |v| seen.insert(v.name.clone()))
-}
-
 /// Copies every volume into `<snapshot dir>/durable/<volume>/` (the workload is frozen).
 pub fn capture_volumes(volumes: &[Volume], snapshot_dir: &Path) -> Result<u64, RuntimeError> {
     let mut bytes = 0;
-    for v in distinct(volumes) {
+    for v in ateom_core::distinct_volumes(volumes) {
         let to = snapshot_dir.join(DURABLE_DIR).join(&v.name);
         bytes += ateom_snapshot::copy_tree(&v.host_dir, &to).map_err(io(format!(
             "capturing volume {} ({})",
@@ -84,7 +78,7 @@ pub fn capture_volumes(volumes: &[Volume], snapshot_dir: &Path) -> Result<u64, R
 /// Puts the volumes a snapshot captured back into their host directories (replacing what
 /// is there). Volumes the snapshot does not hold are left as they are.
 pub fn restore_volumes(snapshot_dir: &Path, volumes: &[Volume]) -> Result<(), RuntimeError> {
-    for v in distinct(volumes) {
+    for v in ateom_core::distinct_volumes(volumes) {
         let from = snapshot_dir.join(DURABLE_DIR).join(&v.name);
         if from.is_dir() {
             ateom_snapshot::replace_tree(&from, &v.host_dir).map_err(io(format!(

@@ -496,7 +496,7 @@ pub async fn qemu(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Resu
         network: Some(ateom_microvm::default_network()),
         ..Default::default()
     };
-    let args = ateom_qemu::qemu_args(&accel, &cpu, &cfg, &kernel, &cmdline, true);
+    let args = ateom_qemu::qemu_args(&accel, &cpu, &cfg, &kernel, &cmdline, true, 0);
     let binary =
         crate::backends::find_on_path("qemu-system-x86_64").ok_or_else(|| anyhow::anyhow!("no qemu"))?;
     let direct = DirectQemu { binary, args, prefix: format!("ateom-bq{}-", std::process::id()) };
