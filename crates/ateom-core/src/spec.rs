@@ -546,6 +546,22 @@ mod tests {
     }
 
     #[test]
+    fn durable_dirs_read_old_bare_paths_and_new_named_volumes() {
+        let old: Vec<DurableDir> = serde_json::from_str(r#"["/data", "/var/lib/app"]"#).unwrap();
+        let names: Vec<(&str, &str)> =
+            old.iter().map(|d| (d.volume.as_str(), d.mount_path.as_str())).collect();
+        assert_eq!(names, [("data", "/data"), ("var-lib-app", "/var/lib/app")]);
+        let new = DurableDir::new("v", "workspace", "p", "/data").unwrap();
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<DurableDir>(&json).unwrap(), new);
+        // A crafted journal or manifest cannot smuggle a traversing volume name in.
+        assert!(serde_json::from_str::<DurableDir>(r#"{"volume":"..","mount_path":"/data"}"#).is_err());
+        assert!(serde_json::from_str::<DurableDir>(r#"{"volume":"a/b","mount_path":"/data"}"#).is_err());
+        assert!(serde_json::from_str::<DurableDir>(r#""/a/../b""#).is_err());
+        assert!(DurableDir::at("p", "/").is_err(), "the root names no volume");
+    }
+
+    #[test]
     fn uri_prefixes() {
         assert_eq!(parse_uri_prefix("p", "file:///tmp/bucket/").unwrap(), "file:///tmp/bucket");
         parse_uri_prefix("p", "s3://bucket/actors/a").unwrap();
