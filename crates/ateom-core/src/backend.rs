@@ -154,11 +154,14 @@ pub struct SnapshotInput<'a> {
     dir: &'a Path,
     pub manifest: &'a SnapshotManifest,
     verification: &'a Verification,
+    /// The durable-directory volumes come from another snapshot (DATA on golden), already put
+    /// into the host directories: whatever volume state this snapshot holds must not be used.
+    pub foreign_volumes: bool,
 }
 
 impl<'a> SnapshotInput<'a> {
     pub fn new(dir: &'a Path, manifest: &'a SnapshotManifest, verification: &'a Verification) -> Self {
-        Self { dir, manifest, verification }
+        Self { dir, manifest, verification, foreign_volumes: false }
     }
 
     /// The snapshot's directory, once its files are verified. A failed verification is a

@@ -247,7 +247,9 @@ impl FirecrackerBackend {
     }
 
     fn pvm_hint(&self, detail: String) -> String {
-        if self.kvm == Kvm::Pvm && (detail.contains("KVM_EXIT") || detail.contains("firecracker exited")) {
+        // The VMM's exit reads "firecracker (process N) exited".
+        let vmm_exited = detail.contains("firecracker") && detail.contains("exited");
+        if self.kvm == Kvm::Pvm && (detail.contains("KVM_EXIT") || vmm_exited) {
             format!(
                 "{detail} — this host's /dev/kvm is kvm-pvm (software nested virtualisation), on which stock Linux guests cannot boot; use hardware virtualisation, a PVM-patched guest kernel, or the qemu backend"
             )

@@ -358,6 +358,15 @@ impl QemuBackend {
                 let disk = snap_dir.filter(|_| s.manifest.artifact(DISK).is_some()).map(|d| d.join(DISK));
                 let ateom_init = p.get("qemu.guest_init").is_some_and(|v| v == "ateom-init");
                 let in_snapshot: usize = p.get("qemu.volumes").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if s.foreign_volumes && in_snapshot > 0 {
+                    // The frozen guest's file-system state belongs to these disks: another
+                    // snapshot's volumes cannot be swapped in under it.
+                    return Err(BackendError::Snapshot(format!(
+                        "it holds {in_snapshot} volume disk(s) its frozen guest has mounted; a DATA-on-golden \
+                         restore cannot put another snapshot's volumes under it (take the golden snapshot \
+                         of a template without durable directories)"
+                    )));
+                }
                 if in_snapshot != volume_dirs.len() {
                     return Err(BackendError::Snapshot(format!(
                         "it was taken with {in_snapshot} durable-directory volume(s), the request names {}",

@@ -808,7 +808,8 @@ impl Runtime {
         }
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
         let backend_start = Instant::now();
-        let input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
+        let mut input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
+        input.foreign_volumes = volumes_from.is_some();
         let restored = self.backend.restore(ctx, input).await;
         // The verification's own verdict comes first: a damaged snapshot is reported as
         // such, whatever the backend made of it.
