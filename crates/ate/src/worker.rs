@@ -466,6 +466,7 @@ pub fn spec(t: &TemplateRecord) -> pb::WorkloadSpec {
                         path: r.http_get.path.clone(),
                         port: i32::from(r.http_get.port),
                     }),
+                    timeout_seconds: 0,
                 }),
                 durable_dir_volumes: c.durable_dir_volumes.clone(),
                 image: c.image.clone().unwrap_or_default(),

@@ -106,24 +106,34 @@ impl<'a> AssetPaths<'a> {
     }
 }
 
-/// The microVM backends do not attach durable directories yet: a request with any is refused,
-/// naming the first and the backend that does.
-pub fn refuse_durable_dirs_on_microvms(volumes: &[Volume]) -> Result<(), BackendError> {
+/// For a backend that does not attach durable directories yet (Firecracker): a request with
+/// any is refused, naming the first and the backends that do.
+pub fn refuse_durable_dirs(backend: &str, volumes: &[Volume]) -> Result<(), BackendError> {
     match volumes.first() {
         None => Ok(()),
         Some(v) => Err(BackendError::InvalidConfig {
             field: "spec.containers.durable_dir_volumes".into(),
             reason: format!(
-                "durable directories ({}) are not supported on microVMs yet; use the gvisor backend",
+                "durable directories ({}) are not supported on {backend} yet; use the qemu or gvisor backend",
                 v.mount_path
             ),
         }),
     }
 }
 
+/// The distinct volumes of a workload, in spec order (a volume mounted into several
+/// containers, or at several paths, is one directory and counts once). Runtime and backends
+/// number volumes by this order.
+pub fn distinct_volumes(volumes: &[Volume]) -> Vec<&Volume> {
+    let mut seen = std::collections::BTreeSet::new();
+    volumes.iter().filter(|v| seen.insert(v.name.as_str())).collect()
+}
+
 /// A durable-directory volume: a host directory mounted into one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
+    /// The volume's name: `<actorDir>/durable-dir/<name>/`, `durable/<name>/` in a snapshot.
+    pub name: String,
     /// The container it is mounted into.
     pub container: String,
     /// Where it appears inside the container (absolute).
@@ -144,11 +154,14 @@ pub struct SnapshotInput<'a> {
     dir: &'a Path,
     pub manifest: &'a SnapshotManifest,
     verification: &'a Verification,
+    /// The durable-directory volumes come from another snapshot (DATA on golden), already put
+    /// into the host directories: whatever volume state this snapshot holds must not be used.
+    pub foreign_volumes: bool,
 }
 
 impl<'a> SnapshotInput<'a> {
     pub fn new(dir: &'a Path, manifest: &'a SnapshotManifest, verification: &'a Verification) -> Self {
-        Self { dir, manifest, verification }
+        Self { dir, manifest, verification, foreign_volumes: false }
     }
 
     /// The snapshot's directory, once its files are verified. A failed verification is a
@@ -334,6 +347,19 @@ pub trait Sandbox: Send + Sync {
 
     /// True while the sandbox's processes are alive.
     async fn is_alive(&self) -> bool;
+
+    /// Brings the durable-directory volumes' host directories up to date with what the
+    /// workload wrote, for backends that keep volumes elsewhere (a microVM's volume disks).
+    /// Called with the workload frozen by [`Sandbox::checkpoint`] (`checkpoint_dir`: where it
+    /// put its artifacts) or, for a DATA checkpoint, while it still runs (`None`). The default
+    /// does nothing: the host directories are the volumes (gVisor's bind mounts).
+    fn volumes_to_host(
+        &self,
+        _volumes: &[Volume],
+        _checkpoint_dir: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// What the sandbox uses now (from its cgroup, or its VMM process), when the backend can
     /// tell. Cheap: a few small reads of kernel files.

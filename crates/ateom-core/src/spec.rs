@@ -65,6 +65,10 @@ impl std::fmt::Display for ImageRef {
 pub struct HttpProbe {
     pub path: String,
     pub port: u16,
+    /// How long this probe may take to pass once the sandbox is up (`None`: the worker's
+    /// `--ready-timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
 }
 
 impl HttpProbe {
@@ -81,7 +85,110 @@ impl HttpProbe {
                 format!("{path:?} must start with '/' and contain no spaces or control characters"),
             ));
         }
-        Ok(Self { path, port })
+        Ok(Self { path, port, timeout_seconds: None })
+    }
+
+    /// This probe with a timeout from the wire (`0`: the worker's default; at most a day).
+    pub fn with_timeout(mut self, field: &str, seconds: i32) -> Result<Self, InvalidArgument> {
+        self.timeout_seconds = match seconds {
+            0 => None,
+            s @ 1..=Self::MAX_TIMEOUT_SECONDS => Some(s as u32),
+            s => {
+                return Err(InvalidArgument::new(
+                    field,
+                    format!(
+                        "{s} is outside 0-{} seconds (0: the worker's default)",
+                        Self::MAX_TIMEOUT_SECONDS
+                    ),
+                ));
+            }
+        };
+        Ok(self)
+    }
+
+    /// The longest readiness timeout a request may ask for: a day.
+    pub const MAX_TIMEOUT_SECONDS: i32 = 86_400;
+
+    /// How long to wait for this probe, given the worker's default.
+    pub fn timeout(&self, default: std::time::Duration) -> std::time::Duration {
+        self.timeout_seconds.map_or(default, |s| std::time::Duration::from_secs(u64::from(s)))
+    }
+}
+
+/// A durable-directory volume mounted into a container: the volume's name (its host
+/// directory is `<actorDir>/durable-dir/<volume>/`, its copy in a snapshot
+/// `durable/<volume>/`) and where the container sees it.
+///
+/// Substrate's original layout names only the mount path (the volume is then
+/// [`volume_name`] of it); its renumbered layout names both. Older manifests and journals
+/// recorded the bare mount path, which still reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DurableDirRepr")]
+pub struct DurableDir {
+    pub volume: String,
+    pub mount_path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurableDirRepr {
+    Path(String),
+    Named { volume: String, mount_path: String },
+}
+
+impl TryFrom<DurableDirRepr> for DurableDir {
+    type Error = InvalidArgument;
+    fn try_from(r: DurableDirRepr) -> Result<Self, InvalidArgument> {
+        match r {
+            DurableDirRepr::Named { volume, mount_path } => {
+                Self::new("volume", volume, "mount_path", mount_path)
+            }
+            DurableDirRepr::Path(mount_path) => Self::at("mount_path", mount_path),
+        }
+    }
+}
+
+impl DurableDir {
+    /// A named volume at `mount_path`, both checked: the name is one safe path component
+    /// (1-128 bytes, no `/`, not `.` or `..`, no NUL or control characters), the mount path
+    /// absolute without `..`. The errors name `volume_field` / `path_field`.
+    pub fn new(
+        volume_field: &str,
+        volume: impl Into<String>,
+        path_field: &str,
+        mount_path: impl Into<String>,
+    ) -> Result<Self, InvalidArgument> {
+        let (volume, mount_path) = (volume.into(), mount_path.into());
+        let d = &mount_path;
+        if !d.starts_with('/') || d.split('/').any(|s| s == "..") || d.chars().any(|c| c.is_ascii_control()) {
+            return Err(InvalidArgument::new(
+                path_field,
+                format!("{d:?} must be an absolute path without '..' or control characters"),
+            ));
+        }
+        let bad = volume.is_empty()
+            || volume.len() > crate::MAX_NAME_LEN
+            || volume == "."
+            || volume == ".."
+            || volume.contains('/')
+            || volume.chars().any(|c| c.is_control());
+        if bad {
+            return Err(InvalidArgument::new(
+                volume_field,
+                format!(
+                    "{volume:?} is not a volume name: 1-{} bytes, one path component (no '/', not '.' or '..', no control characters)",
+                    crate::MAX_NAME_LEN
+                ),
+            ));
+        }
+        Ok(Self { volume, mount_path })
+    }
+
+    /// The volume named after its mount path (substrate's original layout: `/var/lib/app` is
+    /// volume `var-lib-app`).
+    pub fn at(path_field: &str, mount_path: impl Into<String>) -> Result<Self, InvalidArgument> {
+        let mount_path = mount_path.into();
+        Self::new(path_field, volume_name(&mount_path), path_field, mount_path)
     }
 }
 
@@ -90,7 +197,7 @@ impl HttpProbe {
 pub struct ContainerSpec {
     pub name: Name,
     pub readyz: Option<HttpProbe>,
-    pub durable_dirs: Vec<String>,
+    pub durable_dirs: Vec<DurableDir>,
     /// `None`: the node agent prepared an OCI bundle (see [`ContainerSource`]).
     pub image: Option<ImageRef>,
     pub command: Vec<String>,
@@ -345,6 +452,22 @@ pub struct RestoreRequest {
     /// The request carried only substrate's fields: files its node agent placed in
     /// `<actorDir>/restore-state/` are the snapshot to restore.
     pub node_agent: bool,
+    /// DATA on golden: the workload is restored from this golden snapshot (a FULL snapshot of
+    /// the actor's template: memory, processes, root file system), and the durable-directory
+    /// volumes from the actor's own snapshot (`uri_prefix` / `snapshot_id`, of either scope)
+    /// are put back before it resumes. `scope` is then [`Scope::Data`].
+    pub golden: Option<GoldenSource>,
+}
+
+/// Where a DATA-on-golden restore takes its golden snapshot from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoldenSource {
+    /// The object-store prefix of the golden snapshots (the newest, by its `LATEST`, is used).
+    pub uri_prefix: String,
+    /// The namespaces a golden snapshot of the actor's template may come from (the actor's
+    /// own, and its template's when the request names one): a golden snapshot of another
+    /// template, or of a template elsewhere, is refused.
+    pub namespaces: Vec<Name>,
 }
 
 /// Checks an object-store URI prefix: a scheme ateom knows and something after it.
@@ -420,6 +543,22 @@ mod tests {
         assert_eq!(HttpProbe::parse("readyz", "", -1).unwrap_err().field, "readyz.port");
         assert_eq!(HttpProbe::parse("readyz", "healthz", 80).unwrap_err().field, "readyz.path");
         assert_eq!(HttpProbe::parse("readyz", "/a b", 80).unwrap_err().field, "readyz.path");
+    }
+
+    #[test]
+    fn durable_dirs_read_old_bare_paths_and_new_named_volumes() {
+        let old: Vec<DurableDir> = serde_json::from_str(r#"["/data", "/var/lib/app"]"#).unwrap();
+        let names: Vec<(&str, &str)> =
+            old.iter().map(|d| (d.volume.as_str(), d.mount_path.as_str())).collect();
+        assert_eq!(names, [("data", "/data"), ("var-lib-app", "/var/lib/app")]);
+        let new = DurableDir::new("v", "workspace", "p", "/data").unwrap();
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<DurableDir>(&json).unwrap(), new);
+        // A crafted journal or manifest cannot smuggle a traversing volume name in.
+        assert!(serde_json::from_str::<DurableDir>(r#"{"volume":"..","mount_path":"/data"}"#).is_err());
+        assert!(serde_json::from_str::<DurableDir>(r#"{"volume":"a/b","mount_path":"/data"}"#).is_err());
+        assert!(serde_json::from_str::<DurableDir>(r#""/a/../b""#).is_err());
+        assert!(DurableDir::at("p", "/").is_err(), "the root names no volume");
     }
 
     #[test]

@@ -247,7 +247,9 @@ impl FirecrackerBackend {
     }
 
     fn pvm_hint(&self, detail: String) -> String {
-        if self.kvm == Kvm::Pvm && (detail.contains("KVM_EXIT") || detail.contains("firecracker exited")) {
+        // The VMM's exit reads "firecracker (process N) exited".
+        let vmm_exited = detail.contains("firecracker") && detail.contains("exited");
+        if self.kvm == Kvm::Pvm && (detail.contains("KVM_EXIT") || vmm_exited) {
             format!(
                 "{detail} — this host's /dev/kvm is kvm-pvm (software nested virtualisation), on which stock Linux guests cannot boot; use hardware virtualisation, a PVM-patched guest kernel, or the qemu backend"
             )
@@ -362,7 +364,7 @@ impl FirecrackerBackend {
         if let Some(p) = assets.get("jailer") {
             cfg.jailer_path = Some(p);
         }
-        ateom_core::refuse_durable_dirs_on_microvms(&ctx.volumes)?;
+        ateom_core::refuse_durable_dirs("firecracker", &ctx.volumes)?;
         let mut image_digests = BTreeMap::new();
         let mut ateom_init = false;
         if snapshot.is_none() {
@@ -379,7 +381,7 @@ impl FirecrackerBackend {
                         })?;
                         let (cache, c2, image) = (ctx.cache_dir.clone(), c.clone(), image.clone());
                         let (disk, name, digest) = tokio::task::spawn_blocking(move || {
-                            ateom_microvm::guest::disk_for(&cache, &c2, &image, &init)
+                            ateom_microvm::guest::disk_for(&cache, &c2, &image, &init, &[])
                         })
                         .await
                         .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;

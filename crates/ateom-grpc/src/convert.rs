@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use ateom_core as core;
 use ateom_core::{
-    ActorRef, ContainerSpec, Destination, HttpProbe, ImageRef, InvalidArgument, Name, RuntimeConfig, Scope,
-    SnapshotId, WorkloadSpec,
+    ActorRef, ContainerSpec, Destination, DurableDir, HttpProbe, ImageRef, InvalidArgument, Name,
+    RuntimeConfig, Scope, SnapshotId, WorkloadSpec,
 };
 use ateom_proto as pb;
 
@@ -23,12 +23,25 @@ pub(crate) struct ContainerFields<'a> {
     pub name: &'a str,
     /// `None`: no readiness probe; `Some(None)`: a probe without its HTTP action.
     pub readyz: Option<Option<(&'a str, i32)>>,
-    /// (field path below the container, mount path) of each durable directory.
-    pub durable_dirs: Vec<(String, &'a str)>,
+    /// The probe's timeout in seconds (0: the worker's default).
+    pub readyz_timeout_seconds: i32,
+    /// Each durable directory: (field path below the container, the volume's name if the
+    /// layout names it, mount path).
+    pub durable_dirs: Vec<DurableDirField<'a>>,
     pub image: &'a str,
     pub command: &'a [String],
     pub args: &'a [String],
     pub env: Option<&'a std::collections::HashMap<String, String>>,
+}
+
+/// A durable directory as a layout carries it.
+pub(crate) struct DurableDirField<'a> {
+    /// The field path of the entry below the container (`durable_dir_volumes[0]`).
+    pub at: String,
+    /// The volume name's own field (`None`: the layout names the volume after its path).
+    pub volume: Option<(&'a str, &'a str)>,
+    /// (field name, mount path).
+    pub mount_path: (&'a str, &'a str),
 }
 
 pub(crate) fn workload_of(
@@ -48,6 +61,7 @@ pub(crate) fn workload_of(
         ));
     }
     let mut names = BTreeSet::new();
+    let mut volumes_seen: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::with_capacity(containers.len());
     for (i, c) in containers.into_iter().enumerate() {
         let at = format!("spec.containers[{i}]");
@@ -63,15 +77,46 @@ pub(crate) fn workload_of(
                     "must be set when readyz is",
                 ));
             }
-            Some(Some((path, port))) => Some(HttpProbe::parse(&format!("{at}.readyz.http_get"), path, port)?),
+            Some(Some((path, port))) => Some(
+                HttpProbe::parse(&format!("{at}.readyz.http_get"), path, port)?
+                    .with_timeout(&format!("{at}.readyz.timeout_seconds"), c.readyz_timeout_seconds)?,
+            ),
         };
-        for (field, d) in &c.durable_dirs {
-            if !d.starts_with('/') || d.split('/').any(|s| s == "..") || d.contains('\0') {
+        let mut durable_dirs: Vec<DurableDir> = Vec::with_capacity(c.durable_dirs.len());
+        for d in &c.durable_dirs {
+            let (path_field, path) = d.mount_path;
+            let path_field = if path_field.is_empty() {
+                format!("{at}.{}", d.at)
+            } else {
+                format!("{at}.{}.{path_field}", d.at)
+            };
+            let dir = match d.volume {
+                Some((volume_field, volume)) => {
+                    DurableDir::new(&format!("{at}.{}.{volume_field}", d.at), volume, &path_field, path)?
+                }
+                None => DurableDir::at(&path_field, path)?,
+            };
+            if durable_dirs.iter().any(|o| o.mount_path == dir.mount_path) {
+                return Err(InvalidArgument::new(path_field, format!("{path:?} is mounted twice")));
+            }
+            durable_dirs.push(dir);
+        }
+        // One volume is one host directory: a name may be shared by containers (the same
+        // volume in each), but two mount paths deriving the same name would silently share.
+        for dir in &durable_dirs {
+            if let Some(other) = volumes_seen.get(&dir.volume)
+                && c.durable_dirs.iter().all(|d| d.volume.is_none())
+                && *other != dir.mount_path
+            {
                 return Err(InvalidArgument::new(
-                    format!("{at}.{field}"),
-                    format!("{d:?} must be an absolute path without '..'"),
+                    format!("{at}.durable_dir_volumes"),
+                    format!(
+                        "{:?} and {other:?} both name volume {:?}; give them distinct paths",
+                        dir.mount_path, dir.volume
+                    ),
                 ));
             }
+            volumes_seen.insert(dir.volume.clone(), dir.mount_path.clone());
         }
         let image =
             if c.image.is_empty() { None } else { Some(ImageRef::parse(&format!("{at}.image"), c.image)?) };
@@ -94,7 +139,7 @@ pub(crate) fn workload_of(
         out.push(ContainerSpec {
             name,
             readyz,
-            durable_dirs: c.durable_dirs.into_iter().map(|(_, d)| d.to_owned()).collect(),
+            durable_dirs,
             image,
             command: c.command.to_vec(),
             args: c.args.to_vec(),
@@ -111,11 +156,16 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
         .map(|c| ContainerFields {
             name: &c.name,
             readyz: c.readyz.as_ref().map(|r| r.http_get.as_ref().map(|g| (g.path.as_str(), g.port))),
+            readyz_timeout_seconds: c.readyz.as_ref().map_or(0, |r| r.timeout_seconds),
             durable_dirs: c
                 .durable_dir_volumes
                 .iter()
                 .enumerate()
-                .map(|(j, d)| (format!("durable_dir_volumes[{j}]"), d.as_str()))
+                .map(|(j, d)| DurableDirField {
+                    at: format!("durable_dir_volumes[{j}]"),
+                    volume: None,
+                    mount_path: ("", d.as_str()),
+                })
                 .collect(),
             image: &c.image,
             command: &c.command,
@@ -443,6 +493,7 @@ pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<core::RestoreRe
         },
         keep: snapshot_ids("keep_snapshot_ids", &r.keep_snapshot_ids)?,
         resources: resources(r.resources.as_ref())?,
+        golden: None,
     })
 }
 

@@ -10,11 +10,18 @@
 //! * `cpu_milli` / `memory_bytes` are the domain [`Resources`](ateom_core::Resources);
 //! * `snapshot_uri` is the checkpoint's / restore's object-store prefix (a checkpoint with
 //!   it is DURABLE, without it LOCAL);
-//! * `durable_dir_volume_mounts[].mount_path` are the container's durable directories.
+//! * `durable_dir_volume_mounts[]` are the container's durable directories: volume
+//!   `volume_name` (host directory `<actorDir>/durable-dir/<volume_name>/`) at `mount_path`;
+//! * `readyz.timeout_seconds` is that probe's own readiness timeout (0: the worker's).
+//!
+//! * `SNAPSHOT_SCOPE_DATA_ON_GOLDEN` with `golden_snapshot_uri` (required then, refused
+//!   otherwise) is a DATA restore onto the template's golden snapshot
+//!   ([`GoldenSource`](ateom_core::GoldenSource)): a golden snapshot of the actor's template in
+//!   the actor's atespace or `actor_template_atespace`.
 //!
 //! Refused with [`Refused::Unimplemented`] (naming the field): what ateom has no meaning
-//! for yet — `golden_snapshot_uri`, `SNAPSHOT_SCOPE_DATA_ON_GOLDEN`, DATA restores,
-//! `egress_gateway`, CSI / system-info / image volume mounts. Nothing is silently dropped.
+//! for yet — `egress_gateway`, CSI / system-info / image volume mounts. Nothing is silently
+//! dropped.
 
 use std::time::SystemTime;
 
@@ -22,7 +29,7 @@ use ateom_core as core;
 use ateom_core::{ActorRef, InvalidArgument, Name, SandboxStats, WorkloadSpec};
 use ateom_proto::substrate::v2 as pb;
 
-use crate::convert::{self, CheckpointFields, ContainerFields};
+use crate::convert::{self, CheckpointFields, ContainerFields, DurableDirField};
 
 /// Why a request of this layout is refused.
 #[derive(Debug, thiserror::Error)]
@@ -119,21 +126,20 @@ fn workload(spec: Option<&pb::WorkloadSpec>, required: bool) -> Result<WorkloadS
                 return Err(unimplemented(format!("{at}.{field}"), "ateom does not mount these volumes"));
             }
         }
-        if let Some(r) = &c.readyz
-            && r.timeout_seconds < 0
-        {
-            return Err(
-                InvalidArgument::new(format!("{at}.readyz.timeout_seconds"), "must not be negative").into()
-            );
-        }
-        let mut durable_dirs = Vec::with_capacity(c.durable_dir_volume_mounts.len());
-        for (j, m) in c.durable_dir_volume_mounts.iter().enumerate() {
-            Name::parse(&format!("{at}.durable_dir_volume_mounts[{j}].volume_name"), &m.volume_name)?;
-            durable_dirs.push((format!("durable_dir_volume_mounts[{j}].mount_path"), m.mount_path.as_str()));
-        }
+        let durable_dirs = c
+            .durable_dir_volume_mounts
+            .iter()
+            .enumerate()
+            .map(|(j, m)| DurableDirField {
+                at: format!("durable_dir_volume_mounts[{j}]"),
+                volume: Some(("volume_name", m.volume_name.as_str())),
+                mount_path: ("mount_path", m.mount_path.as_str()),
+            })
+            .collect();
         fields.push(ContainerFields {
             name: &c.name,
             readyz: c.readyz.as_ref().map(|r| r.http_get.as_ref().map(|g| (g.path.as_str(), g.port))),
+            readyz_timeout_seconds: c.readyz.as_ref().map_or(0, |r| r.timeout_seconds),
             durable_dirs,
             image: "",
             command: &[],
@@ -204,18 +210,40 @@ pub fn checkpoint_request(r: &pb::CheckpointWorkloadRequest) -> Result<core::Che
 
 pub fn restore_request(r: &pb::RestoreWorkloadRequest) -> Result<(core::RestoreRequest, Identity), Refused> {
     let identity = identity_of!(r);
-    if !r.golden_snapshot_uri.is_empty() {
-        return Err(unimplemented(
-            "golden_snapshot_uri",
-            "restoring durable data onto a template's golden snapshot is not supported yet",
-        ));
-    }
-    if r.scope == pb::SnapshotScope::DataOnGolden as i32 {
-        return Err(unimplemented("scope", "SNAPSHOT_SCOPE_DATA_ON_GOLDEN is not supported yet"));
-    }
+    let actor = identity.actor()?;
+    let on_golden = r.scope == pb::SnapshotScope::DataOnGolden as i32;
+    let golden = match (on_golden, r.golden_snapshot_uri.as_str()) {
+        (false, "") => None,
+        (false, _) => {
+            return Err(InvalidArgument::new(
+                "golden_snapshot_uri",
+                "is only used with scope SNAPSHOT_SCOPE_DATA_ON_GOLDEN",
+            )
+            .into());
+        }
+        (true, "") => {
+            return Err(InvalidArgument::new(
+                "golden_snapshot_uri",
+                "is required with scope SNAPSHOT_SCOPE_DATA_ON_GOLDEN",
+            )
+            .into());
+        }
+        (true, uri) => {
+            let uri_prefix = core::parse_uri_prefix("golden_snapshot_uri", uri)?;
+            let mut namespaces = vec![actor.namespace.clone()];
+            if !r.actor_template_atespace.is_empty() {
+                let t = Name::parse("actor_template_atespace", &r.actor_template_atespace)?;
+                if t != actor.namespace {
+                    namespaces.push(t);
+                }
+            }
+            Some(core::GoldenSource { uri_prefix, namespaces })
+        }
+    };
     let req = core::RestoreRequest {
-        actor: identity.actor()?,
-        scope: convert::scope(r.scope)?,
+        actor,
+        golden,
+        scope: if on_golden { core::Scope::Data } else { convert::scope(r.scope)? },
         node_agent: false,
         spec: workload(r.spec.as_ref(), false)?,
         runtime: convert::runtime(&r.runsc_path, None)?,

@@ -73,6 +73,7 @@ pub fn code_of(e: &RuntimeError) -> Code {
         RuntimeError::Busy { .. }
         | RuntimeError::NothingRunning { .. }
         | RuntimeError::WrongActor { .. }
+        | RuntimeError::WrongGolden { .. }
         | RuntimeError::Incompatible { .. } => Code::FailedPrecondition,
         RuntimeError::Snapshot(s) => match s {
             SnapshotError::NotFound { .. } | SnapshotError::NoneForActor { .. } => Code::NotFound,

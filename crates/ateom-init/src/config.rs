@@ -19,6 +19,10 @@
 //! }
 //! ```
 //!
+//! An optional `"volumes": [{"label": "ateom-vol0", "mountPath": "/data"}]` names the
+//! durable-directory disks: each is the ext4 file system with that label, mounted at its path
+//! (`sync,dirsync`) before the workload starts; one that cannot be mounted stops the boot.
+//!
 //! `process` has the shape (and field names) of the OCI runtime spec's `process` object, so
 //! the host can copy the one from the image's runtime spec: fields `ateom-init` does not
 //! use (`terminal`, `capabilities`, `apparmorProfile`, ...) are ignored. Only `args` is
@@ -117,7 +121,26 @@ pub struct WorkloadConfig {
     pub hostname: Option<String>,
     /// The workload process (the OCI runtime spec's `process`).
     pub process: Process,
+    /// Durable-directory volumes: ext4 disks the host attached, each found by its file-system
+    /// label and mounted at its path (synchronously: every write the workload finishes is on
+    /// the host's disk image) before the workload starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
+
+/// A durable-directory volume in the guest: the ext4 disk labelled `label`, mounted at
+/// `mount_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// The ext4 label (1-16 characters of `[A-Za-z0-9_-]`).
+    pub label: String,
+    /// Absolute, without `..`.
+    pub mount_path: String,
+}
+
+/// The longest ext4 volume label.
+pub const MAX_LABEL_LEN: usize = 16;
 
 /// The workload process: a subset of the OCI runtime spec's `process`, same field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,7 +273,7 @@ impl RlimitResource {
 impl WorkloadConfig {
     /// A version-[`CONFIG_VERSION`] config running `process`, no hostname.
     pub fn new(process: Process) -> WorkloadConfig {
-        WorkloadConfig { version: CONFIG_VERSION, hostname: None, process }
+        WorkloadConfig { version: CONFIG_VERSION, hostname: None, process, volumes: Vec::new() }
     }
 
     /// Parses and [validates](Self::validate) a config file's bytes.
@@ -333,6 +356,24 @@ impl WorkloadConfig {
         if p.user.umask.is_some_and(|m| m > 0o777) {
             return Err(invalid("process.user.umask".into(), "must be at most 0o777 (511)"));
         }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let label_ok = !v.label.is_empty()
+                && v.label.len() <= MAX_LABEL_LEN
+                && v.label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !label_ok {
+                return Err(invalid(
+                    format!("volumes[{i}].label"),
+                    "must be 1-16 characters of [A-Za-z0-9_-]",
+                ));
+            }
+            let m = &v.mount_path;
+            if !m.starts_with('/') || m == "/" || m.split('/').any(|c| c == "..") || m.contains('\0') {
+                return Err(invalid(
+                    format!("volumes[{i}].mountPath"),
+                    "must be an absolute path other than / without '..' or NUL",
+                ));
+            }
+        }
         for (i, limit) in p.rlimits.iter().enumerate() {
             if RlimitResource::from_oci_name(&limit.kind).is_none() {
                 return Err(invalid(format!("process.rlimits[{i}].type"), "is not a known RLIMIT_* name"));
@@ -395,6 +436,27 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_are_read_and_hostile_ones_refused() {
+        let ok = br#"{"version":1,"process":{"args":["/c"]},"volumes":[{"label":"ateom-vol0","mountPath":"/data"}]}"#;
+        let c = WorkloadConfig::from_json(ok).unwrap();
+        assert_eq!(c.volumes, [VolumeMount { label: "ateom-vol0".into(), mount_path: "/data".into() }]);
+        for (label, path, field) in [
+            ("", "/data", "volumes[0].label"),
+            ("a-label-longer-than-16", "/data", "volumes[0].label"),
+            ("../x", "/data", "volumes[0].label"),
+            ("v", "data", "volumes[0].mountPath"),
+            ("v", "/", "volumes[0].mountPath"),
+            ("v", "/data/../../etc", "volumes[0].mountPath"),
+        ] {
+            let json = serde_json::json!({"version":1,"process":{"args":["/c"]},"volumes":[{"label":label,"mountPath":path}]});
+            match WorkloadConfig::from_json(json.to_string().as_bytes()) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{label} {path}"),
+                other => panic!("{label} {path}: {other:?}"),
+            }
+        }
+    }
 
     fn sample() -> &'static str {
         r#"{

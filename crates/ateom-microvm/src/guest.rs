@@ -17,6 +17,7 @@ pub fn disk_for(
     container: &ContainerSpec,
     image: &ImageRef,
     init: &Path,
+    volumes: &[ateom_init::config::VolumeMount],
 ) -> Result<(BuiltDisk, String, String), BackendError> {
     let image_err = |detail: String| BackendError::Image { container: container.name.to_string(), detail };
     let prepared = ateom_image::ImageStore::new(cache.join("images"))
@@ -35,7 +36,7 @@ pub fn disk_for(
     };
     let spec = ateom_image::runtime_spec(&prepared.config, &overrides, &opts)
         .map_err(|e| image_err(e.to_string()))?;
-    let config = workload_config(&spec).map_err(image_err)?;
+    let config = workload_config(&spec, volumes).map_err(image_err)?;
     let disk = GuestImageBuilder::new(cache.join("guest"))
         .build(&prepared.rootfs, &prepared.manifest_digest, init, &config)
         .map_err(|e| image_err(e.to_string()))?;
@@ -46,12 +47,18 @@ pub fn disk_for(
 /// `Process` reads the OCI field names), validated by ateom-init's own decoder. Nothing
 /// per-actor goes in (the hostname comes from the kernel command line), so every actor of
 /// one template shares one cached root disk.
-pub fn workload_config(spec: &ateom_image::oci_spec::runtime::Spec) -> Result<Vec<u8>, String> {
+pub fn workload_config(
+    spec: &ateom_image::oci_spec::runtime::Spec,
+    volumes: &[ateom_init::config::VolumeMount],
+) -> Result<Vec<u8>, String> {
     let process = spec.process().as_ref().ok_or("the image's runtime spec has no process")?;
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "version": ateom_init::config::CONFIG_VERSION,
         "process": process,
     });
+    if !volumes.is_empty() {
+        v["volumes"] = serde_json::to_value(volumes).map_err(|e| e.to_string())?;
+    }
     let config =
         ateom_init::config::WorkloadConfig::from_json(&serde_json::to_vec(&v).map_err(|e| e.to_string())?)
             .map_err(|e| format!("the workload does not fit ateom-init: {e}"))?;

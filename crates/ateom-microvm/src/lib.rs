@@ -12,6 +12,7 @@
 pub mod console;
 pub mod guest;
 pub mod guest_image;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::fs::File;

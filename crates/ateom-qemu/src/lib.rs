@@ -226,10 +226,12 @@ impl QemuBackend {
                 })?;
                 let (container, image) = ((*container).clone(), image.clone());
                 let cache = ctx.cache_dir.clone();
-                let built =
-                    tokio::task::spawn_blocking(move || guest::disk_for(&cache, &container, &image, &init))
-                        .await
-                        .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
+                let volumes = guest_volumes(&ctx.volumes);
+                let built = tokio::task::spawn_blocking(move || {
+                    guest::disk_for(&cache, &container, &image, &init, &volumes)
+                })
+                .await
+                .map_err(|e| BackendError::failed("building the root disk", e.to_string()))??;
                 info!(disk = %built.0.path.display(), cache_hit = built.0.cache_hit, build_ms = built.0.build_ms, "root disk");
                 digests.insert(built.1, built.2);
                 Ok((Some(built.0.path), digests, true))
@@ -305,7 +307,10 @@ impl QemuBackend {
             _ => None,
         };
         cfg.take_assets(explicit, &assets, "qemu");
-        ateom_core::refuse_durable_dirs_on_microvms(&ctx.volumes)?;
+        // Durable-directory volumes: one disk each, after the root disk (see
+        // `ateom_microvm::volumes`); their mounts are in the root disk's config.
+        let volume_dirs: Vec<PathBuf> =
+            ateom_core::distinct_volumes(&ctx.volumes).iter().map(|v| v.host_dir.clone()).collect();
         let kernel = cfg.kernel_image.clone().ok_or_else(|| BackendError::InvalidConfig {
             field: "microvm.kernel_image".into(),
             reason: "no guest kernel: build one with scripts/build-guest-kernel.sh and start the worker with --kernel".into(),
@@ -319,6 +324,12 @@ impl QemuBackend {
         let (kernel_id, base, digests, cmdline, ateom_init) = match snapshot {
             None => {
                 let (base, digests, ateom_init) = self.root_disk(&ctx, &cfg).await?;
+                if !ateom_init && !volume_dirs.is_empty() {
+                    return Err(BackendError::InvalidConfig {
+                        field: "spec.containers.durable_dir_volumes".into(),
+                        reason: "durable directories on a microVM need a root disk built from an image (ateom-init mounts them)".into(),
+                    });
+                }
                 let k = kernel.clone();
                 let id = tokio::task::spawn_blocking(move || ateom_microvm::file_id(&k))
                     .await
@@ -346,12 +357,45 @@ impl QemuBackend {
                 let cmdline = p.get("qemu.cmdline").cloned().unwrap_or_default();
                 let disk = snap_dir.filter(|_| s.manifest.artifact(DISK).is_some()).map(|d| d.join(DISK));
                 let ateom_init = p.get("qemu.guest_init").is_some_and(|v| v == "ateom-init");
+                let in_snapshot: usize = p.get("qemu.volumes").and_then(|v| v.parse().ok()).unwrap_or(0);
+                if s.foreign_volumes && in_snapshot > 0 {
+                    // The frozen guest's file-system state belongs to these disks: another
+                    // snapshot's volumes cannot be swapped in under it.
+                    return Err(BackendError::Snapshot(format!(
+                        "it holds {in_snapshot} volume disk(s) its frozen guest has mounted; a DATA-on-golden \
+                         restore cannot put another snapshot's volumes under it (take the golden snapshot \
+                         of a template without durable directories)"
+                    )));
+                }
+                if in_snapshot != volume_dirs.len() {
+                    return Err(BackendError::Snapshot(format!(
+                        "it was taken with {in_snapshot} durable-directory volume(s), the request names {}",
+                        volume_dirs.len()
+                    )));
+                }
+                for i in 0..in_snapshot {
+                    if s.manifest.artifact(&ateom_microvm::volumes::disk_name(i)).is_none() {
+                        return Err(BackendError::Snapshot(format!(
+                            "it has no {}",
+                            ateom_microvm::volumes::disk_name(i)
+                        )));
+                    }
+                }
                 (s.manifest.kernel_id.clone(), disk, s.manifest.image_digests.clone(), cmdline, ateom_init)
             }
         };
         // Disk and (for a restore) RAM: the workload's own copies.
         let work = ctx.work_dir.clone();
         let mem_src = snap_dir.map(|d| d.join(MEMORY));
+        let volumes_src: Vec<(PathBuf, bool)> = match snap_dir {
+            // A restore: the snapshot's disks, exactly as the frozen guest left them.
+            Some(d) => {
+                (0..volume_dirs.len()).map(|i| (d.join(ateom_microvm::volumes::disk_name(i)), true)).collect()
+            }
+            // A start: disks built from the host directories.
+            None => volume_dirs.iter().map(|h| (h.clone(), false)).collect(),
+        };
+        let volumes = volumes_src.len();
         let mem_mib = cfg.memory_mib.unwrap_or(256);
         let disk_src = base.clone();
         // A confined QEMU reopens its disk as its own user (block-device permission changes at
@@ -375,6 +419,17 @@ impl QemuBackend {
                 ateom_microvm::copy_sparse(&src, &work.join(DISK))
                     .map_err(|e| BackendError::failed("copying the root disk", e.to_string()))?;
                 give(&work.join(DISK))?;
+            }
+            for (i, (src, copy)) in volumes_src.into_iter().enumerate() {
+                let to = work.join(ateom_microvm::volumes::disk_name(i));
+                if copy {
+                    ateom_microvm::copy_sparse(&src, &to)
+                        .map_err(|e| BackendError::failed("copying a volume disk", e.to_string()))?;
+                } else {
+                    ateom_microvm::volumes::build(&src, &to, i)
+                        .map_err(|e| BackendError::failed("building a volume disk", e.to_string()))?;
+                }
+                give(&to)?;
             }
             match mem_src {
                 Some(src) => {
@@ -411,7 +466,8 @@ impl QemuBackend {
 
         let net = cfg.network.clone().expect("qemu guests always get a network");
         let (ns, dialer) = self.network(&net).await?;
-        let mut args = qemu_args(self.accel, &self.opts.cpu, &cfg, &kernel, &cmdline, base.is_some());
+        let mut args =
+            qemu_args(self.accel, &self.opts.cpu, &cfg, &kernel, &cmdline, base.is_some(), volumes);
         if self.opts.confine {
             let id = ateom_microvm::sandbox_uid(&self.opts.instance);
             args.extend(confinement_args(id, id, &ctx.work_dir));
@@ -440,10 +496,14 @@ impl QemuBackend {
             dialer: Some(dialer),
             work_dir: ctx.work_dir.clone(),
             disk: base.is_some(),
+            volumes,
             provenance: BackendProvenance::default(),
             image_digests: digests,
         };
         vm.provenance = self.provenance(&cfg, &kernel_id, &cmdline, ateom_init);
+        if volumes > 0 {
+            vm.provenance.extra.insert("qemu.volumes".into(), volumes.to_string());
+        }
         match snapshot {
             // The assets a snapshot was taken with stay in its provenance.
             Some(s) => vm.provenance.extra.extend(
@@ -580,6 +640,21 @@ impl QemuBackend {
 /// resource control denied; its snapshots go through descriptors passed over QMP, so it never
 /// needs to spawn), then, just before the guest runs (every file, device and socket QEMU needs
 /// is open by then), `-runas uid:gid` and `-chroot` into the work directory.
+/// The guest's view of the volumes: each mount, on the disk of its distinct volume.
+fn guest_volumes(volumes: &[ateom_core::Volume]) -> Vec<ateom_microvm::volumes::VolumeMount> {
+    let distinct = ateom_core::distinct_volumes(volumes);
+    volumes
+        .iter()
+        .map(|v| {
+            let i = distinct.iter().position(|d| d.name == v.name).unwrap_or(0);
+            ateom_microvm::volumes::VolumeMount {
+                label: ateom_microvm::volumes::label(i),
+                mount_path: v.mount_path.clone(),
+            }
+        })
+        .collect()
+}
+
 pub fn confinement_args(uid: u32, gid: u32, work_dir: &Path) -> Vec<String> {
     vec![
         "-sandbox".into(),
@@ -600,6 +675,7 @@ pub fn qemu_args(
     kernel: &Path,
     cmdline: &str,
     disk: bool,
+    volumes: usize,
 ) -> Vec<String> {
     let mem = cfg.memory_mib.unwrap_or(256);
     let mut a: Vec<String> = vec![
@@ -640,6 +716,17 @@ pub fn qemu_args(
             format!("id=root,file={DISK},format=raw,if=none,werror=report,rerror=report"),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
+        ]);
+    }
+    for i in 0..volumes {
+        a.extend([
+            "-drive".into(),
+            format!(
+                "id=vol{i},file={},format=raw,if=none,werror=report,rerror=report",
+                ateom_microvm::volumes::disk_name(i)
+            ),
+            "-device".into(),
+            format!("virtio-blk-device,drive=vol{i}"),
         ]);
     }
     if let Some(n) = &cfg.network {
@@ -862,6 +949,9 @@ struct Handle {
     netns: String,
     guest_ip: std::net::Ipv4Addr,
     disk: bool,
+    /// Durable-directory volume disks (0 in handles of older workers).
+    #[serde(default)]
+    volumes: usize,
     provenance: BackendProvenance,
     image_digests: BTreeMap<String, String>,
 }
@@ -906,7 +996,9 @@ impl QemuBackend {
         let running = status.get("running").and_then(|r| r.as_bool()).unwrap_or(false);
         if req.resume && !running {
             if let Some(dir) = req.interrupted_checkpoint {
-                for f in [MEMORY, DISK] {
+                let mut files = vec![MEMORY.to_owned(), DISK.to_owned()];
+                files.extend((0..h.volumes).map(ateom_microvm::volumes::disk_name));
+                for f in &files {
                     if dir.join(f).exists() && !h.work_dir.join(f).exists() {
                         std::fs::rename(dir.join(f), h.work_dir.join(f))
                             .map_err(|e| BackendError::io(format!("moving {f} back to the VM"), e))?;
@@ -923,6 +1015,7 @@ impl QemuBackend {
             dialer: Some(dialer),
             work_dir: h.work_dir,
             disk: h.disk,
+            volumes: h.volumes,
             provenance: h.provenance,
             image_digests: h.image_digests,
         })))
@@ -936,11 +1029,23 @@ pub struct QemuSandbox {
     dialer: Option<Arc<dyn Dialer>>,
     work_dir: PathBuf,
     disk: bool,
+    /// Durable-directory volume disks: `volume-<i>.ext4` for i < volumes.
+    volumes: usize,
     provenance: BackendProvenance,
     image_digests: BTreeMap<String, String>,
 }
 
 impl QemuSandbox {
+    /// The files that move between the work directory and a snapshot: RAM, disks.
+    fn moving_files(&self) -> Vec<String> {
+        let mut files = vec![MEMORY.to_owned()];
+        if self.disk {
+            files.push(DISK.to_owned());
+        }
+        files.extend((0..self.volumes).map(ateom_microvm::volumes::disk_name));
+        files
+    }
+
     async fn teardown(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill().await;
@@ -980,6 +1085,7 @@ impl Sandbox for QemuSandbox {
             netns: self.ns.as_ref().map(|n| n.name().to_owned()).unwrap_or_default(),
             guest_ip: ip,
             disk: self.disk,
+            volumes: self.volumes,
             provenance: self.provenance.clone(),
             image_digests: self.image_digests.clone(),
         };
@@ -1035,11 +1141,33 @@ impl Sandbox for QemuSandbox {
         // then `delete`, or `abort_checkpoint` if the commit failed. The RAM file
         // (x-ignore-shared left it out of the stream) and the disk join the snapshot by
         // rename; QEMU keeps its mappings and open files.
-        std::fs::rename(self.work_dir.join(MEMORY), dir.join(MEMORY))
-            .map_err(|e| BackendError::io("moving guest RAM", e))?;
-        if self.disk {
-            std::fs::rename(self.work_dir.join(DISK), dir.join(DISK))
-                .map_err(|e| BackendError::io("moving the disk", e))?;
+        for f in self.moving_files() {
+            std::fs::rename(self.work_dir.join(&f), dir.join(&f))
+                .map_err(|e| BackendError::io(format!("moving {f} into the snapshot"), e))?;
+        }
+        Ok(())
+    }
+
+    fn volumes_to_host(
+        &self,
+        volumes: &[ateom_core::Volume],
+        dir: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        let distinct = ateom_core::distinct_volumes(volumes);
+        if distinct.len() != self.volumes {
+            return Err(BackendError::failed(
+                "reading the volumes back",
+                format!(
+                    "the microVM has {} volume disk(s), the workload names {}",
+                    self.volumes,
+                    distinct.len()
+                ),
+            ));
+        }
+        let from = dir.unwrap_or(&self.work_dir);
+        for (i, v) in distinct.into_iter().enumerate() {
+            ateom_microvm::volumes::extract(&from.join(ateom_microvm::volumes::disk_name(i)), &v.host_dir)
+                .map_err(|e| BackendError::failed("reading a volume disk back", e.to_string()))?;
         }
         Ok(())
     }
@@ -1053,11 +1181,13 @@ impl Sandbox for QemuSandbox {
     }
 
     async fn abort_checkpoint(&mut self, dir: &Path) -> Result<bool, BackendError> {
+        let files = self.moving_files();
         let Some(p) = self.proc.as_mut() else { return Ok(false) };
         if p.exited().is_some() {
             return Ok(false);
         }
-        for f in [MEMORY, DISK] {
+        for f in files {
+            let f = f.as_str();
             if dir.join(f).exists() {
                 std::fs::rename(dir.join(f), self.work_dir.join(f))
                     .map_err(|e| BackendError::io(format!("moving {f} back to the VM"), e))?;

@@ -97,9 +97,17 @@ impl Runtime {
         debug!(backend_ms = frozen.elapsed().as_millis() as u64, "backend checkpoint done");
         faults::point("checkpoint-after-freeze");
         let partial_dir = pending.dir().to_owned();
-        // The durable directories live on the host: they join the snapshot while the workload
-        // is frozen.
-        if let Err(e) = crate::node_agent::capture_volumes(&volumes, &partial_dir) {
+        // The durable directories live on the host (a microVM's volume disks are read back into
+        // them first): they join the snapshot while the workload is frozen.
+        let captured_volumes = active
+            .sandbox
+            .volumes_to_host(&volumes, Some(&partial_dir))
+            .map_err(|e| RuntimeError::Io {
+                context: "reading the volumes back".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+            .and_then(|()| crate::node_agent::capture_volumes(&volumes, &partial_dir));
+        if let Err(e) = captured_volumes {
             let e = match e {
                 RuntimeError::Io { context, source } => ateom_snapshot::SnapshotError::Io { context, source },
                 other => ateom_snapshot::SnapshotError::Io {
@@ -250,6 +258,13 @@ impl Runtime {
     ) -> Result<Checkpointed, RuntimeError> {
         let mut intent = self.intent(&active, &id);
         intent.scope = ateom_core::Scope::Data;
+        // A microVM's volume disks are read back into the host directories first (its guest
+        // writes them synchronously). If that fails, the workload keeps running.
+        if let Err(e) = active.sandbox.volumes_to_host(&volumes, None) {
+            warn!(actor = %active.actor, error = %e, "reading the volumes back failed; the workload keeps running");
+            self.back_to_running(active, guard);
+            return Err(e.into());
+        }
         let Active { sandbox, work_dir, actor, .. } = *active;
         info!(%actor, snapshot = %id, volumes = volumes.len(), "checkpoint (DATA): stopping the workload, keeping its durable directories");
         if let Err(e) = sandbox.delete().await {

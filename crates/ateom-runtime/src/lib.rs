@@ -149,6 +149,12 @@ pub enum RuntimeError {
     },
     #[error("the push of snapshot {snapshot} was stopped by a delete of actor {actor}")]
     PushCancelled { snapshot: String, actor: String },
+    /// A DATA-on-golden restore named a golden snapshot that is not its template's.
+    #[error(
+        "golden snapshot {snapshot} is of {of}, not a golden snapshot of {actor}'s template ({allowed}); \
+         nothing was restored"
+    )]
+    WrongGolden { snapshot: String, of: String, actor: String, allowed: String },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error("{0}")]
@@ -523,10 +529,16 @@ impl Runtime {
     ) -> Result<Started, RuntimeError> {
         let service = spec.service().map(|(_, p)| p.clone());
         let dialer = sandbox.dialer();
-        if let (Some(probe), Some(dialer)) = (&service, &dialer) {
+        if let Some(dialer) = &dialer {
+            // Every container's probe, each within its own timeout (from now: the sandbox is
+            // up), all at once.
             let exited = || sandbox.exited();
-            if let Err(e) = probe::wait_ready(dialer.as_ref(), probe, self.opts.ready_timeout, &exited).await
-            {
+            let probes =
+                spec.containers.iter().filter_map(|c| c.readyz.as_ref()).map(|p| {
+                    probe::wait_ready(dialer.as_ref(), p, p.timeout(self.opts.ready_timeout), &exited)
+                });
+            let outcome = futures::future::try_join_all(probes).await;
+            if let Err(e) = outcome {
                 warn!(%actor, error = %e, "workload never became ready; tearing it down");
                 let e = self.keep_failure(&actor, &work_dir, "readiness", e.into());
                 if let Err(del) = sandbox.delete().await {
@@ -666,6 +678,9 @@ impl Runtime {
             None => self.find_snapshot(&req).await?,
         };
         self.check_restorable(&snap)?;
+        if req.golden.is_some() {
+            return self.restore_on_golden(guard, req, snap, pulled, start).await;
+        }
         let data_only = snap.manifest.scope == ateom_core::Scope::Data;
         if data_only && req.scope == ateom_core::Scope::Full {
             return Err(RuntimeError::Unsupported {
@@ -679,6 +694,97 @@ impl Runtime {
         if data_only || req.scope == ateom_core::Scope::Data {
             return self.restore_data(guard, req, snap, pulled, start).await;
         }
+        let spec =
+            if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
+        self.restore_full(guard, req, spec, snap, pulled, None, start).await
+    }
+
+    /// DATA on golden: the workload resumes from the template's golden snapshot (memory,
+    /// processes, root file system) with the actor's volumes from `data` (its own snapshot, of
+    /// either scope, already checked against this host) put back first. The golden snapshot is
+    /// pulled once into the shared cache; it must be a FULL snapshot of the actor's template
+    /// in an allowed namespace, fit this host, and is verified like any other.
+    async fn restore_on_golden(
+        &self,
+        guard: SlotGuard<'_>,
+        req: RestoreRequest,
+        data: LocalSnapshot,
+        pulled: Option<(u64, Duration)>,
+        start: Instant,
+    ) -> Result<Started, RuntimeError> {
+        let golden = req.golden.clone().expect("a golden restore");
+        if pulled.is_none() {
+            let s = data.clone();
+            tokio::task::spawn_blocking(move || s.verify())
+                .await
+                .map_err(task_failed("verifying snapshot"))??;
+        }
+        let golden_req = RestoreRequest {
+            uri_prefix: Some(golden.uri_prefix.clone()),
+            snapshot_id: None,
+            keep: Vec::new(),
+            node_agent: false,
+            golden: None,
+            ..req.clone()
+        };
+        let (gsnap, gpulled) = self.find_snapshot(&golden_req).await?;
+        let of = &gsnap.manifest.actor;
+        if of.template != req.actor.template || !golden.namespaces.contains(&of.namespace) {
+            return Err(RuntimeError::WrongGolden {
+                snapshot: gsnap.manifest.snapshot_id.to_string(),
+                of: of.to_string(),
+                actor: req.actor.to_string(),
+                allowed: golden
+                    .namespaces
+                    .iter()
+                    .map(|n| format!("{n}/{}", req.actor.template))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            });
+        }
+        if gsnap.manifest.scope != ateom_core::Scope::Full {
+            return Err(RuntimeError::Unsupported {
+                what: "a golden snapshot that holds only durable directories",
+                detail: format!(
+                    "golden snapshot {} at {} is a DATA snapshot; a golden snapshot must be FULL",
+                    gsnap.manifest.snapshot_id, golden.uri_prefix
+                ),
+            });
+        }
+        self.check_restorable(&gsnap)?;
+        let spec = if !req.spec.containers.is_empty() {
+            req.spec.clone()
+        } else if !data.manifest.workload.containers.is_empty() {
+            data.manifest.workload.clone()
+        } else {
+            gsnap.manifest.workload.clone()
+        };
+        info!(actor = %req.actor, golden = %gsnap.manifest.snapshot_id, data = %data.manifest.snapshot_id,
+            "restore (DATA on golden): the golden snapshot with the actor's volumes");
+        let pulled = match (pulled, gpulled) {
+            (None, None) => None,
+            (a, b) => {
+                let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+                Some((a.0 + b.0, a.1 + b.1))
+            }
+        };
+        self.restore_full(guard, req, spec, gsnap, pulled, Some(&data), start).await
+    }
+
+    /// Restores `snap` (a FULL snapshot) into a fresh sandbox running `spec`, with the
+    /// durable-directory volumes put back first from `volumes_from` (already verified) or, by
+    /// default, from `snap` itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_full(
+        &self,
+        guard: SlotGuard<'_>,
+        req: RestoreRequest,
+        spec: WorkloadSpec,
+        snap: LocalSnapshot,
+        pulled: Option<(u64, Duration)>,
+        volumes_from: Option<&LocalSnapshot>,
+        start: Instant,
+    ) -> Result<Started, RuntimeError> {
         faults::point("restore-before-sandbox");
         // A pulled snapshot was verified chunk by chunk on arrival. A local one is verified
         // while the backend prepares (namespaces, processes); the backend reads no file of it
@@ -701,12 +807,12 @@ impl Runtime {
             });
             (verification, Some(task))
         };
-        let spec =
-            if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths, req.resources)?;
         let work_dir = ctx.work_dir.clone();
         // The volumes the snapshot captured go back before the sandbox sees them.
-        if !ctx.volumes.is_empty() {
+        if let Some(from) = volumes_from {
+            node_agent::restore_volumes(&from.dir, &ctx.volumes)?;
+        } else if !ctx.volumes.is_empty() {
             if let Some(task) = &verifying
                 && !task.is_finished()
             {
@@ -716,7 +822,8 @@ impl Runtime {
         }
         info!(actor = %req.actor, snapshot = %snap.manifest.snapshot_id, "restore: starting sandbox");
         let backend_start = Instant::now();
-        let input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
+        let mut input = SnapshotInput::new(&snap.dir, &snap.manifest, &verification);
+        input.foreign_volumes = volumes_from.is_some();
         let restored = self.backend.restore(ctx, input).await;
         // The verification's own verdict comes first: a damaged snapshot is reported as
         // such, whatever the backend made of it.

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ateom_core::{ActorRef, Artifact, SnapshotId, SnapshotManifest, Volume, WorkloadSpec, volume_name};
+use ateom_core::{ActorRef, Artifact, SnapshotId, SnapshotManifest, Volume, WorkloadSpec};
 use ateom_snapshot::{LocalSnapshot, LocalSnapshots};
 use tracing::{info, warn};
 
@@ -43,14 +43,19 @@ pub fn volumes_for(actor_dir: &Path, spec: &WorkloadSpec) -> Result<Vec<Volume>,
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     for c in &spec.containers {
-        for path in &c.durable_dirs {
-            let host_dir = actor_dir.join("durable-dir").join(volume_name(path));
+        for d in &c.durable_dirs {
+            let host_dir = actor_dir.join("durable-dir").join(&d.volume);
             if !host_dir.is_dir() {
                 std::fs::create_dir_all(&host_dir).map_err(io(format!("creating {}", host_dir.display())))?;
                 std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o777))
                     .map_err(io(format!("opening {} to the workload", host_dir.display())))?;
             }
-            out.push(Volume { container: c.name.to_string(), mount_path: path.clone(), host_dir });
+            out.push(Volume {
+                name: d.volume.clone(),
+                container: c.name.to_string(),
+                mount_path: d.mount_path.clone(),
+                host_dir,
+            });
         }
     }
     Ok(out)
@@ -59,9 +64,8 @@ pub fn volumes_for(actor_dir: &Path, spec: &WorkloadSpec) -> Result<Vec<Volume>,
 /// Copies every volume into `<snapshot dir>/durable/<volume>/` (the workload is frozen).
 pub fn capture_volumes(volumes: &[Volume], snapshot_dir: &Path) -> Result<u64, RuntimeError> {
     let mut bytes = 0;
-    for v in volumes {
-        let name = volume_name(&v.mount_path);
-        let to = snapshot_dir.join(DURABLE_DIR).join(&name);
+    for v in ateom_core::distinct_volumes(volumes) {
+        let to = snapshot_dir.join(DURABLE_DIR).join(&v.name);
         bytes += ateom_snapshot::copy_tree(&v.host_dir, &to).map_err(io(format!(
             "capturing volume {} ({})",
             v.mount_path,
@@ -74,8 +78,8 @@ pub fn capture_volumes(volumes: &[Volume], snapshot_dir: &Path) -> Result<u64, R
 /// Puts the volumes a snapshot captured back into their host directories (replacing what
 /// is there). Volumes the snapshot does not hold are left as they are.
 pub fn restore_volumes(snapshot_dir: &Path, volumes: &[Volume]) -> Result<(), RuntimeError> {
-    for v in volumes {
-        let from = snapshot_dir.join(DURABLE_DIR).join(volume_name(&v.mount_path));
+    for v in ateom_core::distinct_volumes(volumes) {
+        let from = snapshot_dir.join(DURABLE_DIR).join(&v.name);
         if from.is_dir() {
             ateom_snapshot::replace_tree(&from, &v.host_dir).map_err(io(format!(
                 "restoring volume {} into {}",

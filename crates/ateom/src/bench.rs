@@ -205,7 +205,7 @@ impl Baseline {
 
     async fn first_answer(gw: &Netns) -> Result<()> {
         let dialer: Arc<dyn Dialer> = Arc::new(NetnsDialer::new(gw, IpAddr::V4(SB_IP))?);
-        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080, timeout_seconds: None };
         ateom_runtime::probe::wait_ready(dialer.as_ref(), &probe, Duration::from_secs(30), &|| None).await?;
         Ok(())
     }
@@ -496,7 +496,7 @@ pub async fn qemu(h: &mut Harness, worker: &WorkerArgs, iterations: u32) -> Resu
         network: Some(ateom_microvm::default_network()),
         ..Default::default()
     };
-    let args = ateom_qemu::qemu_args(&accel, &cpu, &cfg, &kernel, &cmdline, true);
+    let args = ateom_qemu::qemu_args(&accel, &cpu, &cfg, &kernel, &cmdline, true, 0);
     let binary =
         crate::backends::find_on_path("qemu-system-x86_64").ok_or_else(|| anyhow::anyhow!("no qemu"))?;
     let direct = DirectQemu { binary, args, prefix: format!("ateom-bq{}-", std::process::id()) };
@@ -606,7 +606,7 @@ impl DirectQemu {
     /// boot -> ready, checkpoint, restore -> first answer; (ms, ms, ms, snapshot bytes).
     async fn cycle(&self, base_disk: &Path, dir: &Path) -> Result<[f64; 4]> {
         use ateom_qemu::qmp::Qmp;
-        let probe = HttpProbe { path: "/readyz".into(), port: 8080 };
+        let probe = HttpProbe { path: "/readyz".into(), port: 8080, timeout_seconds: None };
         let caps = json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]});
         let snap = dir.join("snap");
         std::fs::create_dir_all(&snap)?;

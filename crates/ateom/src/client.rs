@@ -68,6 +68,7 @@ impl ContainerArgs {
                 name: self.container.clone(),
                 readyz: self.port.map(|port| pb::Readyz {
                     http_get: Some(pb::HttpGetAction { path: self.readyz_path.clone(), port }),
+                    timeout_seconds: 0,
                 }),
                 durable_dir_volumes: vec![],
                 image: self.image.clone().unwrap_or_default(),

@@ -157,6 +157,7 @@ pub fn counter_spec(image: &str) -> pb::WorkloadSpec {
             name: "counter".into(),
             readyz: Some(pb::Readyz {
                 http_get: Some(pb::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+                timeout_seconds: 0,
             }),
             image: image.to_owned(),
             ..Default::default()

@@ -189,6 +189,7 @@ async fn crafted_grpc_requests_are_refused_and_the_worker_survives() {
     let mut r = base();
     r.spec.as_mut().unwrap().containers[0].readyz = Some(ateom_proto::Readyz {
         http_get: Some(ateom_proto::HttpGetAction { path: huge.clone(), port: 70000 }),
+        timeout_seconds: 0,
     });
     cases.push(("bad_probe", r));
     for (name, req) in cases {
@@ -358,5 +359,128 @@ async fn crafted_snapshots_are_refused_before_any_sandbox_exists() {
     }
     report.crash("worker_alive_after_crafted_snapshots", &w);
     let _ = c.delete_workload(delete_req("s1")).await;
+    report.finish();
+}
+
+/// Substrate's renumbered layout: crafted durable-dir volume names and golden-snapshot URIs,
+/// and a golden snapshot of another template, are refused before any sandbox exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn crafted_v2_volumes_and_golden_snapshots_are_refused() {
+    use ateom_proto::substrate::v2;
+    require_gvisor!();
+    let mut report = Report::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let state = tmp.path().join("state");
+    let env = [("COUNTER_DIR", "/data")];
+    agent_bundle_for(tmp.path(), &state, "team-a:counter:a1", "counter", &image, &env);
+    agent_bundle_for(tmp.path(), &state, "team-a:other:g1", "counter", &image, &env);
+    let w = Worker::start(&state, &["--wire", "substrate-v2"]);
+    let mut c = v2::AteomClient::new(ateom_grpc::channel_unix(&w.socket).await.unwrap());
+    let spec = |volume: &str, path: &str| v2::WorkloadSpec {
+        containers: vec![v2::Container {
+            name: "counter".into(),
+            readyz: Some(v2::Readyz {
+                http_get: Some(v2::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+                timeout_seconds: 30,
+            }),
+            durable_dir_volume_mounts: vec![v2::DurableDirVolumeMount {
+                volume_name: volume.into(),
+                mount_path: path.into(),
+            }],
+            ..Default::default()
+        }],
+    };
+    let run = |template: &str, id: &str, s: v2::WorkloadSpec| v2::RunWorkloadRequest {
+        atespace: "team-a".into(),
+        actor_uid: id.into(),
+        actor_template_name: template.into(),
+        spec: Some(s),
+        ..Default::default()
+    };
+    for (name, volume, path) in [
+        ("v2_volume_name_dotdot", "..", "/data"),
+        ("v2_volume_name_traversal", "../../../etc", "/data"),
+        ("v2_volume_name_with_slash", "a/b", "/data"),
+        ("v2_volume_name_absolute", "/etc", "/data"),
+        ("v2_volume_name_empty", "", "/data"),
+        ("v2_volume_name_with_nul", "a\0b", "/data"),
+        ("v2_volume_mount_path_traversal", "data", "/data/../../etc"),
+        ("v2_volume_mount_path_relative", "data", "data"),
+    ] {
+        let e = c.run_workload(run("counter", "a1", spec(volume, path))).await;
+        let ok = e.as_ref().is_err_and(|s| s.code() == Code::InvalidArgument);
+        let detail = match &e {
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+            Ok(_) => "accepted".into(),
+        };
+        report.case(name, ok, true, &detail);
+        if e.is_ok() {
+            let _ = c
+                .terminate_workload(v2::TerminateWorkloadRequest {
+                    atespace: "team-a".into(),
+                    actor_uid: "a1".into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+    // No refused request created any directory: not under the actor's durable-dir/, not
+    // next to it, not where '..' would have led.
+    let durable = state.join("actors/team-a:counter:a1/durable-dir");
+    let created: Vec<String> = std::fs::read_dir(&durable)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let escaped = !created.is_empty()
+        || ["actors/etc", "etc", "actors/team-a:counter:a1/etc"].iter().any(|p| state.join(p).exists())
+        || tmp.path().join("etc").exists();
+    report.case("nothing_created_outside_the_actor_directory", !escaped, true, &format!("{created:?}"));
+
+    // A golden snapshot of another template, and an actor's DATA snapshot to put on it.
+    let bucket = tmp.path().join("bucket");
+    let other_golden = format!("file://{}/templates/other/golden", bucket.display());
+    c.run_workload(run("other", "g1", spec("workspace", "/data"))).await.expect("golden of 'other'");
+    let ck = |template: &str, id: &str, uri: &str, scope: v2::SnapshotScope| v2::CheckpointWorkloadRequest {
+        atespace: "team-a".into(),
+        actor_uid: id.into(),
+        actor_template_name: template.into(),
+        snapshot_uri: uri.into(),
+        scope: scope as i32,
+        ..Default::default()
+    };
+    c.checkpoint_workload(ck("other", "g1", &other_golden, v2::SnapshotScope::Full)).await.expect("golden");
+    c.run_workload(run("counter", "a1", spec("workspace", "/data"))).await.expect("actor");
+    c.checkpoint_workload(ck("counter", "a1", "", v2::SnapshotScope::Data)).await.expect("DATA, local");
+    let restore = |golden: &str| v2::RestoreWorkloadRequest {
+        atespace: "team-a".into(),
+        actor_uid: "a1".into(),
+        actor_template_name: "counter".into(),
+        actor_template_atespace: "team-a".into(),
+        spec: Some(spec("workspace", "/data")),
+        scope: v2::SnapshotScope::DataOnGolden as i32,
+        golden_snapshot_uri: golden.into(),
+        ..Default::default()
+    };
+    for (name, golden, codes, escape) in [
+        ("golden_of_another_template", other_golden.as_str(), &[Code::FailedPrecondition][..], true),
+        ("golden_uri_foreign_scheme", "http://169.254.169.254/latest", &[Code::InvalidArgument][..], false),
+        ("golden_uri_traversal", "file:///var/lib/../../etc", &[Code::InvalidArgument][..], true),
+        ("golden_uri_relative", "file://etc/passwd", &[Code::InvalidArgument][..], true),
+        ("golden_uri_at_a_host_directory", "file:///etc", &[Code::NotFound, Code::DataLoss][..], true),
+    ] {
+        let e = c.restore_workload(restore(golden)).await;
+        let ok = e.as_ref().is_err_and(|s| codes.contains(&s.code()))
+            && w.runsc_processes().is_empty()
+            && w.namespaces().is_empty();
+        let detail = match &e {
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+            Ok(_) => "restored".into(),
+        };
+        report.case(name, ok, escape, &detail);
+        if e.is_ok() {
+            let _ = c.checkpoint_workload(ck("counter", "a1", "", v2::SnapshotScope::Data)).await;
+        }
+    }
+    report.crash("worker_alive_after_crafted_v2_requests", &w);
     report.finish();
 }

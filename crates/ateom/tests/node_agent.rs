@@ -29,6 +29,7 @@ fn spec(volumes: &[&str]) -> ateom_proto::WorkloadSpec {
             name: "counter".into(),
             readyz: Some(ateom_proto::Readyz {
                 http_get: Some(ateom_proto::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+                timeout_seconds: 0,
             }),
             durable_dir_volumes: volumes.iter().map(|s| (*s).to_owned()).collect(),
             ..Default::default()

@@ -372,3 +372,63 @@ fn the_guest_kernel_build_is_cached() {
             || k.to_string_lossy().contains("/ateom/kernel/")
     );
 }
+
+/// A durable directory on a QEMU microVM: its own ext4 disk, mounted by ateom-init at its
+/// path; read back into the host's `durable-dir/<volume>/` and captured by FULL (with the disk
+/// itself, next to the guest's RAM) and DATA checkpoints; put back by restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_durable_directory_on_a_qemu_microvm_is_captured_and_restored() {
+    let kernel = require_qemu!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let w = http_worker(tmp.path(), "node-a", &kernel);
+    let mut c = w.client().await;
+    let mut req = run_req("v1", &image);
+    let container = &mut req.spec.as_mut().unwrap().containers[0];
+    container.env.insert("COUNTER_DIR".into(), "/data".into());
+    container.durable_dir_volumes = vec!["/data".into()];
+    let spec = req.spec.clone();
+    let run = c.run_workload(req).await.expect("boot with a volume").into_inner();
+    let mut sha = String::new();
+    for i in 1..=3 {
+        let n = hit(&run.host_endpoint).await;
+        assert_eq!((n.memory, n.file), (i, i));
+        sha = n.sha;
+    }
+    let host_dir = w.state_dir.join("actors/test:counter:v1/durable-dir/data");
+
+    // FULL: RAM + root disk + the volume's disk, and its files.
+    let ck = c.checkpoint_workload(checkpoint_req("v1")).await.expect("FULL checkpoint").into_inner();
+    let names: Vec<&str> = ck.manifest.as_ref().unwrap().artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"volume-0.ext4") && names.contains(&"durable/data/count"), "{names:?}");
+    assert_eq!(std::fs::read_to_string(host_dir.join("count")).unwrap(), "3", "read back into the host");
+    // The host directory changes behind the worker's back: the snapshot's volume wins.
+    std::fs::write(host_dir.join("count"), "100").unwrap();
+    let r = c.restore_workload(restore_req("v1")).await.expect("FULL restore").into_inner();
+    let n = hit(&r.host_endpoint).await;
+    assert_eq!((n.memory, n.file, n.sha.as_str()), (4, 4, sha.as_str()), "memory and the volume continued");
+
+    // DATA: only the volume; a DATA restore boots fresh with it.
+    let mut ck = checkpoint_req("v1");
+    ck.scope = ateom_proto::SnapshotScope::Data as i32;
+    let ck = c.checkpoint_workload(ck).await.expect("DATA checkpoint").into_inner();
+    let names: Vec<&str> = ck.manifest.as_ref().unwrap().artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.iter().all(|n| n.starts_with("durable/data/")), "{names:?}");
+    assert_eq!(std::fs::read_to_string(host_dir.join("count")).unwrap(), "4");
+    assert_eq!(qemu_processes(&w), 0);
+    std::fs::remove_dir_all(&host_dir).unwrap();
+    let mut rq = restore_req("v1");
+    rq.scope = ateom_proto::SnapshotScope::Data as i32;
+    rq.spec = spec;
+    let r = c.restore_workload(rq).await.expect("DATA restore").into_inner();
+    let n = hit(&r.host_endpoint).await;
+    assert_eq!((n.memory, n.file, n.sha.as_str()), (1, 5, sha.as_str()), "a fresh boot with the volume");
+    let del = ateom_proto::DeleteWorkloadRequest {
+        actor_template_namespace: "test".into(),
+        actor_template_name: "counter".into(),
+        actor_id: "v1".into(),
+        keep_snapshots: false,
+    };
+    c.delete_workload(del).await.unwrap();
+    assert_eq!(qemu_processes(&w), 0);
+}

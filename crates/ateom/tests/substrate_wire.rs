@@ -295,15 +295,16 @@ async fn a_substrate_v2_client_drives_a_v2_worker() {
     c.terminate_workload(v2_terminate(false)).await.expect("terminate without the template");
     assert_eq!(caps(&w).await.state, "idle");
 
-    // Golden-snapshot restores are not there yet: refused, naming the field.
+    // A golden URI without DATA_ON_GOLDEN, and DATA_ON_GOLDEN without one: refused, naming it.
     let mut golden = v2_restore(&uri);
     golden.scope = v2::SnapshotScope::DataOnGolden as i32;
-    let err = c.restore_workload(golden.clone()).await.expect_err("DATA_ON_GOLDEN");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("SNAPSHOT_SCOPE_DATA_ON_GOLDEN"), "{err:?}");
-    golden.golden_snapshot_uri = format!("file://{}/bucket/golden", tmp.path().display());
-    let err = c.restore_workload(golden).await.expect_err("golden_snapshot_uri");
-    assert_eq!(err.code(), Code::Unimplemented);
+    let err = c.restore_workload(golden.clone()).await.expect_err("DATA_ON_GOLDEN without a golden URI");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("golden_snapshot_uri"), "{err:?}");
+    let mut full = v2_restore(&uri);
+    full.golden_snapshot_uri = format!("file://{}/bucket/golden", tmp.path().display());
+    let err = c.restore_workload(full).await.expect_err("golden_snapshot_uri with FULL");
+    assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("golden_snapshot_uri"), "{err:?}");
     assert_eq!(caps(&w).await.state, "idle");
 }
@@ -419,4 +420,225 @@ async fn a_client_of_the_other_layout_is_refused_and_changes_nothing() {
         "the running actor was not checkpointed or restarted"
     );
     v2c.terminate_workload(v2_terminate(true)).await.expect("the v2 client still works");
+}
+
+// --- v2: each probe's own timeout, named durable-dir volumes ----------------------------------
+
+/// The counter keeps its file counter (and `random.bin`) in COUNTER_DIR: the durable directory.
+const COUNTER_ENV: [(&str, &str); 1] = [("COUNTER_DIR", "/data")];
+
+fn v2_spec_with(volume: &str, port: i32, timeout_seconds: i32) -> v2::WorkloadSpec {
+    v2::WorkloadSpec {
+        containers: vec![v2::Container {
+            name: "counter".into(),
+            readyz: Some(v2::Readyz {
+                http_get: Some(v2::HttpGetAction { path: "/readyz".into(), port }),
+                timeout_seconds,
+            }),
+            durable_dir_volume_mounts: vec![v2::DurableDirVolumeMount {
+                volume_name: volume.into(),
+                mount_path: "/data".into(),
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A readiness probe that never passes fails after *its* `timeout_seconds`, not after the
+/// worker's (much longer) --ready-timeout, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v2_probe_fails_after_its_own_timeout_not_the_workers() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    agent_bundle(tmp.path(), &state, &format!("team-a:counter:{UID}"));
+    let w = Worker::start(&state, &["--wire", "substrate-v2", "--ready-timeout", "600s"]);
+    let mut c = v2::AteomClient::new(channel(&w).await);
+    // Nothing listens on 9999 inside the sandbox.
+    let run = v2::RunWorkloadRequest { spec: Some(v2_spec_with("workspace", 9999, 2)), ..v2_run() };
+    let err = c.run_workload(run).await.expect_err("the probe never passes");
+    eprintln!("{:?}: {}", err.code(), err.message());
+    let waited_ms: u64 = err
+        .message()
+        .split("within ")
+        .nth(1)
+        .and_then(|s| s.split(" ms").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the error names how long it waited: {}", err.message()));
+    assert!(err.message().contains("port 9999"), "{}", err.message());
+    assert!(
+        (2000..60_000).contains(&waited_ms),
+        "waited {waited_ms} ms: the probe's 2 s, not the worker's 600 s"
+    );
+    assert_eq!(caps(&w).await.state, "idle");
+    assert!(w.runsc_processes().is_empty() && w.namespaces().is_empty());
+    // timeout_seconds 0 is the worker's default: the same workload on its real port runs.
+    let run = v2::RunWorkloadRequest { spec: Some(v2_spec_with("workspace", 8080, 0)), ..v2_run() };
+    let r = c.run_workload(run).await.expect("run with the worker's timeout").into_inner();
+    assert_eq!(hit(&r.host_endpoint).await.memory, 1);
+    c.terminate_workload(v2_terminate(true)).await.unwrap();
+}
+
+/// v2's durable-dir volume is `<actorDir>/durable-dir/<volume_name>/`, named by the request
+/// (not derived from the mount path), captured under that name and put back under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn v2_durable_dirs_live_under_their_volume_names() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let key = format!("team-a:counter:{UID}");
+    let (state_a, state_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    agent_bundle_for(tmp.path(), &state_a, &key, "counter", &image, &COUNTER_ENV);
+    let a = Worker::start(&state_a, &["--wire", "substrate-v2"]);
+    let mut ca = v2::AteomClient::new(channel(&a).await);
+    let spec = v2_spec_with("workspace", 8080, 30);
+    let run = ca
+        .run_workload(v2::RunWorkloadRequest { spec: Some(spec.clone()), ..v2_run() })
+        .await
+        .expect("run")
+        .into_inner();
+    let mut last = None;
+    for i in 1..=3 {
+        let n = hit(&run.host_endpoint).await;
+        assert_eq!((n.memory, n.file), (i, i));
+        last = Some(n);
+    }
+    let actor_dir = state_a.join("actors").join(&key);
+    assert_eq!(std::fs::read_to_string(actor_dir.join("durable-dir/workspace/count")).unwrap(), "3");
+    assert!(!actor_dir.join("durable-dir/data").exists(), "not named after the mount path");
+
+    let uri = format!("file://{}/bucket/actors/{UID}", tmp.path().display());
+    let ck = ca
+        .checkpoint_workload(v2::CheckpointWorkloadRequest {
+            spec: Some(spec.clone()),
+            scope: v2::SnapshotScope::Data as i32,
+            ..v2_checkpoint(&uri)
+        })
+        .await
+        .expect("DATA checkpoint")
+        .into_inner();
+    assert!(
+        ck.snapshot_files.iter().any(|f| f.ends_with("durable/workspace/count")),
+        "{:?}",
+        ck.snapshot_files
+    );
+    drop(a);
+
+    // A fresh worker: the node agent prepared the bundle; the volume comes from the store.
+    agent_bundle_for(tmp.path(), &state_b, &key, "counter", &image, &COUNTER_ENV);
+    let b = Worker::start(&state_b, &["--wire", "substrate-v2"]);
+    let mut cb = v2::AteomClient::new(channel(&b).await);
+    let r = cb
+        .restore_workload(v2::RestoreWorkloadRequest {
+            spec: Some(spec),
+            scope: v2::SnapshotScope::Data as i32,
+            ..v2_restore(&uri)
+        })
+        .await
+        .expect("DATA restore")
+        .into_inner();
+    let n = hit(&r.host_endpoint).await;
+    assert_eq!((n.memory, n.file), (1, 4), "a fresh start with the volume put back");
+    assert_eq!(n.sha, last.unwrap().sha, "the volume's random.bin came back");
+    assert!(state_b.join("actors").join(&key).join("durable-dir/workspace/count").is_file());
+    cb.terminate_workload(v2_terminate(true)).await.unwrap();
+}
+
+// --- v2: DATA on golden ----------------------------------------------------------------------
+
+const GOLDEN_UID: &str = "golden-1";
+
+fn with_uid<T>(uid: &str, mut r: T, set: impl FnOnce(&mut T, String)) -> T {
+    set(&mut r, uid.to_owned());
+    r
+}
+
+/// Plays substrate's golden flow: a template's golden actor runs and is checkpointed FULL to
+/// the golden URI; an actor of that template runs, writes to its durable directory and is
+/// checkpointed DATA; on a fresh worker a DATA_ON_GOLDEN restore resumes the golden memory
+/// state with the actor's durable files.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_on_golden_resumes_the_golden_memory_with_the_actors_durable_files() {
+    require_gvisor!();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = counter_image(tmp.path());
+    let (state_a, state_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let golden_key = format!("team-a:counter:{GOLDEN_UID}");
+    let key = format!("team-a:counter:{UID}");
+    agent_bundle_for(tmp.path(), &state_a, &golden_key, "counter", &image, &COUNTER_ENV);
+    agent_bundle_for(tmp.path(), &state_a, &key, "counter", &image, &COUNTER_ENV);
+    let a = Worker::start(&state_a, &["--wire", "substrate-v2"]);
+    let mut ca = v2::AteomClient::new(channel(&a).await);
+    let spec = v2_spec_with("workspace", 8080, 30);
+    let bucket = tmp.path().join("bucket");
+    let golden_uri = format!("file://{}/templates/counter/golden", bucket.display());
+    let actor_uri = format!("file://{}/atespaces/team-a/actors/{UID}/snapshots", bucket.display());
+
+    // The golden actor: memory 3, its own durable directory at 3.
+    let run = v2::RunWorkloadRequest { spec: Some(spec.clone()), ..v2_run() };
+    let run = with_uid(GOLDEN_UID, run, |r, u| r.actor_uid = u);
+    let g = ca.run_workload(run).await.expect("golden run").into_inner();
+    let mut golden_sha = String::new();
+    for i in 1..=3 {
+        let n = hit(&g.host_endpoint).await;
+        assert_eq!((n.memory, n.file), (i, i));
+        golden_sha = n.sha;
+    }
+    let ck = v2::CheckpointWorkloadRequest {
+        spec: Some(spec.clone()),
+        scope: v2::SnapshotScope::Full as i32,
+        ..v2_checkpoint(&golden_uri)
+    };
+    let ck = with_uid(GOLDEN_UID, ck, |r, u| r.actor_uid = u);
+    ca.checkpoint_workload(ck).await.expect("golden FULL checkpoint");
+
+    // The actor: memory 5, its durable directory at 5 with its own random.bin.
+    let r = ca
+        .run_workload(v2::RunWorkloadRequest { spec: Some(spec.clone()), ..v2_run() })
+        .await
+        .expect("actor run")
+        .into_inner();
+    let mut actor_sha = String::new();
+    for i in 1..=5 {
+        let n = hit(&r.host_endpoint).await;
+        assert_eq!((n.memory, n.file), (i, i));
+        actor_sha = n.sha;
+    }
+    assert_ne!(actor_sha, golden_sha, "each durable directory has its own random.bin");
+    ca.checkpoint_workload(v2::CheckpointWorkloadRequest {
+        spec: Some(spec.clone()),
+        scope: v2::SnapshotScope::Data as i32,
+        ..v2_checkpoint(&actor_uri)
+    })
+    .await
+    .expect("actor DATA checkpoint");
+    drop(a);
+
+    // A fresh worker that never saw either.
+    agent_bundle_for(tmp.path(), &state_b, &key, "counter", &image, &COUNTER_ENV);
+    let b = Worker::start(&state_b, &["--wire", "substrate-v2"]);
+    let mut cb = v2::AteomClient::new(channel(&b).await);
+    let on_golden = |golden: &str| v2::RestoreWorkloadRequest {
+        spec: Some(spec.clone()),
+        scope: v2::SnapshotScope::DataOnGolden as i32,
+        golden_snapshot_uri: golden.to_owned(),
+        ..v2_restore(&actor_uri)
+    };
+    // The actor's own DATA snapshot is no golden snapshot: refused before any sandbox.
+    let err = cb.restore_workload(on_golden(&actor_uri)).await.expect_err("a DATA snapshot as golden");
+    assert!(err.message().contains("must be FULL"), "{err:?}");
+    assert!(b.runsc_processes().is_empty() && b.namespaces().is_empty());
+
+    let r = cb.restore_workload(on_golden(&golden_uri)).await.expect("DATA_ON_GOLDEN restore").into_inner();
+    assert!(r.pulled_bytes > 0, "both snapshots came from the store: {r:?}");
+    let n = hit(&r.host_endpoint).await;
+    assert_eq!(n.memory, 4, "the golden memory state continued");
+    assert_eq!(n.file, 6, "the actor's durable files, not the golden actor's");
+    assert_eq!(n.sha, actor_sha, "the actor's random.bin");
+    let info = caps(&b).await;
+    assert_eq!(info.running_actor, format!("team-a/counter/{UID}"));
+    // The golden snapshot sits in the shared cache, not in the actor's snapshots.
+    assert!(state_b.join(format!("cache/pulled/team-a:counter:{GOLDEN_UID}")).is_dir());
+    cb.terminate_workload(v2_terminate(true)).await.unwrap();
+    assert!(b.runsc_processes().is_empty() && b.namespaces().is_empty());
 }

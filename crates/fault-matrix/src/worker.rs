@@ -246,6 +246,7 @@ fn spec(backend: Backend, image: &str) -> pb::WorkloadSpec {
             name: "counter".into(),
             readyz: Some(pb::Readyz {
                 http_get: Some(pb::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+                timeout_seconds: 0,
             }),
             image: image.into(),
             ..Default::default()

@@ -3,7 +3,10 @@ use super::*;
 fn container(name: &str) -> pb::Container {
     pb::Container {
         name: name.into(),
-        readyz: Some(pb::Readyz { http_get: Some(pb::HttpGetAction { path: String::new(), port: 8080 }) }),
+        readyz: Some(pb::Readyz {
+            http_get: Some(pb::HttpGetAction { path: String::new(), port: 8080 }),
+            timeout_seconds: 0,
+        }),
         image: "oci-layout:/images/counter:latest".into(),
         ..Default::default()
     }
@@ -56,7 +59,7 @@ fn every_malformed_field_is_named() {
     assert_eq!(field_of(r), "spec.containers[0].readyz.http_get.port");
 
     let mut r = run();
-    r.spec.as_mut().unwrap().containers[0].readyz = Some(pb::Readyz { http_get: None });
+    r.spec.as_mut().unwrap().containers[0].readyz = Some(pb::Readyz { http_get: None, timeout_seconds: 0 });
     assert_eq!(field_of(r), "spec.containers[0].readyz.http_get");
 
     let mut r = run();
@@ -174,4 +177,30 @@ fn restore_accepts_an_empty_spec_and_checks_the_snapshot_id() {
     let mut bad = r.clone();
     bad.snapshot_id = "../x".into();
     assert_eq!(restore_request(&bad).unwrap_err().field, "snapshot_id");
+}
+
+#[test]
+fn durable_dirs_are_named_after_their_paths_and_never_collide() {
+    let mut r = run();
+    r.spec.as_mut().unwrap().containers[0].durable_dir_volumes = vec!["/data".into(), "/var/lib/app".into()];
+    let req = run_request(&r).unwrap();
+    let dirs: Vec<(&str, &str)> = req.spec.containers[0]
+        .durable_dirs
+        .iter()
+        .map(|d| (d.volume.as_str(), d.mount_path.as_str()))
+        .collect();
+    assert_eq!(dirs, [("data", "/data"), ("var-lib-app", "/var/lib/app")]);
+    // Two paths that would share one host directory.
+    r.spec.as_mut().unwrap().containers[0].durable_dir_volumes = vec!["/a-b".into(), "/a/b".into()];
+    assert_eq!(field_of(r.clone()), "spec.containers[0].durable_dir_volumes");
+    for bad in ["/", "/.", "relative", "/x/../y", "/a\nb"] {
+        r.spec.as_mut().unwrap().containers[0].durable_dir_volumes = vec![bad.into()];
+        assert_eq!(field_of(r.clone()), "spec.containers[0].durable_dir_volumes[0]", "{bad:?}");
+    }
+    // Readiness timeouts.
+    let mut r = run();
+    r.spec.as_mut().unwrap().containers[0].readyz.as_mut().unwrap().timeout_seconds = 5;
+    assert_eq!(run_request(&r).unwrap().spec.containers[0].readyz.as_ref().unwrap().timeout_seconds, Some(5));
+    r.spec.as_mut().unwrap().containers[0].readyz.as_mut().unwrap().timeout_seconds = -5;
+    assert_eq!(field_of(r), "spec.containers[0].readyz.timeout_seconds");
 }

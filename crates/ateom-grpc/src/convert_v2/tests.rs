@@ -82,6 +82,7 @@ fn a_run_maps_onto_the_same_domain_request_as_the_default_layout() {
                 name: "main".into(),
                 readyz: Some(ateom_proto::Readyz {
                     http_get: Some(ateom_proto::HttpGetAction { path: String::new(), port: 8080 }),
+                    timeout_seconds: 30,
                 }),
                 ..Default::default()
             }],
@@ -171,12 +172,49 @@ fn malformed_fields_are_named_as_this_layout_names_them() {
 }
 
 #[test]
-fn durable_dir_mounts_are_the_containers_durable_dirs() {
+fn durable_dir_mounts_keep_their_volume_names() {
+    let mut r = run();
+    r.spec.as_mut().unwrap().containers[0].durable_dir_volume_mounts = vec![
+        pb::DurableDirVolumeMount { volume_name: "workspace".into(), mount_path: "/data".into() },
+        pb::DurableDirVolumeMount { volume_name: "cache".into(), mount_path: "/var/cache/app".into() },
+    ];
+    let (req, _) = run_request(&r).unwrap();
+    let dirs: Vec<(&str, &str)> = req.spec.containers[0]
+        .durable_dirs
+        .iter()
+        .map(|d| (d.volume.as_str(), d.mount_path.as_str()))
+        .collect();
+    assert_eq!(dirs, [("workspace", "/data"), ("cache", "/var/cache/app")]);
+}
+
+#[test]
+fn hostile_volume_names_and_timeouts_are_refused_naming_the_field() {
+    let at = "spec.containers[0].durable_dir_volume_mounts[0].volume_name";
+    for bad in ["", ".", "..", "a/b", "../etc", "/abs", "x\0y", "line\nbreak"] {
+        let mut r = run();
+        r.spec.as_mut().unwrap().containers[0].durable_dir_volume_mounts =
+            vec![pb::DurableDirVolumeMount { volume_name: bad.into(), mount_path: "/data".into() }];
+        assert_eq!(invalid_field(run_request(&r)), at, "{bad:?}");
+    }
+    let long = "v".repeat(129);
     let mut r = run();
     r.spec.as_mut().unwrap().containers[0].durable_dir_volume_mounts =
-        vec![pb::DurableDirVolumeMount { volume_name: "data".into(), mount_path: "/data".into() }];
-    let (req, _) = run_request(&r).unwrap();
-    assert_eq!(req.spec.containers[0].durable_dirs, ["/data"]);
+        vec![pb::DurableDirVolumeMount { volume_name: long, mount_path: "/data".into() }];
+    assert_eq!(invalid_field(run_request(&r)), at);
+    // The same path twice in one container.
+    let mut r = run();
+    r.spec.as_mut().unwrap().containers[0].durable_dir_volume_mounts = vec![
+        pb::DurableDirVolumeMount { volume_name: "a".into(), mount_path: "/data".into() },
+        pb::DurableDirVolumeMount { volume_name: "b".into(), mount_path: "/data".into() },
+    ];
+    assert_eq!(invalid_field(run_request(&r)), "spec.containers[0].durable_dir_volume_mounts[1].mount_path");
+    for bad in [-1, i32::MIN, 86_401, i32::MAX] {
+        let mut r = run();
+        r.spec.as_mut().unwrap().containers[0].readyz.as_mut().unwrap().timeout_seconds = bad;
+        assert_eq!(invalid_field(run_request(&r)), "spec.containers[0].readyz.timeout_seconds", "{bad}");
+    }
+    let (req, _) = run_request(&run()).unwrap();
+    assert_eq!(req.spec.containers[0].readyz.as_ref().unwrap().timeout_seconds, Some(30));
 }
 
 #[test]
@@ -195,9 +233,27 @@ fn what_ateom_cannot_honour_is_unimplemented_and_named() {
 
     let mut r = restore();
     r.scope = pb::SnapshotScope::DataOnGolden as i32;
-    assert_eq!(unimplemented_field(restore_request(&r)), "scope");
+    assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "required with DATA_ON_GOLDEN");
     r.golden_snapshot_uri = "gs://bucket/golden".into();
-    assert_eq!(unimplemented_field(restore_request(&r)), "golden_snapshot_uri");
+    let (req, _) = restore_request(&r).unwrap();
+    let golden = req.golden.expect("a golden source");
+    assert_eq!((golden.uri_prefix.as_str(), req.scope), ("gs://bucket/golden", ateom_core::Scope::Data));
+    let namespaces: Vec<&str> = golden.namespaces.iter().map(|n| n.as_str()).collect();
+    assert_eq!(namespaces, ["team-a"]);
+    r.scope = pb::SnapshotScope::Full as i32;
+    assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "only with DATA_ON_GOLDEN");
+    for bad in [
+        "http://169.254.169.254/golden",
+        "file://relative/golden",
+        "file:///var/golden/../../etc",
+        "s3://",
+        "s3://bucket/a\nb",
+    ] {
+        let mut r = restore();
+        r.scope = pb::SnapshotScope::DataOnGolden as i32;
+        r.golden_snapshot_uri = bad.into();
+        assert_eq!(invalid_field(restore_request(&r)), "golden_snapshot_uri", "{bad:?}");
+    }
     // DATA (the durable directories only, into a fresh start) maps onto ateom's DATA scope.
     let mut r = restore();
     r.scope = pb::SnapshotScope::Data as i32;

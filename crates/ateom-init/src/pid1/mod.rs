@@ -53,6 +53,9 @@ pub fn run() -> Stop {
         Ok(c) => c,
         Err(e) => return Stop::Fatal(e),
     };
+    if let Err(e) = setup::mount_volumes(&config) {
+        return Stop::Fatal(e);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return Stop::Fatal(InitError::sys("starting the Tokio runtime", e)),

@@ -128,3 +128,62 @@ pub fn set_hostname(params: &BootParams, config: Option<&WorkloadConfig>) -> Res
     nix::unistd::sethostname(&name).map_err(|e| InitError::sys(format!("sethostname({name:?})"), e))?;
     Ok(name)
 }
+
+/// The ext4 label of a block device, if it holds an ext4 (ext2/3) file system: the superblock
+/// starts at byte 1024; its magic 0xEF53 is at 56 and the 16-byte volume name at 120.
+fn ext4_label(dev: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(dev).ok()?;
+    let mut sb = [0u8; 136];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return None;
+    }
+    let name = &sb[120..136];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    String::from_utf8(name[..end].to_vec()).ok()
+}
+
+/// The block device whose ext4 label is `label`.
+fn device_labelled(label: &str) -> Option<std::path::PathBuf> {
+    let entries = fs::read_dir("/sys/block").ok()?;
+    entries
+        .flatten()
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .find(|dev| ext4_label(dev).as_deref() == Some(label))
+}
+
+/// Mounts every durable-directory volume of the config: the disk with its label, at its path
+/// (created if missing), synchronously (`sync,dirsync`: a write the workload completed is on
+/// the host's image, so the host can read the volume at any time). A volume that cannot be
+/// mounted stops the boot: the workload would otherwise write into its root disk.
+pub fn mount_volumes(config: &WorkloadConfig) -> Result<(), InitError> {
+    for v in &config.volumes {
+        // Devices are probed before init runs; a short wait covers a slow probe.
+        let mut dev = device_labelled(&v.label);
+        for _ in 0..40 {
+            if dev.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            dev = device_labelled(&v.label);
+        }
+        let Some(dev) = dev else {
+            return Err(InitError::sys(
+                format!("finding the disk of volume {} (ext4 label {:?})", v.mount_path, v.label),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&v.mount_path)
+            .map_err(|e| InitError::sys(format!("creating {}", v.mount_path), e))?;
+        let flags = MsFlags::MS_SYNCHRONOUS | MsFlags::MS_DIRSYNC | MsFlags::MS_NOATIME;
+        nix::mount::mount(Some(&dev), v.mount_path.as_str(), Some("ext4"), flags, None::<&str>)
+            .map_err(|e| InitError::sys(format!("mounting {} on {}", dev.display(), v.mount_path), e))?;
+        say!("volume {} mounted on {}", dev.display(), v.mount_path);
+    }
+    Ok(())
+}

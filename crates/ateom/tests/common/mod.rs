@@ -77,6 +77,7 @@ pub fn counter_spec(image: &str) -> pb::WorkloadSpec {
             name: "counter".into(),
             readyz: Some(pb::Readyz {
                 http_get: Some(pb::HttpGetAction { path: "/readyz".into(), port: 8080 }),
+                timeout_seconds: 0,
             }),
             image: image.into(),
             ..Default::default()
@@ -95,15 +96,28 @@ pub fn agent_bundle(
     image: &str,
     env: &[(&str, &str)],
 ) -> PathBuf {
-    let bundle = state.join(format!("actors/test:counter:{actor}/bundles/{container}"));
+    agent_bundle_for(scratch, state, &format!("test:counter:{actor}"), container, image, env)
+}
+
+/// [`agent_bundle`] for the actor directory `key` (`namespace:template:id`).
+pub fn agent_bundle_for(
+    scratch: &Path,
+    state: &Path,
+    key: &str,
+    container: &str,
+    image: &str,
+    env: &[(&str, &str)],
+) -> PathBuf {
+    let bundle = state.join("actors").join(key).join("bundles").join(container);
     std::fs::create_dir_all(&bundle).unwrap();
     let store = ateom_image::ImageStore::new(scratch.join("agent-cache"));
     let prepared = store.prepare(&ateom_core::ImageRef::parse("image", image).unwrap()).unwrap();
     let st = Command::new("cp").arg("-a").arg(&prepared.rootfs).arg(bundle.join("rootfs")).status();
     assert!(st.unwrap().success());
+    let hostname = key.rsplit(':').next().unwrap_or("agent").chars().take(60).collect();
     let opts = ateom_image::BundleOptions {
         rootfs: bundle.join("rootfs"),
-        hostname: actor.into(),
+        hostname,
         netns_path: None,
         readonly_rootfs: false,
     };
