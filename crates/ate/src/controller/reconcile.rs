@@ -133,6 +133,11 @@ impl Controller {
         }
     }
 
+    /// The health loop found `worker` not answering (its record says unhealthy).
+    pub(super) async fn worker_silent(&self, worker: &str) -> bool {
+        self.worker_map().await.ok().and_then(|m| m.get(worker).map(|w| !w.healthy)).unwrap_or(false)
+    }
+
     pub(super) async fn reconcile_one(&self, actor: &str, gate: &Arc<Gate>) -> Result<bool, CtlError> {
         let a = self.actor(actor).await?;
         if !a.value.state.is_intermediate() {
@@ -168,7 +173,14 @@ impl Controller {
             a.value.worker.clone().ok_or_else(|| CtlError::Conflict("RESUMING without a worker".into()))?;
         let target = self.worker_target(&worker).await?;
         let me = running_name(t, &a.value.name);
-        let caps = self.settled_caps(&worker, &target, &me).await?;
+        let caps = match self.settled_caps(&worker, &target, &me).await {
+            Ok(c) => c,
+            Err(e) if self.worker_silent(&worker).await => {
+                warn!(%worker, error = %e, "reconcile: the worker does not answer (its host may be lost): the resume is rolled back; a copy it may have started serves nothing and is cleared as a stray if it returns");
+                return self.commit(&a, a.value.rollback(now_ms())?).await;
+            }
+            Err(e) => return Err(e),
+        };
         if caps.runs(&me) {
             info!(%worker, "reconcile: the worker runs it: RUNNING");
             let endpoint = caps.info.host_endpoint.clone();

@@ -403,6 +403,19 @@ impl Controller {
         warn!(%worker, error = %e, "no verdict on the restore; settling it from the worker's state");
         let caps = match self.settled_caps(worker, target, &me).await {
             Ok(c) => c,
+            Err(err) if self.worker_silent(worker).await => {
+                // The worker does not answer at all (its host may be lost): nothing it may have
+                // started is reachable or recorded (a copy there holds no lease and is cleared
+                // as a stray if it returns), so the snapshot is intact: back, and placed again.
+                let from = resuming.value.op.as_ref().map_or(ActorState::Crashed, |o| o.from);
+                let back = resuming.value.rollback(now_ms())?;
+                self.commit_retrying(&resuming, back).await?;
+                let why = format!(
+                    "worker {worker} stopped answering during the restore ({err}); actor {actor} is {from} again with its snapshot intact"
+                );
+                warn!(%why, "rolled back");
+                return Ok(Restore::RolledBack(why));
+            }
             Err(err) => {
                 return Err(CtlError::Unavailable(format!(
                     "the restore of actor {actor} on worker {worker} has not settled ({err}); the actor stays RESUMING there and reconciliation finishes it"
