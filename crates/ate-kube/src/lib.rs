@@ -15,6 +15,7 @@
 //! No API server runs on the development machines: the logic is tested against the
 //! k8s-openapi types and kube's client over a mock service; `tests/e2e.rs` needs `KUBECONFIG`.
 
+pub mod cli;
 pub mod crd;
 pub mod discovery;
 pub mod kube_lease;
