@@ -145,10 +145,3 @@ impl WorkerPool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn print() {
-        println!("{}", super::crds_yaml().unwrap());
-    }
-}
