@@ -14,6 +14,7 @@ use ate_core::resource::{Metadata, PoolSpec, TlsSpec, WorkerSpec, check_name, ch
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -153,14 +154,18 @@ where
     let api: Api<Pod> = Api::namespaced(client, &cfg.namespace);
     let (reader, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, watcher::Config::default().labels(&worker_selector())))
-        .default_backoff()
-        .touched_objects();
+        .default_backoff();
     futures::pin_mut!(stream);
     let mut applied: BTreeMap<String, PoolSpec> = BTreeMap::new();
     while let Some(event) = stream.next().await {
-        if let Err(e) = event {
-            warn!(error = %e, "watching worker pods (retrying)");
-            continue;
+        match event {
+            Err(e) => {
+                warn!(error = %e, "watching worker pods (retrying)");
+                continue;
+            }
+            // The store swaps in a relisted state at InitDone: decide then, not per item.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(_) => {}
         }
         let pods = reader.state();
         let found = workers_from_pods(pods.iter().map(|p| p.as_ref()), &cfg);

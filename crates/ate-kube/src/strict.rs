@@ -40,7 +40,10 @@ where
         match map.remove(field) {
             Some(serde_json::Value::String(got)) if got == want => {}
             got => {
-                return Err(StrictError::Decode { type_name, detail: format!("{field} is {got:?}, not {want:?}") });
+                return Err(StrictError::Decode {
+                    type_name,
+                    detail: format!("{field} is {got:?}, not {want:?}"),
+                });
             }
         }
     }
@@ -92,7 +95,11 @@ where
     let reread =
         serde_json::to_value(&back).map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
     if reread != written {
-        return Err(StrictError::NotRoundTrip { type_name, written: written.to_string(), reread: reread.to_string() });
+        return Err(StrictError::NotRoundTrip {
+            type_name,
+            written: written.to_string(),
+            reread: reread.to_string(),
+        });
     }
     Ok(written)
 }

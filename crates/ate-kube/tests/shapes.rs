@@ -159,7 +159,8 @@ fn one_yaml_works_for_ate_apply_and_for_kubectl() {
         }
     }
     // A misspelt field is refused by both readers.
-    let bad = EXAMPLE.replacen("tlsSecret: ateom-worker-tls", "tlsSecret: ateom-worker-tls\n    replica: 2", 1);
+    let bad =
+        EXAMPLE.replacen("tlsSecret: ateom-worker-tls", "tlsSecret: ateom-worker-tls\n    replica: 2", 1);
     assert!(ate_core::parse_resources(&bad).unwrap_err().to_string().contains("spec.kubernetes.replica"));
     let doc = bad.split("\n---\n").next().unwrap();
     assert!(strict::resource_from_yaml::<WorkerPool>(doc).unwrap_err().to_string().contains("replica"));
@@ -167,7 +168,11 @@ fn one_yaml_works_for_ate_apply_and_for_kubectl() {
 
 #[test]
 fn gvisor_pods_are_privileged_with_runsc_and_state_on_the_node() {
-    let p = pool("gv", "gvisor", json!({"replicas": 3, "tlsSecret": "w-tls", "resources": {"cpu": "1500m", "memory": "3Gi"}, "runsc": "/opt/runsc"}));
+    let p = pool(
+        "gv",
+        "gvisor",
+        json!({"replicas": 3, "tlsSecret": "w-tls", "resources": {"cpu": "1500m", "memory": "3Gi"}, "runsc": "/opt/runsc"}),
+    );
     let objects = render_ok(&p);
     let kinds: Vec<&str> = objects.iter().map(Object::kind).collect();
     assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"]);
@@ -177,14 +182,21 @@ fn gvisor_pods_are_privileged_with_runsc_and_state_on_the_node() {
     let c = &pod.containers[0];
     let args = c.args.clone().unwrap().join(" ");
     assert!(args.contains("--backend gvisor") && args.contains("--runsc /opt/runsc"), "{args}");
-    assert!(args.contains("--listen-tcp 0.0.0.0:7443") && args.contains("--tls-ca /etc/ateom/tls/ca.crt"), "{args}");
+    assert!(
+        args.contains("--listen-tcp 0.0.0.0:7443") && args.contains("--tls-ca /etc/ateom/tls/ca.crt"),
+        "{args}"
+    );
     assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
     let limits = c.resources.as_ref().unwrap().limits.clone().unwrap();
     assert_eq!(limits["cpu"].0, "1500m");
     assert_eq!(limits["memory"].0, "3Gi");
     assert_eq!(c.resources.as_ref().unwrap().requests.as_ref(), Some(&limits));
-    let vols: BTreeMap<String, Value> =
-        pod.volumes.unwrap().into_iter().map(|v| (v.name.clone(), serde_json::to_value(v).unwrap())).collect();
+    let vols: BTreeMap<String, Value> = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name.clone(), serde_json::to_value(v).unwrap()))
+        .collect();
     assert_eq!(vols["state"]["hostPath"]["path"], "/var/lib/ateom/ate/gv");
     assert_eq!(vols["tls"]["secret"]["secretName"], "w-tls");
     // The health check is ateom answering GetCapabilities on its socket.
@@ -208,7 +220,10 @@ fn firecracker_pods_get_kvm_tun_jailer_capabilities_hugepages_and_the_probe_labe
         json!({"workload": "DaemonSet", "tlsSecret": "w-tls", "resources": {"cpu": 4, "memory": "8Gi"}, "hugepages": "1Gi", "maxUnavailable": 2}),
     );
     let objects = render_ok(&p);
-    assert_eq!(objects.iter().map(Object::kind).collect::<Vec<_>>(), ["DaemonSet", "Service", "PodDisruptionBudget"]);
+    assert_eq!(
+        objects.iter().map(Object::kind).collect::<Vec<_>>(),
+        ["DaemonSet", "Service", "PodDisruptionBudget"]
+    );
     let pod = pod_of(&objects[0]).spec.unwrap();
     let c = &pod.containers[0];
     let limits = c.resources.as_ref().unwrap().limits.clone().unwrap();
@@ -238,9 +253,14 @@ fn firecracker_pods_get_kvm_tun_jailer_capabilities_hugepages_and_the_probe_labe
         .volumes
         .unwrap()
         .iter()
-        .filter_map(|v| v.host_path.as_ref().map(|h| format!("{}:{}", h.path, h.type_.clone().unwrap_or_default())))
+        .filter_map(|v| {
+            v.host_path.as_ref().map(|h| format!("{}:{}", h.path, h.type_.clone().unwrap_or_default()))
+        })
         .collect();
-    assert!(paths.contains(&"/dev/kvm:CharDevice".into()) && paths.contains(&"/dev/net/tun:CharDevice".into()), "{paths:?}");
+    assert!(
+        paths.contains(&"/dev/kvm:CharDevice".into()) && paths.contains(&"/dev/net/tun:CharDevice".into()),
+        "{paths:?}"
+    );
     assert!(pod.containers[0].resources.is_none(), "no device plugin resources, no limits given");
 }
 
@@ -261,7 +281,10 @@ fn qemu_uses_kvm_where_present_and_tcg_elsewhere() {
     let kvm_limits = kvm.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
     assert!(kvm_limits.contains_key("devices.kubevirt.io/kvm"));
     let tcg_limits = tcg.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
-    assert!(!tcg_limits.contains_key("devices.kubevirt.io/kvm") && tcg_limits.contains_key("devices.kubevirt.io/tun"));
+    assert!(
+        !tcg_limits.contains_key("devices.kubevirt.io/kvm")
+            && tcg_limits.contains_key("devices.kubevirt.io/tun")
+    );
     let na = serde_json::to_value(tcg.affinity.unwrap().node_affinity).unwrap();
     assert_eq!(
         na["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0],
@@ -291,19 +314,34 @@ fn unsupported_combinations_are_refused_with_a_reason() {
         ("p", "gvisor", json!({"tlsSecret": "t", "hugepages": "1Gi"}), "HugepagesUnsupported"),
         ("p", "qemu", json!({"tlsSecret": "t", "accel": "tcg", "hugepages": "1Gi"}), "HugepagesUnsupported"),
         ("p", "firecracker", json!({"tlsSecret": "t", "hugepages": "1Gi"}), "HugepagesWithoutResources"),
-        ("p", "firecracker", json!({"tlsSecret": "t", "hugepages": "3Mi", "resources": {"cpu": 1}}), "InvalidHugepages"),
+        (
+            "p",
+            "firecracker",
+            json!({"tlsSecret": "t", "hugepages": "3Mi", "resources": {"cpu": 1}}),
+            "InvalidHugepages",
+        ),
         ("p", "qemu", json!({"tlsSecret": "t"}), "AutoAccelNeedsDaemonSet"),
         ("p", "qemu", json!({"tlsSecret": "t", "accel": "hvf"}), "InvalidAccel"),
         ("p", "gvisor", json!({"tlsSecret": "t", "accel": "kvm"}), "AccelUnsupported"),
         ("p", "firecracker", json!({"tlsSecret": "t", "runsc": "/usr/bin/runsc"}), "RunscUnsupported"),
         ("p", "gvisor", json!({"tlsSecret": "t", "deviceAccess": "privileged"}), "DeviceAccessUnsupported"),
-        ("p", "gvisor", json!({"tlsSecret": "t", "workload": "DaemonSet", "replicas": 2}), "ReplicasWithDaemonSet"),
+        (
+            "p",
+            "gvisor",
+            json!({"tlsSecret": "t", "workload": "DaemonSet", "replicas": 2}),
+            "ReplicasWithDaemonSet",
+        ),
         ("p", "gvisor", json!({"tlsSecret": "t", "replicas": 0}), "NoReplicas"),
         ("p", "gvisor", json!({"tlsSecret": "t", "resources": {"pids": 100}}), "UnsupportedResource"),
         ("p", "gvisor", json!({"tlsSecret": "t", "resources": {"memory": "lots"}}), "InvalidResources"),
         ("p", "gvisor", json!({"tlsSecret": "../x"}), "InvalidTlsSecret"),
         ("Pool_1", "gvisor", json!({"tlsSecret": "t"}), "InvalidName"),
-        ("a-very-long-pool-name-that-leaves-no-room-for-suffixes", "gvisor", json!({"tlsSecret": "t"}), "InvalidName"),
+        (
+            "a-very-long-pool-name-that-leaves-no-room-for-suffixes",
+            "gvisor",
+            json!({"tlsSecret": "t"}),
+            "InvalidName",
+        ),
     ];
     for (name, backend, k, reason) in cases {
         let p = pool(name, backend, k.clone());
@@ -320,7 +358,9 @@ fn unsupported_combinations_are_refused_with_a_reason() {
                 r.reason,
                 r.message.clone(),
                 Some(1),
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
             )],
             observed_generation: Some(1),
             ready_workers: None,
@@ -351,7 +391,10 @@ fn the_dry_run_prints_the_example_pools_objects() {
         .filter(|d| d.lines().any(|l| !l.starts_with('#') && !l.trim().is_empty()))
         .map(|d| serde_yaml::from_str(d).unwrap())
         .collect();
-    let names: Vec<String> = docs.iter().map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap())).collect();
+    let names: Vec<String> = docs
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .collect();
     assert_eq!(
         names,
         [
