@@ -188,3 +188,77 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> DiscoveryConfig {
+        DiscoveryConfig {
+            namespace: "ate".into(),
+            cluster_domain: "cluster.local".into(),
+            tls: TlsSpec { ca: "/t/ca.crt".into(), cert: "/t/tls.crt".into(), key: "/t/tls.key".into() },
+        }
+    }
+
+    fn pod(name: &str, pool: &str, backend: &str, ip: Option<&str>, phase: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ate",
+                         "labels": {"app.kubernetes.io/name": "ateom", "ate.dev/pool": pool, "ate.dev/backend": backend}},
+            "status": {"phase": phase, "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_pods_become_workers_reached_by_their_service_dns_name() {
+        let pods = vec![
+            pod("fc-b", "fc", "firecracker", Some("fd00::3"), "Running", true),
+            pod("gv-a", "gv", "gvisor", Some("10.1.2.3"), "Running", true),
+            pod("fc-a", "fc", "firecracker", Some("10.1.9.9"), "Running", true),
+            pod("gv-b", "gv", "gvisor", Some("10.1.2.4"), "Running", false),
+            pod("gv-c", "gv", "gvisor", None, "Pending", false),
+            pod("gv-d", "gv", "qemu", Some("10.1.2.5"), "Running", true),
+            pod("gv.e", "gv", "gvisor", Some("10.1.2.6"), "Running", true),
+        ];
+        let d = workers_from_pods(&pods, &cfg());
+        assert_eq!(d.pools.keys().collect::<Vec<_>>(), ["fc", "gv"]);
+        let gv = &d.pools["gv"];
+        assert_eq!(gv.backend, "gvisor");
+        assert_eq!(gv.tls, Some(cfg().tls));
+        assert_eq!(gv.workers.len(), 1);
+        let w = &gv.workers[0];
+        assert_eq!(w.name, "gv-a");
+        assert_eq!(w.address.as_deref(), Some("https://10-1-2-3.ateom-gv.ate.svc.cluster.local:7443"));
+        assert_eq!(w.forward.as_deref(), Some("10-1-2-3.ateom-gv.ate.svc.cluster.local:7444"));
+        let fc: Vec<&str> = d.pools["fc"].workers.iter().filter_map(|w| w.address.as_deref()).collect();
+        assert_eq!(
+            fc,
+            [
+                "https://10-1-9-9.ateom-fc.ate.svc.cluster.local:7443",
+                "https://fd00-0-0-0-0-0-0-3.ateom-fc.ate.svc.cluster.local:7443"
+            ]
+        );
+        let skipped: BTreeMap<&str, &str> = d.skipped.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+        assert_eq!(skipped["gv-b"], "not ready");
+        assert_eq!(skipped["gv-c"], "phase Pending");
+        assert!(skipped["gv-d"].contains("differs"), "{skipped:?}");
+        assert!(skipped["gv.e"].contains("pod name"), "{skipped:?}");
+        // What `ate serve` applies validates as `ate apply` input.
+        let text = serde_json::to_string(&d.resources("ate")).unwrap();
+        assert_eq!(ate_core::parse_resources(&text).unwrap(), d.resources("ate"));
+    }
+
+    #[test]
+    fn pods_of_other_namespaces_or_apps_are_not_workers() {
+        let mut other_ns = pod("gv-a", "gv", "gvisor", Some("10.1.2.3"), "Running", true);
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        let mut other_app = pod("gv-b", "gv", "gvisor", Some("10.1.2.4"), "Running", true);
+        other_app.metadata.labels.as_mut().unwrap().insert(LABEL_NAME.into(), "nginx".into());
+        let d = workers_from_pods(&[other_ns, other_app], &cfg());
+        assert!(d.pools.is_empty() && d.skipped.is_empty(), "{d:?}");
+        assert_eq!(ip_label("not-an-ip"), None);
+    }
+}

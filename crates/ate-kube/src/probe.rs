@@ -95,3 +95,51 @@ pub async fn run(client: Client, node: String, ateom: std::path::PathBuf, interv
         tokio::time::sleep(interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_the_doctor_report() {
+        // As `ateom doctor --json` prints on a kvm-pvm host: KVM degraded.
+        let report = json!({
+            "checks": [{"name": "kvm", "status": "degraded", "detail": "/dev/kvm is kvm-pvm", "blocks": []}],
+            "backends": {"gvisor": {"runs": true, "reason": null}, "firecracker": {"runs": false, "reason": "x"},
+                         "qemu": {"runs": true, "reason": null}},
+            "backend": "gvisor", "ok": true
+        });
+        let l = labels_from_doctor(&report);
+        assert_eq!(l[NODE_KVM], "false", "kvm-pvm is not hardware virtualisation");
+        assert_eq!(l[NODE_FIRECRACKER], "false");
+        assert_eq!(l["ate.dev/gvisor"], "true");
+        assert_eq!(l["ate.dev/qemu"], "true");
+        let mut hw = report.clone();
+        hw["checks"][0]["status"] = json!("ok");
+        hw["backends"]["firecracker"]["runs"] = json!(true);
+        let l = labels_from_doctor(&hw);
+        assert_eq!((l[NODE_KVM].as_str(), l[NODE_FIRECRACKER].as_str()), ("true", "true"));
+        // A report without the fields says nothing runs.
+        let l = labels_from_doctor(&json!({}));
+        assert!(l.values().all(|v| v == "false"), "{l:?}");
+    }
+
+    /// The real `ateom doctor --json` of this machine feeds the labeller (skipped when the
+    /// workspace's ateom is not built).
+    #[tokio::test]
+    async fn the_real_doctor_report_gives_labels() {
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/ateom");
+        if !bin.exists() {
+            eprintln!(
+                "SKIPPED the_real_doctor_report_gives_labels: {} not built (cargo build -p ateom)",
+                bin.display()
+            );
+            return;
+        }
+        let report = doctor(&bin).await.unwrap();
+        let l = labels_from_doctor(&report);
+        assert_eq!(l.len(), 4, "{l:?}");
+        let kvm_check = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "kvm").cloned();
+        assert_eq!(l[NODE_KVM] == "true", kvm_check.is_some_and(|c| c["status"] == "ok"));
+    }
+}
