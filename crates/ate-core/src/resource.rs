@@ -1252,6 +1252,45 @@ spec:
     }
 
     #[test]
+    fn a_kubernetes_pool_needs_no_static_workers() {
+        let y = r#"
+apiVersion: ate.dev/v1
+kind: WorkerPool
+metadata: { name: fc, namespace: ate }
+spec:
+  backend: firecracker
+  tls: { ca: /etc/ate/tls/ca.crt, cert: /etc/ate/tls/tls.crt, key: /etc/ate/tls/tls.key }
+  kubernetes:
+    workload: DaemonSet
+    tlsSecret: ateom-worker-tls
+    resources: { cpu: 4, memory: 8Gi }
+    hugepages: 2Gi
+    deviceAccess: privileged
+"#;
+        let rs = parse_resources(y).unwrap();
+        let Resource::WorkerPool { spec, .. } = &rs[0] else { panic!() };
+        let k = spec.kubernetes.as_ref().unwrap();
+        assert!(spec.workers.is_empty());
+        assert_eq!((k.workload, k.device_access), (WorkloadKind::DaemonSet, Some(DeviceAccess::Privileged)));
+        assert_eq!(k.resources.cpu.as_deref(), Some("4"));
+        // Round-trips; an old pool (static workers, no kubernetes) serializes as before.
+        let json = serde_json::to_string(&rs).unwrap();
+        assert_eq!(parse_resources(&json).unwrap(), rs);
+        // Bad values name their field; a pool with neither workers nor kubernetes is refused.
+        for (from, to, field) in [
+            ("tlsSecret: ateom-worker-tls", "tlsSecret: ../x", "spec.kubernetes.tlsSecret"),
+            ("hugepages: 2Gi", "hugepages: lots", "spec.kubernetes.hugepages"),
+            ("memory: 8Gi", "memory: 8GB", "spec.kubernetes.resources.memory"),
+            ("workload: DaemonSet", "workload: DaemonSet\n    replica: 2", "spec.kubernetes.replica"),
+        ] {
+            let err = parse_resources(&y.replace(from, to)).unwrap_err();
+            assert!(matches!(&err, ResourceError::Invalid { field: f, .. } if f == field), "{to}: {err}");
+        }
+        let none = y.split("  kubernetes:").next().unwrap();
+        assert!(parse_resources(none).unwrap_err().to_string().contains("spec.workers"));
+    }
+
+    #[test]
     fn names_are_dns_labels_without_dots() {
         for good in ["a", "actor-1", "A_b", "0"] {
             check_name(good).unwrap();
