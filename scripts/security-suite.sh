@@ -18,6 +18,8 @@
 #               mis-signed snapshots (crates/ateom-store/tests/{index_decoder,verify,bounds,signed}.rs)
 #   limits      a workload past its memory limit; signed snapshots end to end; a console
 #               client that never reads
+#   kube        crafted pool files for `ate operator --dry-run`, crafted manifests, worker
+#               pods with crafted labels and addresses (crates/ate-kube/tests/hostile.rs)
 # and prints one JSON object (with --json) or a table and the same summary:
 #   cases, passed, failed, escapes, unauthenticated_accepted, crashes, elapsed_s, results[]
 # `escapes` counts a file, process or request that reached what it should not;
@@ -70,6 +72,7 @@ groups=(
     "signed|ateom|test:durable|only_snapshots_signed_with_the_workers_key_are_restored|escape"
     "console|ateom-microvm|lib|console|crash"
     "wire|ateom-grpc|lib||crash"
+    "kube|ate-kube|test:hostile||crash"
 )
 for g in "${groups[@]}"; do
     IFS='|' read -r name package targets filter kind <<<"$g"
