@@ -3,6 +3,9 @@
 //! YAML document works for `ate apply -f` and `kubectl apply -f`. Both have a status
 //! subresource with conditions.
 
+// clippy reads kube's repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use ate_core::resource::{PoolSpec, TemplateSpec};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -218,24 +218,26 @@ fn check(pool: &WorkerPool) -> Result<Checked<'_>, Refusal> {
             "spec.kubernetes.resources.pids: a pod has no pids limit (set pids on the template: it limits each sandbox)",
         ));
     }
-    let (cpu_milli, memory) =
-        match (&k.resources.cpu, &k.resources.memory) {
-            (cpu, memory) => (
-                cpu.as_deref()
-                    .map(parse_cpu)
-                    .transpose()
-                    .map_err(|p| refuse("InvalidResources", format!("spec.kubernetes.resources.cpu: {p}")))?,
-                memory.as_deref().map(parse_memory).transpose().map_err(|p| {
-                    refuse("InvalidResources", format!("spec.kubernetes.resources.memory: {p}"))
-                })?,
-            ),
-        };
+    let cpu_milli = k
+        .resources
+        .cpu
+        .as_deref()
+        .map(parse_cpu)
+        .transpose()
+        .map_err(|p| refuse("InvalidResources", format!("spec.kubernetes.resources.cpu: {p}")))?;
+    let memory = k
+        .resources
+        .memory
+        .as_deref()
+        .map(parse_memory)
+        .transpose()
+        .map_err(|p| refuse("InvalidResources", format!("spec.kubernetes.resources.memory: {p}")))?;
     let hugepages = match (&k.hugepages, backend) {
         (None, _) => None,
         (Some(h), Backend::Firecracker) => {
             let bytes = parse_memory(h)
                 .map_err(|p| refuse("InvalidHugepages", format!("spec.kubernetes.hugepages: {p}")))?;
-            if bytes % (2 << 20) != 0 {
+            if !bytes.is_multiple_of(2 << 20) {
                 return Err(refuse(
                     "InvalidHugepages",
                     format!("spec.kubernetes.hugepages {h:?} is not a whole number of 2Mi pages"),
@@ -441,12 +443,12 @@ fn backend_name(b: Backend) -> &'static str {
 }
 
 fn quantity_milli(m: u64) -> Quantity {
-    if m % 1000 == 0 { Quantity((m / 1000).to_string()) } else { Quantity(format!("{m}m")) }
+    if m.is_multiple_of(1000) { Quantity((m / 1000).to_string()) } else { Quantity(format!("{m}m")) }
 }
 
 fn quantity_bytes(b: u64) -> Quantity {
     for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-        if b % (1 << shift) == 0 {
+        if b.is_multiple_of(1 << shift) {
             return Quantity(format!("{}{unit}", b >> shift));
         }
     }

@@ -58,7 +58,9 @@ fn hostile_objects_are_decode_errors() {
     ] {
         assert!(strict::resource_from_value::<WorkerPool>(v.clone()).is_err(), "{v}");
     }
-    assert!(strict::from_yaml::<k8s_openapi::api::apps::v1::Deployment>("spec: { replicas: \"many\" }").is_err());
+    assert!(
+        strict::from_yaml::<k8s_openapi::api::apps::v1::Deployment>("spec: { replicas: \"many\" }").is_err()
+    );
 }
 
 #[test]

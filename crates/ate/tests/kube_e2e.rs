@@ -104,7 +104,10 @@ spec:
     let pod = wait("a ready worker pod", Duration::from_secs(120), || async {
         let list = pods.list(&ListParams::default().labels("ate.dev/pool=e2e")).await.ok()?;
         list.items.into_iter().find(|p| {
-            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
     })
     .await;
@@ -120,9 +123,13 @@ spec:
     ate.apply(docs[1]).await.expect("ate apply of the same ActorTemplate YAML");
     let actor = format!("e2e{}", std::process::id());
     wait("the actor to be created (golden snapshot first)", Duration::from_secs(300), || async {
-        ate.call(hyper::Method::POST, "/v1/actors", Some(serde_json::json!({"name": actor, "template": "e2e-counter"})))
-            .await
-            .ok()
+        ate.call(
+            hyper::Method::POST,
+            "/v1/actors",
+            Some(serde_json::json!({"name": actor, "template": "e2e-counter"})),
+        )
+        .await
+        .ok()
     })
     .await;
 
