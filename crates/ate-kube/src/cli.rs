@@ -150,7 +150,8 @@ pub async fn node_probe(a: NodeProbeArgs) -> Result<()> {
 #[command(next_help_heading = "Workers from a Kubernetes cluster")]
 pub struct ClusterWorkersArgs {
     /// Take the pools' workers from the worker pods of this namespace (ready pods labelled
-    /// ate.dev/pool), following them as they come and go, instead of a static list.
+    /// ate.dev/pool), following them as they come and go, instead of a static list; and apply
+    /// the namespace's ActorTemplate resources as they are created or changed.
     #[arg(long, value_name = "NAMESPACE")]
     pub workers_from_cluster: Option<String>,
     /// Directory with ate's client certificate for the workers: ca.crt, tls.crt, tls.key
@@ -176,13 +177,18 @@ impl ClusterWorkersArgs {
     }
 }
 
-/// Connects and feeds discovered pools to `apply` until the watch ends.
+/// Connects and feeds the pools discovered from pods, and the namespace's ActorTemplate
+/// resources, to `apply` until the watches end.
 pub async fn feed_workers<F, Fut>(cfg: DiscoveryConfig, apply: F) -> Result<()>
 where
-    F: FnMut(Vec<ate_core::Resource>) -> Fut,
+    F: FnMut(Vec<ate_core::Resource>) -> Fut + Clone,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    crate::discovery::feed(client, cfg, apply).await;
+    let ns = cfg.namespace.clone();
+    futures::join!(
+        crate::discovery::feed(client.clone(), cfg, apply.clone()),
+        crate::discovery::feed_templates(client, ns, apply)
+    );
     Ok(())
 }

@@ -382,3 +382,40 @@ async fn logic_discovery_feeds_ready_pods_as_workers() {
         seen[0].uri
     );
 }
+
+/// ActorTemplate resources of the cluster reach `ate apply`'s path, checked like it.
+#[tokio::test]
+async fn logic_templates_from_the_cluster_are_applied() {
+    let template = |name: &str, location: &str| {
+        json!({
+            "apiVersion": "ate.dev/v1", "kind": "ActorTemplate",
+            "metadata": {"name": name, "namespace": "ate", "resourceVersion": "3"},
+            "spec": {"pool": "gv", "containers": [{"name": "c", "image": "oci-layout:/i:latest"}],
+                     "snapshot": {"location": location}}
+        })
+    };
+    let list = json!({
+        "apiVersion": "ate.dev/v1", "kind": "ActorTemplateList", "metadata": {"resourceVersion": "10"},
+        "items": [template("good", "s3://b/p"), template("bad", "/not/a/uri")]
+    });
+    let (client, seen) = mock_client(Box::new(move |s: &Seen| {
+        if s.uri.contains("watch=true") { (200, Value::Null) } else { (200, list.clone()) }
+    }));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(ate_kube::discovery::feed_templates(client, "ate".into(), move |rs| {
+        let tx = tx.clone();
+        async move {
+            tx.send(rs).unwrap();
+            Ok(())
+        }
+    }));
+    let rs = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    // Only the valid one; the bad location is refused as `ate apply` would refuse it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    task.abort();
+    assert!(rx.try_recv().is_err(), "the invalid template was applied");
+    let ate_core::Resource::ActorTemplate { metadata, spec, .. } = &rs[0] else { panic!("{rs:?}") };
+    assert_eq!((metadata.name.as_str(), metadata.namespace.as_str()), ("good", "ate"));
+    assert_eq!(spec.snapshot.location, "s3://b/p");
+    assert!(seen.lock().unwrap()[0].uri.starts_with("/apis/ate.dev/v1/namespaces/ate/actortemplates?"));
+}

@@ -57,7 +57,11 @@ fn kubernetes_verbs_work_without_a_cluster() {
     // A bad file is a one-line error naming the field.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "kind: WorkerPool\nmetadata: { name: p }\nspec: { kubernetes: { tlsSecret: t, replica: 2 } }\n").unwrap();
+    std::fs::write(
+        &bad,
+        "kind: WorkerPool\nmetadata: { name: p }\nspec: { kubernetes: { tlsSecret: t, replica: 2 } }\n",
+    )
+    .unwrap();
     let out = ate(&["operator", "--dry-run", "-f", bad.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
