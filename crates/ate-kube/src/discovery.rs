@@ -189,6 +189,50 @@ where
     }
 }
 
+/// ActorTemplate resources of the cluster as `ate apply` takes them: each template applied
+/// or changed in `namespace` is handed to `apply` (an unchanged one is a no-op there). Returns
+/// when the watch stream ends.
+pub async fn feed_templates<F, Fut>(client: Client, namespace: String, mut apply: F)
+where
+    F: FnMut(Vec<Resource>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let api: Api<crate::crd::ActorTemplate> = Api::namespaced(client, &namespace);
+    let stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(t) = stream.next().await {
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "watching ActorTemplates (retrying)");
+                continue;
+            }
+        };
+        let name = t.name_any();
+        let r = Resource::ActorTemplate {
+            api_version: Some("ate.dev/v1".into()),
+            metadata: Metadata { name: name.clone(), namespace: namespace.clone() },
+            spec: t.spec.template.clone(),
+        };
+        // The same checks as `ate apply` (the API server's schema is looser).
+        let text = match serde_json::to_string(&[&r]) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(template = %name, error = %e, "ActorTemplate not taken");
+                continue;
+            }
+        };
+        match ate_core::parse_resources(&text) {
+            Ok(rs) => {
+                if let Err(e) = apply(rs).await {
+                    warn!(template = %name, error = %e, "applying ActorTemplate");
+                }
+            }
+            Err(e) => warn!(template = %name, error = %e, "ActorTemplate not taken"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,49 +304,5 @@ mod tests {
         let d = workers_from_pods(&[other_ns, other_app], &cfg());
         assert!(d.pools.is_empty() && d.skipped.is_empty(), "{d:?}");
         assert_eq!(ip_label("not-an-ip"), None);
-    }
-}
-
-/// ActorTemplate resources of the cluster as `ate apply` takes them: each template applied
-/// or changed in `namespace` is handed to `apply` (an unchanged one is a no-op there). Returns
-/// when the watch stream ends.
-pub async fn feed_templates<F, Fut>(client: Client, namespace: String, mut apply: F)
-where
-    F: FnMut(Vec<Resource>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let api: Api<crate::crd::ActorTemplate> = Api::namespaced(client, &namespace);
-    let stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
-    futures::pin_mut!(stream);
-    while let Some(t) = stream.next().await {
-        let t = match t {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "watching ActorTemplates (retrying)");
-                continue;
-            }
-        };
-        let name = t.name_any();
-        let r = Resource::ActorTemplate {
-            api_version: Some("ate.dev/v1".into()),
-            metadata: Metadata { name: name.clone(), namespace: namespace.clone() },
-            spec: t.spec.template.clone(),
-        };
-        // The same checks as `ate apply` (the API server's schema is looser).
-        let text = match serde_json::to_string(&[&r]) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(template = %name, error = %e, "ActorTemplate not taken");
-                continue;
-            }
-        };
-        match ate_core::parse_resources(&text) {
-            Ok(rs) => {
-                if let Err(e) = apply(rs).await {
-                    warn!(template = %name, error = %e, "applying ActorTemplate");
-                }
-            }
-            Err(e) => warn!(template = %name, error = %e, "ActorTemplate not taken"),
-        }
     }
 }
