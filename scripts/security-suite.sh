@@ -20,6 +20,8 @@
 #               client that never reads
 #   certs       `ate certs`: names leaving the directory, hostile SANs, a symbolic link where a
 #               key goes, a CA key of another CA, garbage as the CA (crates/ate/src/certs.rs)
+#   kube        crafted pool files for `ate operator --dry-run`, crafted manifests, worker
+#               pods with crafted labels and addresses (crates/ate-kube/tests/hostile.rs)
 # and prints one JSON object (with --json) or a table and the same summary:
 #   cases, passed, failed, escapes, unauthenticated_accepted, crashes, elapsed_s, results[]
 # `escapes` counts a file, process or request that reached what it should not;
@@ -73,6 +75,7 @@ groups=(
     "console|ateom-microvm|lib|console|crash"
     "wire|ateom-grpc|lib||crash"
     "certs|ate|lib|certs::|escape"
+    "kube|ate-kube|test:hostile||crash"
 )
 for g in "${groups[@]}"; do
     IFS='|' read -r name package targets filter kind <<<"$g"

@@ -95,6 +95,7 @@ pub fn default_namespace() -> String {
 }
 
 /// `HTTPGetAction` of a readiness probe.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpGet {
@@ -107,6 +108,7 @@ fn default_readyz_path() -> String {
     "/readyz".into()
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Readyz {
@@ -114,6 +116,7 @@ pub struct Readyz {
 }
 
 /// One container of a template.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
@@ -141,13 +144,16 @@ pub struct ContainerSpec {
 /// ```
 ///
 /// A field left out is the worker's default. Parsed by [`Resources::limits`].
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// CPUs: `"1"`, `"0.5"`, `"500m"` (thousandths), or a number.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "int_or_string"))]
     pub cpu: Option<String>,
     /// Memory: bytes, or with a suffix `Ki Mi Gi Ti` (powers of 1024) or `k M G T` (of 1000).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_or_number")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "int_or_string"))]
     pub memory: Option<String>,
     /// Processes and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +174,12 @@ pub const MAX_CPU_MILLI: u64 = 1024 * 1000;
 pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
 /// Largest pids limit accepted (Linux's `pid_max` ceiling).
 pub const MAX_PIDS: u32 = 4 << 20;
+
+/// A Kubernetes quantity in a CRD schema: a string or a number.
+#[cfg(feature = "schema")]
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+}
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
@@ -267,6 +279,7 @@ impl Resources {
 }
 
 /// What a snapshot captures.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -278,6 +291,7 @@ pub enum Scope {
 }
 
 /// What survives the loss of the host an actor was paused on (`snapshot.durability`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
@@ -304,6 +318,7 @@ impl Durability {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
@@ -318,6 +333,7 @@ pub struct SnapshotSpec {
 }
 
 /// When the control plane pauses and suspends an idle actor on its own.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IdlePolicy {
@@ -329,6 +345,7 @@ pub struct IdlePolicy {
     pub suspend_after_seconds: Option<f64>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSpec {
@@ -351,6 +368,7 @@ fn default_backend() -> String {
 
 /// One worker of a pool: on this host (`socket`) or on another one (`address` + `forward`,
 /// always with mutual TLS).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSpec {
     /// Unique among all pools.
@@ -388,6 +406,7 @@ impl WorkerSpec {
 
 /// Mutual-TLS material for reaching workers on other hosts: absolute paths of PEM files that
 /// `ate serve` reads.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsSpec {
     /// The CA that signed the workers' certificates.
@@ -427,6 +446,7 @@ impl std::fmt::Display for WorkerTarget {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSpec {
     #[serde(default = "default_backend")]
@@ -434,7 +454,93 @@ pub struct PoolSpec {
     /// TLS material for the workers named by `address` (each may override it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The workers, by socket or address. Empty for a pool run on Kubernetes (`kubernetes`),
+    /// whose workers `ate serve --workers-from-cluster` discovers from its pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerSpec>,
+    /// How `ate operator` runs this pool's workers on Kubernetes (ignored elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesPool>,
+}
+
+/// A worker pool's pods on Kubernetes: what `ate operator` turns into a Deployment or
+/// DaemonSet (crate `ate-kube` derives the pod shape from this and the pool's backend).
+///
+/// ```yaml
+/// kubernetes:
+///   workload: Deployment          # or DaemonSet (one worker per selected node)
+///   replicas: 3
+///   tlsSecret: ateom-worker-tls   # kubernetes.io/tls Secret: tls.crt, tls.key, ca.crt
+///   resources: { cpu: "2", memory: 4Gi }
+///   hugepages: 1Gi                # firecracker only: 2Mi pages for guest memory
+/// ```
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesPool {
+    /// `Deployment` (default: `replicas` workers anywhere they fit) or `DaemonSet` (one
+    /// worker on every selected node).
+    #[serde(default)]
+    pub workload: WorkloadKind,
+    /// Workers of a Deployment (default 1). Not for a DaemonSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// The worker image (with `ateom`); default: the operator's `--worker-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Only nodes with these labels (added to the backend's own selector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// The worker pod's CPU and memory (requests = limits). `pids` is not a pod resource.
+    #[serde(default)]
+    pub resources: Resources,
+    /// 2 MiB huge pages for guest memory (e.g. `1Gi`); firecracker only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<String>,
+    /// A `kubernetes.io/tls` Secret with the worker's certificate (`tls.crt`, `tls.key`; its
+    /// names must cover `*.<service>.<namespace>.svc.<cluster domain>`) and the CA of the
+    /// clients let in (`ca.crt`).
+    pub tls_secret: String,
+    /// The worker's state directory on the node (a hostPath); default
+    /// `/var/lib/ateom/<namespace>/<pool>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// gvisor: the runsc binary in the worker image (default `/usr/bin/runsc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runsc: Option<String>,
+    /// qemu: `auto` (default; KVM where the node has it, TCG elsewhere — needs a DaemonSet),
+    /// `kvm` or `tcg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// microVM backends: how `/dev/kvm` and `/dev/net/tun` reach the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_access: Option<DeviceAccess>,
+    /// Workers a voluntary disruption (a drain) may take down at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+}
+
+/// Which controller runs a pool's worker pods.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    #[default]
+    Deployment,
+    DaemonSet,
+}
+
+/// How a microVM worker gets `/dev/kvm` and `/dev/net/tun`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceAccess {
+    /// Extended resources of a device plugin (the operator's `--kvm-resource`,
+    /// `--tun-resource`): the container stays unprivileged.
+    #[default]
+    DevicePlugin,
+    /// The host's device nodes by hostPath in a privileged container (clusters without a
+    /// device plugin).
+    Privileged,
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6) into a host ([`check_host`]) and a port 1..=65535.
@@ -623,8 +729,36 @@ impl Resource {
             }
             Resource::WorkerPool { spec, .. } => {
                 check_name(&spec.backend).map_err(|p| invalid("spec.backend", p))?;
-                if spec.workers.is_empty() {
-                    return Err(invalid("spec.workers", "must list at least one worker".into()));
+                if let Some(k) = &spec.kubernetes {
+                    check_name(&k.tls_secret).map_err(|p| invalid("spec.kubernetes.tlsSecret", p))?;
+                    for (field, v) in [
+                        ("image", &k.image),
+                        ("hugepages", &k.hugepages),
+                        ("stateDir", &k.state_dir),
+                        ("runsc", &k.runsc),
+                        ("accel", &k.accel),
+                    ] {
+                        if let Some(v) = v {
+                            check_text(v).map_err(|p| invalid(&format!("spec.kubernetes.{field}"), p))?;
+                        }
+                    }
+                    for (key, v) in &k.node_selector {
+                        check_text(key).map_err(|p| invalid("spec.kubernetes.nodeSelector", p))?;
+                        check_text(v)
+                            .map_err(|p| invalid(&format!("spec.kubernetes.nodeSelector.{key}"), p))?;
+                    }
+                    k.resources
+                        .limits()
+                        .map_err(|(f, p)| invalid(&format!("spec.kubernetes.resources.{f}"), p))?;
+                    if let Some(h) = &k.hugepages {
+                        parse_memory(h).map_err(|p| invalid("spec.kubernetes.hugepages", p))?;
+                    }
+                } else if spec.workers.is_empty() {
+                    return Err(invalid(
+                        "spec.workers",
+                        "must list at least one worker (or give spec.kubernetes: workers discovered from a cluster)"
+                            .into(),
+                    ));
                 }
                 let check_tls = |field: &str, t: &TlsSpec| -> Result<(), ResourceError> {
                     for (f, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
@@ -1146,6 +1280,45 @@ spec:
                 "{to}: want {field}, got {text}"
             );
         }
+    }
+
+    #[test]
+    fn a_kubernetes_pool_needs_no_static_workers() {
+        let y = r#"
+apiVersion: ate.dev/v1
+kind: WorkerPool
+metadata: { name: fc, namespace: ate }
+spec:
+  backend: firecracker
+  tls: { ca: /etc/ate/tls/ca.crt, cert: /etc/ate/tls/tls.crt, key: /etc/ate/tls/tls.key }
+  kubernetes:
+    workload: DaemonSet
+    tlsSecret: ateom-worker-tls
+    resources: { cpu: 4, memory: 8Gi }
+    hugepages: 2Gi
+    deviceAccess: privileged
+"#;
+        let rs = parse_resources(y).unwrap();
+        let Resource::WorkerPool { spec, .. } = &rs[0] else { panic!() };
+        let k = spec.kubernetes.as_ref().unwrap();
+        assert!(spec.workers.is_empty());
+        assert_eq!((k.workload, k.device_access), (WorkloadKind::DaemonSet, Some(DeviceAccess::Privileged)));
+        assert_eq!(k.resources.cpu.as_deref(), Some("4"));
+        // Round-trips; an old pool (static workers, no kubernetes) serializes as before.
+        let json = serde_json::to_string(&rs).unwrap();
+        assert_eq!(parse_resources(&json).unwrap(), rs);
+        // Bad values name their field; a pool with neither workers nor kubernetes is refused.
+        for (from, to, field) in [
+            ("tlsSecret: ateom-worker-tls", "tlsSecret: ../x", "spec.kubernetes.tlsSecret"),
+            ("hugepages: 2Gi", "hugepages: lots", "spec.kubernetes.hugepages"),
+            ("memory: 8Gi", "memory: 8GB", "spec.kubernetes.resources.memory"),
+            ("workload: DaemonSet", "workload: DaemonSet\n    replica: 2", "spec.kubernetes.replica"),
+        ] {
+            let err = parse_resources(&y.replace(from, to)).unwrap_err();
+            assert!(matches!(&err, ResourceError::Invalid { field: f, .. } if f == field), "{to}: {err}");
+        }
+        let none = y.split("  kubernetes:").next().unwrap();
+        assert!(parse_resources(none).unwrap_err().to_string().contains("spec.workers"));
     }
 
     #[test]

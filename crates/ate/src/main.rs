@@ -128,6 +128,14 @@ enum Cmd {
     Demo(ate::demo::DemoArgs),
     /// Traffic-triggered resume latency and throughput vs direct ateom restores.
     Bench(ate::demo::BenchArgs),
+    /// Print the Kubernetes CRDs (WorkerPool, ActorTemplate in ate.dev/v1) as YAML.
+    Crds,
+    /// Run the Kubernetes operator: each WorkerPool becomes worker pods shaped for its
+    /// backend (`--dry-run -f pools.yaml` prints them without a cluster).
+    Operator(ate_kube::cli::OperatorArgs),
+    /// Label this Kubernetes node with what `ateom doctor` finds (ate.dev/kvm,
+    /// ate.dev/firecracker, ...), for pools' node selection.
+    NodeProbe(ate_kube::cli::NodeProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -287,6 +295,8 @@ struct ServeArgs {
     /// 1GiB, 0 to disable). A PAUSED actor still goes back to its own node.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     min_snapshot_free: u64,
+    #[command(flatten)]
+    cluster: ate_kube::cli::ClusterWorkersArgs,
 }
 
 /// Sizes on the command line: `1048576`, `512KiB`, `256MiB`, `2GiB`, `1G` (powers of 1024).
@@ -650,6 +660,7 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
         None => StoreConfig::Sqlite(a.db.unwrap_or_else(|| data_dir.join("ate.db"))),
     };
     let resources = a.config.map(std::fs::read_to_string).transpose()?;
+    let cluster = a.cluster.config()?;
     for k in &a.snapshot_key_files {
         // A key file is a secret: narrowed to 0600 if others may read it (logged).
         if let Err(e) = ate::auth::private_file(k) {
@@ -720,6 +731,19 @@ async fn serve(api: &str, data_dir: PathBuf, a: ServeArgs) -> Result<()> {
         resources,
     };
     let running = start(opts).await?;
+    if let Some(cfg) = cluster {
+        // Workers from the cluster's pods: each change re-applies the pool's worker list.
+        let ctl = running.ctl.clone();
+        tokio::spawn(async move {
+            let apply = |rs| {
+                let ctl = ctl.clone();
+                async move { ctl.apply(rs).await.map(|_| ()).map_err(|e| e.to_string()) }
+            };
+            if let Err(e) = ate_kube::cli::feed_workers(cfg, apply).await {
+                tracing::error!(error = %e, "workers from the cluster");
+            }
+        });
+    }
     // Machine-readable readiness line for scripts and tests.
     println!(
         "{}",
@@ -779,7 +803,13 @@ fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let c = match &cli.cmd {
-            Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Certs(_) => ApiClient::new(&cli.api),
+            Cmd::Serve(_)
+            | Cmd::Demo(_)
+            | Cmd::Bench(_)
+            | Cmd::Certs(_)
+            | Cmd::Crds
+            | Cmd::Operator(_)
+            | Cmd::NodeProbe(_) => ApiClient::new(&cli.api),
             _ => ApiClient::with_token(&cli.api, client_token(cli.token_file.as_deref(), &cli.data_dir)?),
         };
         match cli.cmd {
@@ -871,6 +901,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Cmd::Demo(a) => ate::demo::demo(a).await,
             Cmd::Bench(a) => ate::demo::bench(a).await,
+            Cmd::Crds => ate_kube::cli::crds(),
+            Cmd::Operator(a) => ate_kube::cli::operator(a).await,
+            Cmd::NodeProbe(a) => ate_kube::cli::node_probe(a).await,
         }
     })
 }
