@@ -327,7 +327,9 @@ pub struct SnapshotSpec {
     pub location: String,
     #[serde(default)]
     pub scope: Scope,
-    /// What a pause leaves behind (see [`Durability`]).
+    /// What a pause leaves behind: `local` (a snapshot on the worker, lost with its host),
+    /// `durable` (also in object storage before the pause answers) or `both` (local at once,
+    /// copied to object storage in the background).
     #[serde(default)]
     pub durability: Durability,
 }
