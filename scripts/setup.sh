@@ -66,11 +66,13 @@ step_done() {
 demo_packages=(runsc@runsc build-essential binutils)
 # Everything else: microVMs (QEMU >= 4.2 has -M microvm; before 9.0 because ateom's QEMU
 # confinement passes -chroot, which 9.0 removed; e2fsprogs >= 1.43 for mkfs.ext4 -d), the guest
-# kernel build, the tests' services and tools. (Nothing uses qemu-img: qemu-utils is not needed.)
+# kernel build, the tests' services and tools (scripts/cluster.sh: pgrep, nsenter). (Nothing uses
+# qemu-img: qemu-utils is not needed.)
 all_packages=("${demo_packages[@]}"
     busybox-static "e2fsprogs>=1.43@mkfs.ext4" iproute2 zstd@zstd
     "qemu-system-x86>=1:4.2<<1:9.0@qemu-system-x86_64" redis-server@redis-server
-    linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils python3@python3 curl@curl openssl)
+    linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils python3@python3 curl@curl openssl
+    procps@pgrep util-linux@nsenter)
 
 step "Debian packages ($job)"
 if [[ $job == demo ]]; then
