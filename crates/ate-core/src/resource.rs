@@ -1017,8 +1017,8 @@ where
     }
 }
 
-/// `spec.containers[0].imgae` for a serde_ignored path.
-fn field_path(p: &serde_ignored::Path<'_>) -> String {
+/// `spec.containers[0].imgae` for a serde_ignored path (keys cut at 64 characters).
+pub fn field_path(p: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match p {
         Path::Root => String::new(),

@@ -20,7 +20,7 @@ pub enum StrictError {
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, StrictError> {
     let type_name = std::any::type_name::<T>();
     let mut unknown = Vec::new();
-    let t = serde_ignored::deserialize(value, |path| unknown.push(field_path(&path)))
+    let t = serde_ignored::deserialize(value, |path| unknown.push(ate_core::resource::field_path(&path)))
         .map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
     if unknown.is_empty() { Ok(t) } else { Err(StrictError::UnknownFields { type_name, fields: unknown }) }
 }
@@ -88,36 +88,7 @@ pub fn resource_round_trip<K>(k: &K) -> Result<serde_json::Value, StrictError>
 where
     K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + StrictSpec,
 {
-    let type_name = std::any::type_name::<K>();
-    let written =
-        serde_json::to_value(k).map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
-    let back: K = resource_from_value(written.clone())?;
-    let reread =
-        serde_json::to_value(&back).map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
-    if reread != written {
-        return Err(StrictError::NotRoundTrip {
-            type_name,
-            written: written.to_string(),
-            reread: reread.to_string(),
-        });
-    }
-    Ok(written)
-}
-
-/// `spec.containers[0].imgae` for a serde_ignored path.
-fn field_path(p: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
-        Path::Map { parent, key } => {
-            let parent = field_path(parent);
-            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
-        }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            field_path(parent)
-        }
-    }
+    round_trip_with(k, resource_from_value)
 }
 
 /// Decodes a YAML document into `T`, refusing unknown fields.
@@ -131,10 +102,18 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, StrictError> {
 /// Serializes `t`, decodes it strictly as `T` again, and checks that the two JSON forms are
 /// equal: every field written is one the Kubernetes type knows, and none is lost.
 pub fn round_trip<T: Serialize + DeserializeOwned>(t: &T) -> Result<serde_json::Value, StrictError> {
+    round_trip_with(t, from_value)
+}
+
+/// Writes `t`, reads it back with `decode`, and checks the two JSON forms are equal.
+fn round_trip_with<T: Serialize>(
+    t: &T,
+    decode: impl Fn(serde_json::Value) -> Result<T, StrictError>,
+) -> Result<serde_json::Value, StrictError> {
     let type_name = std::any::type_name::<T>();
     let written =
         serde_json::to_value(t).map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
-    let back: T = from_value(written.clone())?;
+    let back = decode(written.clone())?;
     let reread =
         serde_json::to_value(&back).map_err(|e| StrictError::Decode { type_name, detail: e.to_string() })?;
     if reread != written {
