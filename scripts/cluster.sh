@@ -4,8 +4,9 @@
 # those namespaces (nothing is sent outside them).
 #
 #   scripts/cluster.sh up   [--hosts N]     N worker hosts (default 3) + a services host
-#   scripts/cluster.sh demo [--json]        30 actors, traffic through both replicas, then a
-#                                           host removed entirely, then the leader replica killed
+#   scripts/cluster.sh demo [--json]        30 actors, traffic through both replicas, a host's
+#                                           link down and up, then that host removed entirely,
+#                                           then the leader replica killed
 #   scripts/cluster.sh down                 every process, namespace and file of the cluster
 #
 # What runs where:
@@ -21,7 +22,9 @@
 # `demo --json` prints one JSON object: hosts, replicas, actors, requests, continuity_errors,
 # actors_on_lost_host, actors_recovered, recovery_p95_ms (the first request of each actor of the
 # lost host, sent to answered), lost_host_actors_all_back_after_ms (requests go one at a time, so
-# this grows with their number), failed_requests, leader_failover_ms (SIGKILL of the leader until
+# this grows with their number), failed_requests, partition_cut_off_actors (running on the host
+# whose link goes down and up first), partition_unavailable_requests, partition_runs_twice (actors
+# seen on two workers after the partition healed: must be 0), leader_failover_ms (SIGKILL of the leader until
 # the other replica leads), cross_host_request_p50_ms and same_host_request_p50_ms (requests to a
 # RUNNING actor through a replica on another host / on the actor's host).
 #
@@ -272,6 +275,35 @@ for i, a in enumerate(names):
             host = (ws.get(w) or {}).get("host_id")
             (same if host == f"h{r}" else cross).append(ms)
 
+# A partition: the lost-to-be host's link goes down (its processes keep running), then up
+# again, within --host-loss-grace: its running actor is unavailable meanwhile, nothing moves,
+# and afterwards it continues where it was; no actor ever runs on two workers.
+part_worker = f"w{lost[1:]}"
+st, ws = actors(), workers()
+cut_off = [a for a in names if st[a]["state"] == "RUNNING" and st[a].get("worker") == part_worker]
+log(f"partition: {lost}'s link down ({len(cut_off)} running actor(s) there), then up")
+subprocess.run([script, "_link", lost, "down"], check=True)
+end = time.monotonic() + 30
+while workers()[part_worker]["healthy"] and time.monotonic() < end:
+    time.sleep(0.2)
+partition_unavailable = 0
+for a in cut_off:
+    s_, _, _ = get(1, a, timeout=30)
+    partition_unavailable += s_ != 200
+subprocess.run([script, "_link", lost, "up"], check=True)
+end = time.monotonic() + 60
+while not workers()[part_worker]["healthy"] and time.monotonic() < end:
+    time.sleep(0.2)
+for a in cut_off:
+    hit(2, a)
+def runs_twice():
+    on = {}
+    for w in workers().values():
+        if w.get("running"):
+            on.setdefault(w["running"].rsplit("/", 1)[-1], []).append(w["name"])
+    return sum(1 for v in on.values() if len(v) > 1)
+partition_runs_twice = runs_twice()
+
 log("pausing every actor (durability both: copied to S3 in the background)")
 for a in names:
     cli(1, "pause", "actor", a)
@@ -337,6 +369,9 @@ out = {
     "recovery_p95_ms": p(recovery, 0.95),
     "lost_host_actors_all_back_after_ms": all_back_ms if recovered == len(on_lost) else None,
     "failed_requests": failed,
+    "partition_cut_off_actors": len(cut_off),
+    "partition_unavailable_requests": partition_unavailable,
+    "partition_runs_twice": partition_runs_twice,
     "leader_failover_ms": failover_ms,
     "cross_host_request_p50_ms": p(cross, 0.5),
     "same_host_request_p50_ms": p(same, 0.5),
@@ -359,6 +394,7 @@ case "${1:-}" in
     down) down; log "down" ;;
     _cli) shift; cli "$@" ;;
     _kill_host) kill_host "$2" ;;
+    _link) in_ns "$2" ip link set "v-$2" "$3" ;;
     _kill_replica) kill -9 "$(cat "$DIR/ate-r$2.pid")" ;;
     *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
