@@ -286,4 +286,17 @@ async fn a_healed_partition_never_runs_an_actor_twice() {
     assert_eq!(hit(&lab, "r1").await, 2, "r1 continues where it runs");
     // The paused actor was never moved: it resumes on w1 with its state.
     assert_eq!(hit(&lab, "l1").await, l1_before + 1);
+
+    // A worker no longer listed in its pool goes, but only once no actor holds or references it.
+    let (ok, out) = cli(&lab, &["pause", "actor", "r1"]);
+    assert!(ok, "{out}");
+    std::fs::write(&path, resources(&lab, &["w1"])).unwrap();
+    let (ok, out) = cli(&lab, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(ok && out.contains("kept while an actor holds or references them: w2"), "{out}");
+    let (ok, out) = cli(&lab, &["delete", "actor", "r1"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&lab, &["apply", "-f", path.to_str().unwrap()]);
+    assert!(ok && !out.contains("kept"), "{out}");
+    let names: Vec<String> = lab.serve.api.workers().await.unwrap().into_iter().map(|w| w.name).collect();
+    assert_eq!(names, ["w1"]);
 }

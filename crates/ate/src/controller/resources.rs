@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use ate_core::resource::WorkerTarget;
 use ate_core::store::{
-    Expect, Golden, GoldenStatus, Kind, Lease, PoolRecord, StoreExt, TemplateRecord, WorkerRecord, put,
+    Expect, Golden, GoldenStatus, Kind, Lease, PoolRecord, StoreExt, TemplateRecord, WorkerRecord, delete,
+    put,
 };
 use ate_core::{Actor, DurableRef, Resource, StoreError, Tier};
 use tracing::info;
@@ -20,59 +21,98 @@ impl Controller {
                 Resource::WorkerPool { metadata, spec, .. } => {
                     let name = metadata.name.clone();
                     let rec = PoolRecord { name: name.clone(), spec: spec.clone() };
-                    self.db(move |s| {
-                        let mut changes = vec![put(Kind::Pool, &rec.name, Expect::Any, &rec)];
-                        for w in &rec.spec.workers {
-                            let existing = s.get_as::<WorkerRecord>(Kind::Worker, &w.name)?;
-                            if let Some(e) = &existing
-                                && e.value.pool != rec.name
-                            {
-                                return Err(StoreError::Backend(format!(
-                                    "worker {} already belongs to pool {}",
-                                    w.name, e.value.pool
-                                )));
+                    let kept = self
+                        .db(move |s| {
+                            let mut changes = vec![put(Kind::Pool, &rec.name, Expect::Any, &rec)];
+                            // Workers no longer listed (a pod gone, a host retired) go, unless an
+                            // actor still holds or references them: those stay until it moved off.
+                            let listed: std::collections::HashSet<&str> =
+                                rec.spec.workers.iter().map(|w| w.name.as_str()).collect();
+                            let actors = s.list_as::<Actor>(Kind::Actor)?;
+                            let mut kept = Vec::new();
+                            for w in s.list_as::<WorkerRecord>(Kind::Worker)? {
+                                if w.value.pool != rec.name || listed.contains(w.value.name.as_str()) {
+                                    continue;
+                                }
+                                let n = w.value.name.clone();
+                                let lease = s.get_as::<Lease>(Kind::Lease, &n)?;
+                                let referenced = actors.iter().any(|a| {
+                                    a.value.worker.as_deref() == Some(n.as_str())
+                                        || a.value.local.as_ref().is_some_and(|l| l.worker == n)
+                                });
+                                if referenced || lease.as_ref().is_some_and(|l| l.value.holder.is_some()) {
+                                    kept.push(n);
+                                    continue;
+                                }
+                                changes.push(delete(Kind::Worker, &n, Expect::Version(w.version)));
+                                if let Some(l) = lease {
+                                    changes.push(delete(Kind::Lease, &n, Expect::Version(l.version)));
+                                }
                             }
-                            let Some(target) = w.target(rec.spec.tls.as_ref()) else {
-                                return Err(StoreError::Backend(format!(
-                                    "worker {} names neither a socket nor an address with TLS material",
-                                    w.name
-                                )));
-                            };
-                            let keep = existing.as_ref().filter(|e| e.value.target() == target);
-                            if keep.is_none() {
-                                let (socket, remote) = match target {
-                                    WorkerTarget::Socket(s) => (s, None),
-                                    WorkerTarget::Tls(r) => (String::new(), Some(r)),
+                            for w in &rec.spec.workers {
+                                let existing = s.get_as::<WorkerRecord>(Kind::Worker, &w.name)?;
+                                if let Some(e) = &existing
+                                    && e.value.pool != rec.name
+                                {
+                                    return Err(StoreError::Backend(format!(
+                                        "worker {} already belongs to pool {}",
+                                        w.name, e.value.pool
+                                    )));
+                                }
+                                let Some(target) = w.target(rec.spec.tls.as_ref()) else {
+                                    return Err(StoreError::Backend(format!(
+                                        "worker {} names neither a socket nor an address with TLS material",
+                                        w.name
+                                    )));
                                 };
-                                let wr = WorkerRecord {
-                                    name: w.name.clone(),
-                                    pool: rec.name.clone(),
-                                    socket,
-                                    remote,
-                                    info: None,
-                                    healthy: false,
-                                    running: String::new(),
-                                    state: String::new(),
-                                    snapshot_bytes_free: None,
-                                    error: None,
-                                    observed_ms: 0,
-                                    unhealthy_since_ms: None,
-                                };
-                                changes.push(put(Kind::Worker, &w.name, Expect::Any, &wr));
+                                let keep = existing.as_ref().filter(|e| e.value.target() == target);
+                                if keep.is_none() {
+                                    let (socket, remote) = match target {
+                                        WorkerTarget::Socket(s) => (s, None),
+                                        WorkerTarget::Tls(r) => (String::new(), Some(r)),
+                                    };
+                                    let wr = WorkerRecord {
+                                        name: w.name.clone(),
+                                        pool: rec.name.clone(),
+                                        socket,
+                                        remote,
+                                        info: None,
+                                        healthy: false,
+                                        running: String::new(),
+                                        state: String::new(),
+                                        snapshot_bytes_free: None,
+                                        error: None,
+                                        observed_ms: 0,
+                                        unhealthy_since_ms: None,
+                                    };
+                                    changes.push(put(Kind::Worker, &w.name, Expect::Any, &wr));
+                                }
+                                if s.get(Kind::Lease, &w.name)?.is_none() {
+                                    changes.push(put(
+                                        Kind::Lease,
+                                        &w.name,
+                                        Expect::Absent,
+                                        &Lease::default(),
+                                    ));
+                                }
                             }
-                            if s.get(Kind::Lease, &w.name)?.is_none() {
-                                changes.push(put(Kind::Lease, &w.name, Expect::Absent, &Lease::default()));
-                            }
-                        }
-                        s.commit(&changes)
-                    })
-                    .await
-                    .map_err(|e| match e {
-                        CtlError::Store(StoreError::Backend(m)) => CtlError::Invalid(m),
-                        e => e,
-                    })?;
-                    info!(pool = %name, workers = spec.workers.len(), "worker pool applied");
-                    out.push(format!("workerpool/{name} applied ({} workers)", spec.workers.len()));
+                            s.commit(&changes)?;
+                            Ok(kept)
+                        })
+                        .await
+                        .map_err(|e| match e {
+                            CtlError::Store(StoreError::Backend(m)) => CtlError::Invalid(m),
+                            e => e,
+                        })?;
+                    info!(pool = %name, workers = spec.workers.len(), ?kept, "worker pool applied");
+                    let mut line = format!("workerpool/{name} applied ({} workers)", spec.workers.len());
+                    if !kept.is_empty() {
+                        line.push_str(&format!(
+                            "; no longer listed but kept while an actor holds or references them: {}",
+                            kept.join(", ")
+                        ));
+                    }
+                    out.push(line);
                 }
                 Resource::ActorTemplate { metadata, spec, .. } => {
                     let name = metadata.name.clone();
