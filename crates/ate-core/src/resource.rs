@@ -566,11 +566,9 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// A host name (DNS labels of `[A-Za-z0-9-]`) or an IPv4 address.
-fn check_host(host: &str) -> Result<(), String> {
-    if host.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Ok(());
-    }
+/// A DNS host name: at most 253 bytes of dot-separated RFC 1123 labels (`[A-Za-z0-9-]`, 1 to
+/// 63 long, no leading or trailing `-`).
+pub fn is_host_name(host: &str) -> bool {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -578,7 +576,15 @@ fn check_host(host: &str) -> Result<(), String> {
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+    !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
+}
+
+/// A host name (DNS labels of `[A-Za-z0-9-]`) or an IPv4 address.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if !is_host_name(host) {
         return Err(format!("{host:?} is not a host name or an IP address (IPv6 in [brackets])"));
     }
     Ok(())

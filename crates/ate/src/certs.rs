@@ -165,14 +165,7 @@ pub fn parse_san(s: &str) -> Result<SanType, CertsError> {
         return Ok(SanType::IpAddress(ip));
     }
     let host = s.strip_prefix("*.").unwrap_or(s);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.len() > 253 || !host.split('.').all(label_ok) {
+    if s.len() > 253 || !ate_core::resource::is_host_name(host) {
         return Err(bad());
     }
     // A bare number or dotted numbers that did not parse as an address are no host name.

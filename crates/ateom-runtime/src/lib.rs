@@ -196,6 +196,20 @@ impl RuntimeError {
     }
 }
 
+/// Re-hashes a local snapshot before use; one just pulled was verified on its way in.
+async fn verify_unless_pulled(
+    snap: &LocalSnapshot,
+    pulled: Option<(u64, Duration)>,
+) -> Result<(), RuntimeError> {
+    if pulled.is_none() {
+        let s = snap.clone();
+        tokio::task::spawn_blocking(move || s.verify())
+            .await
+            .map_err(task_failed("verifying snapshot"))??;
+    }
+    Ok(())
+}
+
 /// What Run and Restore report.
 #[derive(Clone, Debug)]
 pub struct Started {
@@ -713,12 +727,7 @@ impl Runtime {
         start: Instant,
     ) -> Result<Started, RuntimeError> {
         let golden = req.golden.clone().expect("a golden restore");
-        if pulled.is_none() {
-            let s = data.clone();
-            tokio::task::spawn_blocking(move || s.verify())
-                .await
-                .map_err(task_failed("verifying snapshot"))??;
-        }
+        verify_unless_pulled(&data, pulled).await?;
         let golden_req = RestoreRequest {
             uri_prefix: Some(golden.uri_prefix.clone()),
             snapshot_id: None,
@@ -893,12 +902,7 @@ impl Runtime {
         pulled: Option<(u64, Duration)>,
         start: Instant,
     ) -> Result<Started, RuntimeError> {
-        if pulled.is_none() {
-            let s = snap.clone();
-            tokio::task::spawn_blocking(move || s.verify())
-                .await
-                .map_err(task_failed("verifying snapshot"))??;
-        }
+        verify_unless_pulled(&snap, pulled).await?;
         let spec =
             if req.spec.containers.is_empty() { snap.manifest.workload.clone() } else { req.spec.clone() };
         let ctx = self.launch_context(&req.actor, &spec, req.runtime, req.asset_paths, req.resources)?;
